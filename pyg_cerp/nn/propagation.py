@@ -50,6 +50,7 @@ __all__ = [
     'check_symmetric',
     'SymmetricLGConv',
     'use_symmetric_propagation',
+    'symmetric_lightgcn_propagation',
 ]
 
 # Adjacency objects that already passed `check_symmetric`, keyed by `id()`.
@@ -340,3 +341,95 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
         new_conv.train(conv.training)
         model.convs[i] = new_conv
     return model
+
+
+class _SymmetricLightGCNPropagation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, adj: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
+        coeffs = [float(a) for a in alpha.detach().cpu()]
+        out = x * coeffs[0]
+        xs = [x]
+        for coeff in coeffs[1:]:
+            x = torch.sparse.mm(adj, x)
+            out.add_(x, alpha=coeff)
+            xs.append(x)
+        ctx.adj, ctx.coeffs = adj, coeffs
+        if ctx.needs_input_grad[2]:
+            ctx.save_for_backward(*xs)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[None, Optional[Tensor],
+                                                      Optional[Tensor]]:
+        grad_out = grad_out.contiguous()
+        adj, coeffs = ctx.adj, ctx.coeffs
+        grad_x = grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            # Horner scheme: sum_l alpha_l A^l G = alpha_0 G + A (alpha_1 G +
+            # A (alpha_2 G + ...)), one sparse product per layer.
+            grad_x = grad_out * coeffs[-1]
+            for coeff in reversed(coeffs[:-1]):
+                grad_x = torch.sparse.mm(adj, grad_x).add_(grad_out,
+                                                           alpha=coeff)
+        if ctx.needs_input_grad[2]:
+            grad_alpha = torch.stack([(grad_out * x).sum()
+                                      for x in ctx.saved_tensors])
+        return None, grad_x, grad_alpha
+
+
+def symmetric_lightgcn_propagation(adj: Tensor, x: Tensor, alpha: Tensor,
+                                   check: bool = False, rtol: float = 1e-5,
+                                   atol: float = 1e-8) -> Tensor:
+    r"""The full LightGCN propagation with the layer combination as a single
+    autograd node, for a symmetric (pre-normalised) sparse :math:`\mathbf{A}`:
+
+    .. math::
+        \mathbf{X}^{\prime} = \sum_{l=0}^{L} \alpha_l \mathbf{A}^l \mathbf{X},
+        \qquad
+        \frac{\partial \mathcal{L}}{\partial \mathbf{X}} =
+        \sum_{l=0}^{L} \alpha_l \mathbf{A}^l \mathbf{G}
+        \quad \text{(Horner scheme, } L \text{ sparse products)}.
+
+    This equals :meth:`torch_geometric.nn.models.LightGCN.get_embedding` with
+    :obj:`x = model.embedding.weight` and :obj:`alpha = model.alpha`, but
+    needs fewer temporary :math:`N \times F` tensors and does not keep the
+    intermediate layers for the backward pass (unless :obj:`alpha` requires
+    gradients). It is a building block for custom models; PyG's
+    :class:`LightGCN` itself is accelerated by
+    :func:`use_symmetric_propagation`. Second-order gradients are not
+    supported.
+
+    Args:
+        adj (torch.Tensor): The symmetric sparse matrix :math:`\mathbf{A}` of
+            shape :math:`(N, N)` (preferably CSR). Its values must not require
+            gradients.
+        x (torch.Tensor): The input features :math:`\mathbf{X}` of shape
+            :math:`(N, F)`.
+        alpha (torch.Tensor): The :math:`L + 1` layer weights
+            :math:`\alpha_l`; :math:`L` is :obj:`alpha.numel() - 1`.
+        check (bool, optional): If set to :obj:`True`, validates once per
+            :obj:`adj` object that it is symmetric. (default: :obj:`False`)
+        rtol (float, optional): Relative tolerance of the symmetry check.
+            (default: :obj:`1e-5`)
+        atol (float, optional): Absolute tolerance of the symmetry check.
+            (default: :obj:`1e-8`)
+
+    :rtype: :class:`torch.Tensor`
+    """
+    _check_sparse_matrix(adj)
+    if adj.requires_grad:
+        raise ValueError("'symmetric_lightgcn_propagation' does not compute "
+                         "gradients with respect to the sparse matrix, but "
+                         "'adj' requires gradients")
+    if x.dim() != 2 or x.size(0) != adj.size(1):
+        raise ValueError(f"Expected 'x' of shape ({adj.size(1)}, F) to match "
+                         f"'adj' of shape {tuple(adj.size())} (got "
+                         f"{tuple(x.size())})")
+    if alpha.dim() != 1 or alpha.numel() < 1:
+        raise ValueError(f"Expected 'alpha' to be a non-empty vector of the "
+                         f"L + 1 layer weights (got shape "
+                         f"{tuple(alpha.size())})")
+    if check:
+        _check_symmetric_once(adj, rtol=rtol, atol=atol)
+    return _SymmetricLightGCNPropagation.apply(adj, x, alpha)

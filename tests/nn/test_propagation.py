@@ -239,3 +239,23 @@ def test_use_symmetric_propagation_is_idempotent_and_keeps_optimizer():
     assert all(a is b for a, b in zip(convs, model.convs))
     assert all(a is b for a, b in zip(params, model.parameters()))
     assert 'SymmetricLGConv' in str(model.convs)
+
+
+def test_symmetric_lightgcn_propagation():
+    from pyg_cerp.nn.propagation import symmetric_lightgcn_propagation
+    adj = normalized_adj(random_bipartite_edge_index(), dtype=torch.double)
+    stock = LightGCN(NUM_NODES, 4, num_layers=3, normalize=False).double()
+    stock.alpha = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.double)
+    grad = torch.randn(NUM_NODES, 4, dtype=torch.double)
+
+    stock.get_embedding(adj).backward(grad)
+    x = stock.embedding.weight.detach().clone().requires_grad_()
+    out = symmetric_lightgcn_propagation(adj, x, stock.alpha, check=True)
+    out.backward(grad)
+    assert torch.allclose(out, stock.get_embedding(adj))
+    assert torch.allclose(x.grad, stock.embedding.weight.grad)
+
+    x = torch.randn(NUM_NODES, 3, dtype=torch.double, requires_grad=True)
+    alpha = torch.rand(4, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, a: symmetric_lightgcn_propagation(adj, x, a), (x, alpha))
