@@ -43,6 +43,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.nn.models import LightGCN
 from torch_geometric.utils import to_torch_csr_tensor, to_undirected
 
+import pyg_cerp.nn.propagation as propagation
 from pyg_cerp.nn.propagation import (
     symmetric_lightgcn_propagation,
     use_symmetric_propagation,
@@ -131,9 +132,16 @@ def train_step(model: LightGCN, optimizer: torch.optim.Optimizer, adj: Tensor,
     optimizer.step()
 
 
-def propagation_step(model: LightGCN, adj: Tensor, grad: Tensor) -> None:
+def propagation_step(model: LightGCN, adj: Tensor, grad: Tensor,
+                     addmm_kernel: bool = False) -> None:
     model.zero_grad(set_to_none=True)
-    model.get_embedding(adj).backward(grad)
+    spmm = propagation._spmm
+    if addmm_kernel:  # Ablation: plain `torch.sparse.mm` (addmm/MKL path).
+        propagation._spmm = torch.sparse.mm
+    try:
+        model.get_embedding(adj).backward(grad)
+    finally:
+        propagation._spmm = spmm
 
 
 def interleaved(fns: Dict[str, Callable[[int], None]], repeats: int,
@@ -230,6 +238,9 @@ def run(args: argparse.Namespace, adj: Tensor, batches: List[Tensor],
             model = make_model(num_nodes, args, symmetric, cerp=False)
             label = ('symmetric' if symmetric else 'stock') + f' ({layout})'
             fns[label] = (lambda i, m=model, a=a: propagation_step(m, a, grad))
+    model = make_model(num_nodes, args, True, cerp=False)
+    fns['symmetric (csr), torch.sparse.mm without reduce'] = (
+        lambda i, m=model: propagation_step(m, adj, grad, addmm_kernel=True))
     results['propagation fwd+bwd'] = interleaved(fns, args.repeats,
                                                  args.warmup)
 
