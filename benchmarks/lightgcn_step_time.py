@@ -24,10 +24,14 @@ Variants:
 alone (forward + backward of ``get_embedding``), and a breakdown of the
 remaining step components (layer sum, score gather + BPR loss, Adam step).
 
-Example::
+Example (with the package installed, ``pip install -e .``, or with
+``PYTHONPATH=.`` from the repository root)::
 
     python benchmarks/lightgcn_step_time.py --root /work/shared/data \
         --dim 64 --layers 3 --batch-size 2048 --repeats 15 --threads 2
+
+On a busy machine, prefer ``--threads 1``: with more threads than free cores,
+every parallel kernel waits for its slowest (descheduled) thread.
 """
 import argparse
 import json
@@ -179,13 +183,19 @@ def make_optimizer(model: torch.nn.Module,
 
 
 def markdown(times: Dict[str, List[float]], base: str, title: str) -> str:
-    ref = statistics.median(times[base])
-    lines = [f'| {title} | median ms | min ms | ratio vs {base} |',
-             '|---|---:|---:|---:|']
+    r"""Markdown table: median and min wall time, ratio of medians and the
+    median of per-round ratios (rounds are interleaved, so the paired ratio
+    cancels slow drifts in machine load)."""
+    ref = times[base]
+    lines = [
+        f'| {title} | median ms | min ms | ratio vs {base} | '
+        f'paired ratio |', '|---|---:|---:|---:|---:|'
+    ]
     for name, ts in times.items():
         med = statistics.median(ts)
+        paired = statistics.median(t / r for t, r in zip(ts, ref))
         lines.append(f'| {name} | {med:.1f} | {min(ts):.1f} | '
-                     f'{med / ref:.2f}x |')
+                     f'{med / statistics.median(ref):.2f}x | {paired:.2f}x |')
     return '\n'.join(lines)
 
 
