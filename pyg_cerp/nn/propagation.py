@@ -180,7 +180,8 @@ def _check_symmetric_once(adj: Tensor, rtol: float, atol: float) -> None:
 
 class SymmetricSpMM(torch.autograd.Function):
     r"""Autograd function for :math:`\mathbf{Y} = \mathbf{A} \mathbf{X}` with
-    a symmetric sparse :math:`\mathbf{A}` (no gradient w.r.t. :math:`\mathbf{A}`):
+    a symmetric sparse :math:`\mathbf{A}` (no gradient w.r.t.
+    :math:`\mathbf{A}`):
 
     .. math::
         \frac{\partial \mathcal{L}}{\partial \mathbf{X}} =
@@ -275,8 +276,8 @@ class SymmetricLGConv(LGConv):
         check_symmetric (bool, optional): If set to :obj:`True`, validates
             every new sparse adjacency object once (it costs a sort of its
             non-zeros) and raises a :class:`ValueError` if it is not square or
-            not symmetric. Set it to :obj:`False` only if the matrix is known to
-            be symmetric: gradients are silently wrong otherwise.
+            not symmetric. Set it to :obj:`False` only if the matrix is known
+            to be symmetric: gradients are silently wrong otherwise.
             (default: :obj:`True`)
         rtol (float, optional): Relative tolerance of the symmetry check.
             (default: :obj:`1e-5`)
