@@ -1,6 +1,5 @@
 r"""Full-ranking top-:math:`k` evaluation (Recall@k and NDCG@k) with training
 positives excluded, as in LightGCN and CERP."""
-import math
 from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import torch

@@ -6,6 +6,8 @@ from torch import Tensor
 
 __all__ = ['BPRSampler']
 
+Triple = Tuple[Tensor, Tensor, Tensor]
+
 
 def _mix_seed(*parts: int) -> int:
     # Deterministic 63-bit seed from integers (splitmix64-style mixing), so
@@ -204,8 +206,11 @@ class BPRSampler:
             perm = perm[:total][self.rank::self.world_size]
         return perm
 
-    def sample_negatives(self, users: Tensor,
-                         generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample_negatives(
+        self,
+        users: Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
         r"""Draws :obj:`[len(users), num_negatives]` negative items,
         rejecting training positives if :obj:`reject_positives=True`.
 
@@ -230,13 +235,12 @@ class BPRSampler:
             hit = (hit[0][still], hit[1][still])
         return neg
 
-    def __iter__(self) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[Triple]:
         epoch = self.epoch
         self.epoch += 1
         return self._iter_epoch(epoch)
 
-    def _iter_epoch(self, epoch: int) -> Iterator[Tuple[Tensor, Tensor,
-                                                         Tensor]]:
+    def _iter_epoch(self, epoch: int) -> Iterator[Triple]:
         perm = self.permutation(epoch)
         users = self.edge_index[0, perm]
         pos = self.edge_index[1, perm]

@@ -103,7 +103,6 @@ def test_brute_force_reference(ties, batch_size):
 
 def test_agrees_with_pyg_link_pred_metrics():
     user_emb, item_emb, train, test = random_problem(seed=3)
-    num_users, num_items = user_emb.size(0), item_emb.size(0)
     scores = user_emb @ item_emb.t()
     scores[train[0], train[1]] = float('-inf')
     for k in (5, 20):

@@ -6,9 +6,10 @@ from pyg_cerp.sampling import BPRSampler
 
 def random_graph(num_users=40, num_items=25, num_edges=300, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    ei = torch.stack([torch.randint(0, num_users, (num_edges, ), generator=gen),
-                      torch.randint(0, num_items, (num_edges, ),
-                                    generator=gen)])
+    ei = torch.stack([
+        torch.randint(0, num_users, (num_edges, ), generator=gen),
+        torch.randint(0, num_items, (num_edges, ), generator=gen),
+    ])
     key = torch.unique(ei[0] * num_items + ei[1])
     return torch.stack([key // num_items, key % num_items])
 

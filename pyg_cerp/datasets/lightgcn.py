@@ -207,7 +207,8 @@ def _count_in_sorted(query: Tensor, sorted_keys: Tensor) -> int:
     # (`torch.searchsorted` is ~5x faster than `torch.isin` here).
     if sorted_keys.numel() == 0 or query.numel() == 0:
         return 0
-    pos = torch.searchsorted(sorted_keys, query).clamp_(max=sorted_keys.numel() - 1)
+    pos = torch.searchsorted(sorted_keys, query)
+    pos.clamp_(max=sorted_keys.numel() - 1)
     return int((sorted_keys[pos] == query).sum())
 
 
@@ -301,7 +302,8 @@ def count_train_test_overlap(data: HeteroData) -> int:
     store = data[EDGE_TYPE]
     num_items = data['item'].num_nodes
     key_train = store.edge_index[0] * num_items + store.edge_index[1]
-    key_test = store.edge_label_index[0] * num_items + store.edge_label_index[1]
+    test = store.edge_label_index
+    key_test = test[0] * num_items + test[1]
     return _count_in_sorted(key_test, key_train.sort()[0])
 
 

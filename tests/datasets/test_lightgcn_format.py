@@ -78,8 +78,8 @@ def test_parser_matches_python_reference(tmp_path):
                                                            generator=gen)),),
                               generator=gen).tolist()
         sep = '\t' if u % 7 == 0 else ' '
-        lines.append(sep.join(str(x) for x in [u] + items) + ('  ' if u % 5
-                                                             else ''))
+        trailing = '  ' if u % 5 else ''
+        lines.append(sep.join(str(x) for x in [u] + items) + trailing)
         rows += [u] * len(items)
         cols += items
     path = write(tmp_path, 'f.txt', '\r\n'.join(lines) + '\n\n')
@@ -144,7 +144,8 @@ def test_file_hashes_git_blob(tmp_path):
     # `printf 'hello\n' | git hash-object --stdin`:
     assert file_hashes(path)['git_blob'] == \
         'ce013625030ba8dba906f756967f9e9ca394464a'
-    assert file_hashes(path)['sha256'] == hashlib.sha256(b'hello\n').hexdigest()
+    expected = hashlib.sha256(b'hello\n').hexdigest()
+    assert file_hashes(path)['sha256'] == expected
 
 
 def fake_download(contents):
@@ -179,8 +180,8 @@ def test_download_verified(tmp_path, monkeypatch):
     assert ds.num_items == 5
     assert calls == ['http://a/train.txt', 'http://b/train.txt',
                      'http://a/test.txt']
-    assert sorted(os.listdir(tmp_path / 'toy' / 'raw')) == ['test.txt',
-                                                           'train.txt']
+    files = sorted(os.listdir(tmp_path / 'toy' / 'raw'))
+    assert files == ['test.txt', 'train.txt']
 
 
 def test_download_checksum_mismatch(tmp_path, monkeypatch):
