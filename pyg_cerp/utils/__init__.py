@@ -1,0 +1,5 @@
+r"""Utilities."""
+from .io import atomic_save, safe_load
+from .validation import check_index
+
+__all__ = ['atomic_save', 'safe_load', 'check_index']

@@ -1,0 +1,272 @@
+import math
+import warnings
+
+import pytest
+import torch
+from torch_geometric.nn.models import LightGCN
+
+from pyg_cerp.nn import CompositionalEmbedding, soft_threshold
+
+
+def make(n=100, d=8, b=12, **kwargs):
+    torch.manual_seed(0)
+    return CompositionalEmbedding(n, d, b, **kwargs)
+
+
+@pytest.mark.parametrize('n,b', [(100, 10), (101, 11), (70839, 5000),
+                                 (50, 50), (37, 7)])
+def test_hashing_is_balanced_and_unique(n, b):
+    emb = CompositionalEmbedding(n, 2, b)
+    p_row, q_row = emb.hash_index(torch.arange(n))
+    m = math.ceil(n / b)
+    assert int(p_row.max()) < b and int(q_row.max()) < b
+    assert int(torch.bincount(p_row).max()) <= m
+    assert int(torch.bincount(q_row).max()) <= m
+    # Every (P row, Q row) pair is unique when b >= sqrt(N).
+    pairs = p_row * b + q_row
+    assert pairs.unique().numel() == n
+
+
+def test_small_bucket_warns_and_shares_pairs():
+    with pytest.warns(UserWarning, match='share both'):
+        emb = CompositionalEmbedding(100, 2, 5)
+    p_row, q_row = emb.hash_index(torch.arange(100))
+    assert (p_row * 5 + q_row).unique().numel() < 100
+
+
+def test_no_warning_at_sqrt_n():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        CompositionalEmbedding(100, 2, 10)
+
+
+def test_soft_threshold_hand_computed():
+    value = torch.tensor([[0.9, -0.9, 0.2, -0.2, 0.0]])
+    s = torch.zeros_like(value)  # sigmoid(0) = 0.5
+    out = soft_threshold(value, s)
+    assert torch.allclose(out, torch.tensor([[0.4, -0.4, 0.0, 0.0, 0.0]]))
+
+
+def test_forward_composes_rows_by_hand():
+    emb = CompositionalEmbedding(10, 3, 4, threshold_init=0.)  # tau = 0.5
+    with torch.no_grad():
+        emb.P.copy_(torch.arange(12.).view(4, 3) / 10 - 0.6)
+        emb.Q.copy_(torch.linspace(-1, 1, 12).view(4, 3))
+    p_hat = torch.sign(emb.P) * torch.relu(emb.P.abs() - 0.5)
+    q_hat = torch.sign(emb.Q) * torch.relu(emb.Q.abs() - 0.5)
+    # N = 10, b = 4: ceil(N/b) = 3, entity 7 -> P row 3, Q row 2.
+    expected = p_hat[3] + q_hat[2]
+    assert torch.allclose(emb(torch.tensor(7)), expected)
+    assert emb(torch.tensor([[7, 7]])).shape == (1, 2, 3)
+
+
+def test_weight_equals_forward_of_all_ids():
+    for n, b in [(100, 12), (97, 10), (64, 64), (10, 1)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            emb = CompositionalEmbedding(n, 5, b, threshold_init=-1.)
+        assert emb.weight.shape == (n, 5)
+        assert torch.equal(emb.weight, emb(torch.arange(n)))
+
+
+def test_gradients_reach_all_parameters():
+    emb = make(threshold_init=-3.)
+    out = emb(torch.tensor([0, 5, 99]))
+    (out.pow(2).sum() + emb.pruning_loss()).backward()
+    for name in ('P', 'Q', 'threshold_P', 'threshold_Q'):
+        grad = getattr(emb, name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+    emb.zero_grad()
+    emb.weight.sum().backward()
+    assert emb.P.grad.abs().sum() > 0 and emb.Q.grad.abs().sum() > 0
+
+
+def test_pruning_loss_prefers_complementary_zero_patterns():
+    # N = 4, b = 2: entity k -> P[k % 2] + Q[k // 2]; rows never zero together
+    # when P zeroes the even and Q the odd dimensions.
+    emb = CompositionalEmbedding(4, 4, 2, threshold_init=-100.)
+    even = torch.tensor([0., 1., 0., 1.])
+    odd = torch.tensor([1., 0., 1., 0.])
+    with torch.no_grad():
+        emb.P.copy_(even.repeat(2, 1))
+        emb.Q.copy_(odd.repeat(2, 1))
+    complementary = emb.pruning_loss()
+    with torch.no_grad():
+        emb.Q.copy_(even.repeat(2, 1))  # same zero positions as P
+    overlapping = emb.pruning_loss()
+    assert complementary < overlapping
+    assert torch.isclose(complementary, torch.tensor(-4.), atol=1e-4)
+    assert torch.isclose(overlapping, torch.tensor(-2.), atol=1e-4)
+    assert torch.isclose(emb.pruning_loss(reduction='sum'),
+                         torch.tensor(-8.), atol=1e-3)
+    with pytest.raises(ValueError, match='reduction'):
+        emb.pruning_loss(reduction='avg')
+
+
+def test_pruning_loss_on_batch_uses_batch_rows():
+    emb = make(threshold_init=-100.)
+    idx = torch.tensor([1, 2, 2])
+    expected = -torch.tanh(100 * emb(idx)).pow(2).sum() / 3
+    assert torch.allclose(emb.pruning_loss(idx), expected)
+
+
+def test_counting_and_densities():
+    emb = CompositionalEmbedding(100, 4, 10, threshold_init=-100.)
+    assert emb.num_meta_params == 80 and emb.num_full_params == 400
+    assert emb.num_nonzero() == 80
+    with torch.no_grad():
+        emb.P[:5].zero_()
+    assert emb.num_nonzero() == 60
+    assert emb.meta_density() == pytest.approx(60 / 80)
+    assert emb.full_table_fraction() == pytest.approx(60 / 400)
+    with torch.no_grad():
+        emb.threshold_Q.fill_(100.)  # tau = 1 > every xavier value
+    assert emb.num_nonzero() == 20
+
+
+def test_freeze_masks_keeps_values_and_blocks_thresholds():
+    emb = make(threshold_init=-1.5)
+    before = emb.weight.detach().clone()
+    mask_p, mask_q = emb.masks()
+    assert 0 < int(mask_p.sum()) < mask_p.numel()
+    emb.freeze_masks()
+    assert emb.is_retraining
+    assert torch.allclose(emb.weight, before)
+    assert not emb.threshold_P.requires_grad
+    # Masked entries stay zero after an optimiser step.
+    opt = torch.optim.SGD(emb.parameters(), lr=1.)
+    emb.weight.sum().backward()
+    opt.step()
+    p_hat, q_hat = emb.pruned_tables()
+    assert torch.equal(p_hat != 0, mask_p & (p_hat != 0))
+    assert int((p_hat != 0).sum()) <= int(mask_p.sum())
+    assert not bool((p_hat[~mask_p] != 0).any())
+
+
+def test_freeze_masks_rewinds_to_initial_state():
+    emb = make(threshold_init=-1.5)
+    init = emb.initial_state()
+    with torch.no_grad():
+        emb.P.add_(1.)
+    masks = emb.masks()
+    emb.freeze_masks(masks, rewind_to=init)
+    p_hat, _ = emb.pruned_tables()
+    assert torch.equal(p_hat, init['P'] * masks[0])
+    with pytest.raises(KeyError, match='Q'):
+        emb.freeze_masks(rewind_to={'P': init['P']})
+    with pytest.raises(ValueError, match='shape'):
+        emb.freeze_masks((masks[0][:2], masks[1]))
+
+
+def test_state_dict_round_trip_includes_masks_and_mode():
+    emb = make(threshold_init=-1.5)
+    emb.freeze_masks()
+    state = emb.state_dict()
+    other = make(threshold_init=-100.)
+    other.load_state_dict(state)
+    assert other.is_retraining and not other.threshold_P.requires_grad
+    assert torch.equal(other.weight, emb.weight)
+    assert torch.equal(other.mask_P, emb.mask_P)
+    with pytest.raises(RuntimeError, match='expected'):
+        CompositionalEmbedding(100, 8, 13).load_state_dict(state)
+
+
+def test_reset_parameters_leaves_retrain_mode():
+    emb = make(threshold_init=-1.5)
+    emb.freeze_masks()
+    emb.reset_parameters()
+    assert not emb.is_retraining and emb.threshold_P.requires_grad
+    assert torch.all(emb.threshold_P == -1.5)
+    assert bool(emb.mask_P.all())
+
+
+def test_inplace_on_weight_resets_or_raises():
+    emb = make()
+    old = emb.P.detach().clone()
+    torch.nn.init.xavier_uniform_(emb.weight)
+    assert not torch.equal(old, emb.P)
+    old = emb.P.detach().clone()
+    torch.nn.init.trunc_normal_(emb.weight)
+    assert not torch.equal(old, emb.P)
+    with pytest.raises(RuntimeError, match='in place'):
+        emb.weight.add_(1.)
+    with pytest.raises(RuntimeError, match='in place'):
+        w = emb.weight
+        w += 1
+    # Out-of-place ops give plain tensors.
+    assert type(emb.weight * 2) is torch.Tensor
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(bucket_size=0), ValueError, 'bucket_size'),
+    (dict(bucket_size=101), ValueError, '101'),
+    (dict(bucket_size=2.5), TypeError, 'bucket_size'),
+    (dict(num_embeddings=0), ValueError, 'num_embeddings'),
+    (dict(embedding_dim=-1), ValueError, 'embedding_dim'),
+])
+def test_bad_construction(kwargs, error, match):
+    args = dict(num_embeddings=100, embedding_dim=4, bucket_size=10)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        CompositionalEmbedding(**args)
+
+
+def test_bad_ids():
+    emb = make()
+    with pytest.raises(IndexError, match='100'):
+        emb(torch.tensor([0, 100]))
+    with pytest.raises(IndexError, match='-3'):
+        emb(torch.tensor([-3]))
+    with pytest.raises(TypeError, match='float'):
+        emb(torch.tensor([1.0]))
+    with pytest.raises(TypeError, match='bool'):
+        emb(torch.tensor([True]))
+    assert emb(torch.empty(0, dtype=torch.long)).shape == (0, 8)
+
+
+def test_repr_names_sizes_and_sparsity():
+    text = repr(CompositionalEmbedding(70839, 64, 5000))
+    for part in ('70839', '64', 'bucket_size=5000', 'meta_density',
+                 'full_table_fraction', 'mode=prune'):
+        assert part in text
+
+
+def random_bipartite(num_users=30, num_items=40, num_edges=200, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randint(num_users, (num_edges, ), generator=gen)
+    i = torch.randint(num_items, (num_edges, ), generator=gen) + num_users
+    edge_index = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
+    return edge_index, num_users, num_items
+
+
+def test_inside_pyg_lightgcn():
+    edge_index, nu, ni = random_bipartite()
+    n = nu + ni
+    model = LightGCN(n, 16, num_layers=2)
+    model.embedding = CompositionalEmbedding(n, 16, 9, threshold_init=-6.)
+    model.reset_parameters()  # must not fail, must reset for real
+
+    # The same checks as PyG's own LightGCN tests.
+    pred = model(edge_index, edge_index[:, :10])
+    assert pred.shape == (10, )
+    top = model.recommend(edge_index, src_index=torch.arange(nu),
+                          dst_index=torch.arange(nu, n), k=5)
+    assert top.shape == (nu, 5) and bool((top >= nu).all())
+
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(30):
+        pos = edge_index[:, :200]
+        neg = torch.stack([pos[0], torch.randint(nu, n, (200, ),
+                                                 generator=gen)])
+        out = model(edge_index, torch.cat([pos, neg], dim=1))
+        loss = model.recommendation_loss(out[:200], out[200:],
+                                         node_id=pos.flatten())
+        assert loss > 0
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
