@@ -198,7 +198,15 @@ def ranking_metrics_from_scores(
 
     averaged over users with at least one test item (users without test
     items are skipped).  Users are scored in batches of :obj:`batch_size`,
-    so memory stays :math:`O(\textrm{batch\_size} \cdot I)`.
+    so memory stays :math:`O(\textrm{batch\_size} \cdot I)`.  The
+    returned score tensor is modified in place (training items set to
+    :math:`-\infty`); :obj:`nan` scores are not supported.
+
+    Example, for :class:`pyg_cerp.nn.MLPScorer`::
+
+        ranking_metrics_from_scores(model.score_all, num_users, num_items,
+                                    train_edge_index, test_edge_index,
+                                    ks=(20, ))
 
     Args:
         score_fn (callable): Maps a :obj:`[B]` tensor of user ids to a

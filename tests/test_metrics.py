@@ -201,3 +201,20 @@ def test_errors():
     with pytest.raises(ValueError, match="'user_ids' must be in"):
         ranking_metrics(user_emb, item_emb, train, test,
                         user_ids=torch.tensor([99]))
+
+
+def test_mlp_scorer_score_all():
+    from pyg_cerp.nn import MLPScorer
+    torch.manual_seed(0)
+    user_emb, item_emb, train, test = random_problem(seed=9)
+    num_users, num_items = user_emb.size(0), item_emb.size(0)
+    model = MLPScorer(num_users, num_items,
+                      torch.nn.Embedding(num_users + num_items, 8),
+                      hidden_channels=(16, ))
+    out = ranking_metrics_from_scores(model.score_all, num_users, num_items,
+                                      train, test, ks=(5, 10), batch_size=7)
+    with torch.no_grad():
+        scores = model.score_all(torch.arange(num_users))
+    ref = brute_force(scores, train, test, (5, 10))
+    for key in ref:
+        assert out[key] == pytest.approx(ref[key], abs=1e-12), key
