@@ -150,8 +150,8 @@ def read_lightgcn_file(path: str) -> Tuple[Tensor, int]:
 
     Returns:
         A tuple of the :obj:`[2, num_pairs]` tensor of (user, item) pairs in
-        file order (duplicates are *not* removed here) and the number of user
-        lines.
+        file order (duplicates are *not* removed here) and the tensor of the
+        user ids of all non-blank lines (including users without items).
 
     Raises:
         ValueError: On an empty file, a non-integer token or a negative id,
@@ -199,7 +199,7 @@ def read_lightgcn_file(path: str) -> Tuple[Tensor, int]:
     row = users[line_of_token[~is_first]]
     col = values[~is_first]
     edge_index = torch.from_numpy(np.stack([row, col]))
-    return edge_index, int(is_first.sum())
+    return edge_index, torch.from_numpy(users)
 
 
 def _count_in_sorted(query: Tensor, sorted_keys: Tensor) -> int:
@@ -230,7 +230,8 @@ def load_lightgcn_split(
     :class:`~torch_geometric.data.HeteroData` object.
 
     * :obj:`data['user'].num_nodes` is :math:`\max(\textrm{train user id}) +
-      1`; a test user id outside this range is an error.
+      1` (over all lines of :obj:`train.txt`, also those without items); a
+      test user id outside this range is an error.
     * :obj:`data['item'].num_nodes` is :math:`\max(\textrm{item id}) + 1`
       over train *and* test (so cold test items exist as nodes).
     * :obj:`data['user', 'rates', 'item'].edge_index` holds the training
@@ -248,14 +249,14 @@ def load_lightgcn_split(
         train_path (str): Path to :obj:`train.txt`.
         test_path (str): Path to :obj:`test.txt`.
     """
-    train, _ = read_lightgcn_file(train_path)
-    test, _ = read_lightgcn_file(test_path)
+    train, train_users = read_lightgcn_file(train_path)
+    test, test_users = read_lightgcn_file(test_path)
 
     if train.size(1) == 0:
         raise ValueError(f"'{train_path}' has no (user, item) pairs")
-    num_users = int(train[0].max()) + 1
-    if test.numel() > 0 and int(test[0].max()) >= num_users:
-        bad = int(test[0][test[0] >= num_users][0])
+    num_users = int(train_users.max()) + 1
+    if int(test_users.max()) >= num_users:
+        bad = int(test_users[test_users >= num_users][0])
         line = _first_line_of_user(test_path, bad)
         raise ValueError(
             f"'{test_path}', line {line}: test user {bad} is unknown to the "
@@ -324,8 +325,8 @@ class LightGCNDataset(InMemoryDataset):
     r"""A user-item interaction dataset in the text format of LightGCN
     (`"LightGCN: Simplifying and Powering Graph Convolution Network for
     Recommendation" <https://arxiv.org/abs/2002.02126>`_), as used by CERP
-    (`"Embedding Compression in Recommender Systems: A Survey"
-    <https://arxiv.org/abs/2309.03518>`_).
+    (`"Learning Compact Compositional Embeddings via Regularized Pruning for
+    Recommendation" <https://arxiv.org/abs/2309.03518>`_).
 
     Raw files are :obj:`{root}/{name}/raw/train.txt` and :obj:`test.txt`,
     lines ``user item item ...``.  The single graph is a

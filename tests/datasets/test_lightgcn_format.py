@@ -83,8 +83,8 @@ def test_parser_matches_python_reference(tmp_path):
         rows += [u] * len(items)
         cols += items
     path = write(tmp_path, 'f.txt', '\r\n'.join(lines) + '\n\n')
-    edge_index, num_lines = read_lightgcn_file(path)
-    assert num_lines == 50
+    edge_index, users = read_lightgcn_file(path)
+    assert users.tolist() == list(range(50))
     assert edge_index.tolist() == [rows, cols]
 
 
@@ -114,6 +114,13 @@ def test_unknown_test_user(tmp_path):
     with pytest.raises(ValueError, match=r"test.txt', line 4: test user 5 "
                        r"is unknown"):
         load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+
+
+def test_user_without_items_counts(tmp_path):
+    raw = make_raw(tmp_path, train='0 1\n1 0\n2\n', test='0 0\n2 1\n')
+    data = load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+    assert data['user'].num_nodes == 3
+    assert data[EDGE_TYPE].edge_label_index.tolist() == [[0, 2], [0, 1]]
 
 
 def test_overlap_is_reported_not_fatal(tmp_path):
