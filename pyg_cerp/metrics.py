@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    'RankingEvaluator',
     'ranking_metrics',
     'ranking_metrics_from_scores',
     'combine_ranking_sums',
@@ -55,10 +56,41 @@ def deterministic_topk(scores: Tensor, k: int) -> Tensor:
     return idx
 
 
-class _RankingEvaluator:
-    # Holds the index structures shared by all batches of one evaluation.
-    def __init__(self, num_users: int, num_items: int, train_edge_index:
-                 Tensor, test_edge_index: Tensor, ks: Sequence[int]) -> None:
+class RankingEvaluator:
+    r"""Full-ranking Recall@:math:`k` and NDCG@:math:`k` evaluator that
+    builds its index structures (sorted training/test keys, per-user
+    training items) once, for repeated evaluation during training.  See
+    :func:`ranking_metrics_from_scores` for the definitions.
+
+    The metric step itself is hand-written rather than
+    :class:`torch_geometric.metrics.LinkPredRecall` /
+    :class:`~torch_geometric.metrics.LinkPredNDCG` (the tests check that both
+    agree): it reuses the sorted test keys across batches instead of
+    re-sorting the labels of every batch, handles excluded items that fall
+    into the top-:math:`k` of users with fewer than :math:`k` candidates,
+    and accumulates per-user values in :obj:`float64` so that user shards
+    combine exactly.  Scoring and :func:`torch.topk` dominate the run time.
+
+    Args:
+        num_users (int): The number of users.
+        num_items (int): The number of items.
+        train_edge_index (torch.Tensor): Training (user, item) pairs
+            :obj:`[2, E_train]`, excluded from the ranking.
+        test_edge_index (torch.Tensor): Test (user, item) pairs
+            :obj:`[2, E_test]`.
+        ks (int or Sequence[int], optional): Cut-offs. (default:
+            :obj:`(20,)`)
+    """
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        train_edge_index: Tensor,
+        test_edge_index: Tensor,
+        ks: Union[int, Sequence[int]] = (20, ),
+    ) -> None:
+        if isinstance(ks, int):
+            ks = (ks, )
         ks = sorted(set(int(k) for k in ks))
         if len(ks) == 0 or ks[0] <= 0:
             raise ValueError(f"'ks' must be positive integers (got {ks})")
@@ -89,8 +121,30 @@ class _RankingEvaluator:
         self.discount = discount
         self.idcg = torch.cat([discount.new_zeros(1), discount.cumsum(0)])
 
-    def evaluate(self, score_fn: Callable[[Tensor], Tensor],
-                 user_ids: Optional[Tensor], batch_size: int) -> Metrics:
+    @property
+    def num_eval_users(self) -> int:
+        r"""The number of users with at least one test item."""
+        return int((self.test_count > 0).sum())
+
+    def __call__(
+        self,
+        score_fn: Callable[[Tensor], Tensor],
+        batch_size: int = 1024,
+        user_ids: Optional[Tensor] = None,
+        return_sums: bool = False,
+    ) -> Metrics:
+        r"""Evaluates a scorer; the arguments are those of
+        :func:`ranking_metrics_from_scores`."""
+        with torch.no_grad():
+            sums = self._evaluate(score_fn, user_ids, batch_size)
+        return sums if return_sums else combine_ranking_sums([sums])
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_users={self.num_users}, '
+                f'num_items={self.num_items}, ks={tuple(self.ks)})')
+
+    def _evaluate(self, score_fn: Callable[[Tensor], Tensor],
+                  user_ids: Optional[Tensor], batch_size: int) -> Metrics:
         if batch_size <= 0:
             raise ValueError(f"'batch_size' must be positive "
                              f"(got {batch_size})")
@@ -233,15 +287,9 @@ def ranking_metrics_from_scores(
         A dictionary with keys :obj:`'recall@k'` and :obj:`'ndcg@k'` for
         every :obj:`k` (and :obj:`'num_users'` if :obj:`return_sums`).
     """
-    if isinstance(ks, int):
-        ks = (ks, )
-    evaluator = _RankingEvaluator(num_users, num_items, train_edge_index,
-                                  test_edge_index, ks)
-    with torch.no_grad():
-        sums = evaluator.evaluate(score_fn, user_ids, batch_size)
-    if return_sums:
-        return sums
-    return combine_ranking_sums([sums])
+    evaluator = RankingEvaluator(num_users, num_items, train_edge_index,
+                                 test_edge_index, ks)
+    return evaluator(score_fn, batch_size, user_ids, return_sums)
 
 
 def ranking_metrics(

@@ -218,3 +218,22 @@ def test_mlp_scorer_score_all():
     ref = brute_force(scores, train, test, (5, 10))
     for key in ref:
         assert out[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+def test_ranking_evaluator_reuse():
+    from pyg_cerp.metrics import RankingEvaluator
+    user_emb, item_emb, train, test = random_problem(seed=11)
+    evaluator = RankingEvaluator(user_emb.size(0), item_emb.size(0), train,
+                                 test, ks=10)
+    assert evaluator.num_eval_users == torch.unique(test[0]).numel()
+    assert repr(evaluator) == \
+        'RankingEvaluator(num_users=37, num_items=60, ks=(10,))'
+    for scale in (1.0, -1.0):  # two different "models"
+        u = scale * user_emb
+
+        def score_fn(users):
+            return u[users] @ item_emb.t()
+
+        out = evaluator(score_fn, batch_size=5)
+        assert out == pytest.approx(ranking_metrics(u, item_emb, train, test,
+                                                    ks=10))
