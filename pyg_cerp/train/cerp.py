@@ -357,7 +357,9 @@ class CERPRunner:
                 prune = self.state['prune'] = dict(
                     init_model=copy.deepcopy(model.state_dict()),
                     target_models={}, done=False, reached=[])
-                scheduler.on_train_start()
+                for t in scheduler.on_train_start():  # Met at step 0.
+                    prune['target_models'][target_key(t)] = copy.deepcopy(
+                        model.state_dict())
         elif name != 'full':
             mode, key = name.split('@')
             target = float(key)
@@ -392,10 +394,6 @@ class CERPRunner:
                          f'{scheduler.num_steps}: '
                          f'{self._memory_line(model.embedding)}')
 
-        if scheduler is not None and scheduler.done:  # Reached at step 0.
-            for t in scheduler.targets:
-                prune['target_models'].setdefault(
-                    target_key(t), copy.deepcopy(model.state_dict()))
         epoch = start_epoch
         start = time.perf_counter()
         while epoch < epochs and not (scheduler is not None and
