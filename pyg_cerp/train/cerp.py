@@ -65,7 +65,11 @@ class CERPConfig:
             pruning speed, roughly the rise of :math:`S` per step.
             (default: :obj:`2e-2`)
         threshold_weight_decay (float, optional): L2 penalty of the
-            thresholds (:obj:`None`: :obj:`weight_decay`).
+            thresholds (:obj:`None`: :obj:`weight_decay`). Under Adam, it
+            drives the thresholds up at :obj:`threshold_lr` per step as long
+            as it dominates their other gradients; with the official
+            :math:`10^{-5}`, the regulariser's gradient can stall pruning.
+            (default: :obj:`1e-3`)
         gamma_init (float): Initial regulariser weight. (default: :obj:`1.`)
         gamma_decay (float): Its decay per period. (default: :obj:`0.5`)
         gamma_decay_every (int): The period, in epochs. (default: :obj:`1`)
@@ -90,7 +94,7 @@ class CERPConfig:
     lr: float = 5e-3
     weight_decay: float = 1e-5
     threshold_lr: float = 2e-2
-    threshold_weight_decay: Optional[float] = None
+    threshold_weight_decay: Optional[float] = 1e-3
     gamma_init: float = 1.
     gamma_decay: float = 0.5
     gamma_decay_every: int = 1
