@@ -33,7 +33,8 @@ def main(argv=None):
     num_nodes = data.num_users + data.num_items
 
     def build(embedding: torch.nn.Module) -> LightGCNRecommender:
-        model = LightGCN(num_nodes, config.dim, args.num_layers)
+        model = LightGCN(num_nodes, config.dim, args.num_layers,
+                         normalize=False)
         use_symmetric_propagation(model)
         model.embedding = embedding
         model.reset_parameters()

@@ -64,15 +64,15 @@ def load_interactions(folder: str) -> Interactions:
     raw = os.path.join(folder, 'raw')
     raw = raw if os.path.isdir(raw) else folder
     try:  # pragma: no cover - depends on the merge state
-        from pyg_cerp.datasets import LightGCNDataset  # noqa
-        root, name = os.path.split(os.path.abspath(folder))
-        data = LightGCNDataset(root, name)[0]
-        store = data['user', 'rates', 'item']
-        return Interactions(store.edge_index, store.edge_label_index,
-                            int(data['user'].num_nodes),
-                            int(data['item'].num_nodes))
-    except Exception:
+        from pyg_cerp.datasets import load_lightgcn_split
+    except ImportError:
         return read_lightgcn_folder(raw)
+    data = load_lightgcn_split(os.path.join(raw, 'train.txt'),
+                               os.path.join(raw, 'test.txt'))
+    store = data['user', 'rates', 'item']
+    return Interactions(store.edge_index, store.edge_label_index,
+                        int(data['user'].num_nodes),
+                        int(data['item'].num_nodes))
 
 
 # Adjacency ###################################################################
@@ -172,7 +172,7 @@ def make_sampler(edge_index: Tensor, num_users: int, num_items: int,
         BPRSampler = _BPRSampler
     return BPRSampler(edge_index, num_users, num_items,
                       num_negatives=num_negatives, batch_size=batch_size,
-                      seed=seed, reject_positives=False, rank=rank,
+                      seed=seed, reject_positives=True, rank=rank,
                       world_size=world_size)
 
 
@@ -199,6 +199,14 @@ def ranking_metrics_from_scores(
 ) -> Dict[str, float]:
     r"""Full-ranking Recall/NDCG@k with training positives masked (users
     without test items are skipped)."""
+    try:  # pragma: no cover - depends on the merge state
+        from pyg_cerp.metrics import ranking_metrics_from_scores as f
+    except ImportError:
+        f = None
+    if f is not None:
+        out = f(score_fn, num_users, num_items, train_edge_index,
+                test_edge_index, ks=tuple(ks))
+        return {k: float(v) for k, v in out.items()}
     max_k = max(ks)
     tr_ptr, tr_col = _csr_sets(train_edge_index, num_users)
     te_ptr, te_col = _csr_sets(test_edge_index, num_users)

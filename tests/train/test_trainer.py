@@ -30,7 +30,8 @@ def lightgcn_builder(data: Interactions, dim: int):
     adj = lightgcn_adjacency(data.train, data.num_users, data.num_items)
 
     def build(embedding):
-        model = LightGCN(data.num_users + data.num_items, dim, 2)
+        model = LightGCN(data.num_users + data.num_items, dim, 2,
+                         normalize=False)
         use_symmetric_propagation(model)
         model.embedding = embedding
         model.reset_parameters()
