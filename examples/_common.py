@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyg_cerp.train import CERPConfig, CERPRunner, Interactions  # noqa: E402
 from pyg_cerp.train import load_interactions, make_sampler  # noqa: E402
+from pyg_cerp.distributed import (DistributedCERPRunner,  # noqa: E402
+                                  destroy_distributed, init_distributed)
 
 KNOWN = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020'}
 
@@ -19,6 +21,11 @@ KNOWN = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020'}
 def add_common_arguments(parser: argparse.ArgumentParser,
                          defaults: CERPConfig) -> None:
     d = defaults
+    parser.epilog = (
+        'Data-parallel training: launch with torchrun, e.g. '
+        '"torchrun --nproc_per_node=2 %(prog)s ARGS" on one machine (add '
+        '--nnodes/--node-rank/--rdzv-endpoint for several); --batch-size is '
+        'then the global batch. See docs/distributed.md.')
     parser.add_argument(
         '--dataset', default='gowalla',
         help="'gowalla', 'yelp2020' (looked up as <root>/<name>/raw/) or a "
@@ -155,10 +162,16 @@ def slice_interactions(data: Interactions, max_users: int,
 
 
 def load_data(args: argparse.Namespace) -> Interactions:
+    # Under torchrun, rank 0 reads (and caches) the data first.
+    world = init_distributed()
+    if not world.is_main:
+        world.barrier()
     folder = resolve_dataset(args.dataset, args.root)
     data = Interactions(*load_interactions(folder))
     if args.subset is not None:
         data = slice_interactions(data, *args.subset)
+    if world.is_main:
+        world.barrier()
     return data
 
 
@@ -182,29 +195,46 @@ def main_loop(args: argparse.Namespace, config: CERPConfig,
     out = args.out or os.path.join(
         'results', f'{script}-{os.path.basename(os.path.normpath(args.dataset))}')
     os.makedirs(out, exist_ok=True)
-    print(f'{script}: {data.num_users} users, {data.num_items} items, '
-          f'{data.train.size(1)} train / {data.test.size(1)} test pairs; '
-          f'out={out}')
-    print(f'config: {config}')
+    # Single process, or one of the ranks started by torchrun (see
+    # docs/distributed.md): only rank 0 prints and writes results.
+    world = init_distributed()
+    log = print if world.is_main else (lambda *a, **k: None)
+    if world.is_distributed:
+        log(f'data-parallel: {world.world_size} ranks ({world.backend}), '
+            f'global batch {config.batch_size}')
+    log(f'{script}: {data.num_users} users, {data.num_items} items, '
+        f'{data.train.size(1)} train / {data.test.size(1)} test pairs; '
+        f'out={out}')
+    log(f'config: {config}')
 
     def sampler(seed: int):
         return make_sampler(data.train, data.num_users, data.num_items,
                             config.num_negatives, config.batch_size, seed)
 
-    runner = CERPRunner(config, data, build_recommender, sampler,
-                        out_dir=out, progress=not args.no_progress)
+    kwargs: Dict[str, Any] = dict(out_dir=out,
+                                  progress=not args.no_progress)
+    if world.is_distributed:
+        runner = DistributedCERPRunner(config, data, build_recommender,
+                                       sampler, world=world, **kwargs)
+    else:
+        runner = CERPRunner(config, data, build_recommender, sampler,
+                            **kwargs)
     start = time.perf_counter()
+    # A failing rank raises (non-zero exit); torchrun then stops the others.
     state = runner.run(resume=args.resume, stop_after=args.stop_after)
+    destroy_distributed(world)
     elapsed = time.perf_counter() - start
+    if not world.is_main:
+        return state
     if not state.get('finished'):
-        print(f'Stopped after {args.stop_after} epoch(s) ({elapsed:.0f}s); '
-              f'continue with --resume --out {out}')
+        log(f'Stopped after {args.stop_after} epoch(s) ({elapsed:.0f}s); '
+            f'continue with --resume --out {out}')
         return state
     prune = state['prune'] or {}
     table = results_table(state['results'], list(config.ks))
-    print(f'\nResults ({elapsed:.0f}s in this call):\n{table}')
+    log(f'\nResults ({elapsed:.0f}s in this call):\n{table}')
     if prune.get('missing'):
-        print('\nWARNING: ' + prune['message'])
+        log('\nWARNING: ' + prune['message'])
     summary = dict(config=config.to_dict(), results=state['results'],
                    history=state['history'],
                    pruning=dict(reached=prune.get('reached', []),
@@ -214,7 +244,7 @@ def main_loop(args: argparse.Namespace, config: CERPConfig,
                                 num_items=data.num_items,
                                 num_train=int(data.train.size(1)),
                                 num_test=int(data.test.size(1))),
-                   seconds_this_call=elapsed)
+                   seconds_this_call=elapsed, world_size=world.world_size)
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out, 'results.md'), 'w') as f:

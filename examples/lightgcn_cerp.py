@@ -5,6 +5,11 @@ Example::
 
     python examples/lightgcn_cerp.py --root /work/shared/data
     python examples/lightgcn_cerp.py --dataset path/to/folder --subset 500 800
+
+Data-parallel on N processes (see docs/distributed.md; --batch-size is the
+global batch, split over the processes)::
+
+    torchrun --nproc_per_node=2 examples/lightgcn_cerp.py --root ...
 """
 import argparse
 

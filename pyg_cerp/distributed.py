@@ -31,6 +31,7 @@ The building blocks to run a CERP training loop under
 import datetime
 import gc
 import inspect
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -40,6 +41,11 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
+
+# A global step counter for fault injection, and the number of scheduler
+# states overridden by rank 0's (for tests).
+_STEP_COUNTER = itertools.count()
+_NUM_SYNCS = [0]
 
 _DDP_HAS_FORWARD_SYNC_BUFFERS = 'forward_sync_buffers' in inspect.signature(
     DistributedDataParallel.__init__).parameters
@@ -707,7 +713,9 @@ class ShardedBPRSampler:
     def __iter__(self):
         for batch in self.sampler:
             self.global_batch_size = int(batch[0].size(0))
-            yield tuple(t[self.rank::self.world_size] for t in batch)
+            out = ShardedBatch(t[self.rank::self.world_size] for t in batch)
+            out.global_batch = tuple(batch)
+            yield out
 
     def __getattr__(self, name: str) -> Any:
         # Delegate everything else (num_items, edge_index, ...) to the
@@ -775,6 +783,363 @@ def sharded_ranking_metrics(
     return reduce_metric_sums(sums, count, ctx)
 
 
+class ShardedBatch(tuple):
+    r"""This rank's :obj:`(users, pos, neg)` slice of a global batch (a plain
+    3-tuple for unpacking), with the whole global batch in
+    :attr:`global_batch` (yielded by :class:`ShardedBPRSampler`)."""
+    global_batch: Optional[tuple] = None
+
+
+def _cerp_step_loss(recommender: Module, users: Tensor, pos: Tensor,
+                    neg: Tensor, bpr_scale: float, reg_index: Optional[Tensor],
+                    scheduler: Any) -> tuple:
+    # The loss of one data-parallel CERP step, computed inside the DDP
+    # forward: this rank's mean BPR loss times its loss scale, plus the
+    # pruning regulariser over ``reg_index`` (the *global* batch's entities
+    # when known: identical on every rank, so DDP's average keeps it as is).
+    bpr = recommender.loss(users, pos, neg)
+    if users.numel() == 0:  # an empty shard: a nan mean, zero gradients
+        term = torch.nan_to_num(bpr, nan=0.) * 0.
+    else:
+        term = bpr * bpr_scale
+    reg = None
+    if scheduler is not None and reg_index is not None:
+        reg = scheduler.regularizer(reg_index)
+    loss = term if reg is None else term + reg
+    return loss, bpr.detach(), None if reg is None else reg.detach()
+
+
+class DDPTrainStep:
+    r"""The data-parallel counterpart of :func:`pyg_cerp.train.train_step`,
+    for one training stage of one recommender: a callable with the same
+    signature and return value, to be passed as :obj:`step_fn` to
+    :func:`pyg_cerp.train.train_epoch`.
+
+    Per step, it
+
+    1. computes the whole loss in the forward of a DDP-wrapped
+       :class:`LossModule` (so that DDP sees every parameter use): this
+       rank's mean BPR loss scaled by :meth:`DistContext.loss_scale`, plus
+       :math:`\gamma` times the pruning loss over the entities of the
+       *global* batch (from :class:`ShardedBatch`; every rank computes the
+       same value, which DDP's averaging leaves unchanged). The gradient is
+       thus the single-process gradient of the global batch;
+    2. all-reduces the gradients (DDP), clips them and steps the optimiser
+       (identically on every rank);
+    3. steps the pruning scheduler on every rank and checks, with one small
+       all-reduce, that every rank took rank 0's decision (step count,
+       targets reached, snapshots, :math:`\gamma`, density); on any
+       difference, rank 0's scheduler state is broadcast and loaded, so the
+       mask snapshots and the stop decision are always rank 0's;
+    4. all-reduces the loss sums for the returned (global) loss values.
+
+    Build a new one for every stage: DDP fixes its gradient buckets to the
+    parameters that are trainable at construction (the thresholds are frozen
+    in retrain mode).
+
+    With a batch that is not a :class:`ShardedBatch` (*e.g.*, from
+    :class:`~pyg_cerp.sampling.BPRSampler` with :obj:`rank`/:obj:`world_size`),
+    the regulariser is computed over this rank's entities: an approximation of
+    the global one.
+
+    Args:
+        recommender (pyg_cerp.train.Recommender): The model of the stage.
+        ctx (DistContext): The context.
+        find_unused_parameters (bool, optional): See
+            :meth:`DistContext.wrap`. (default: :obj:`False`)
+    """
+    def __init__(self, recommender: Module, ctx: DistContext,
+                 find_unused_parameters: bool = False) -> None:
+        self.recommender = recommender
+        self.ctx = ctx
+        self.module = ctx.wrap(LossModule(recommender, _cerp_step_loss),
+                               find_unused_parameters=find_unused_parameters)
+        #: The number of scheduler states overridden by rank 0's.
+        self.num_scheduler_syncs = 0
+
+    def __call__(
+        self,
+        recommender: Module,
+        optimizer: torch.optim.Optimizer,
+        batch: tuple,
+        scheduler: Any = None,
+        clip_grad_norm: Optional[float] = 100.,
+    ) -> Dict[str, Any]:
+        r"""Runs one step; see :func:`pyg_cerp.train.train_step`.
+
+        Args:
+            recommender (pyg_cerp.train.Recommender): Must be the one given
+                at construction (for the signature of
+                :func:`~pyg_cerp.train.train_step`).
+            optimizer (torch.optim.Optimizer): The optimiser.
+            batch (tuple): This rank's :obj:`(users, pos, neg)`, ideally a
+                :class:`ShardedBatch`.
+            scheduler (PruningScheduler, optional): The pruning schedule.
+            clip_grad_norm (float, optional): Gradient-norm clipping.
+
+        Returns:
+            :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (global values) and
+            :obj:`'reached'` (rank 0's newly reached targets).
+        """
+        if recommender is not self.recommender:
+            raise ValueError('DDPTrainStep was built for another recommender '
+                             '(build one per stage)')
+        ctx = self.ctx
+        users, pos, neg = batch
+        if neg.dim() == 1:
+            neg = neg.unsqueeze(-1)
+        global_batch = getattr(batch, 'global_batch', None)
+        local_n = int(users.numel())
+        if global_batch is not None:
+            global_n = int(global_batch[0].numel())
+            gneg = global_batch[2]
+            reg_index = recommender.entities(
+                global_batch[0], global_batch[1],
+                gneg.unsqueeze(-1) if gneg.dim() == 1 else gneg)
+        else:
+            global_n = None
+            reg_index = recommender.entities(users, pos, neg)
+        scale = ctx.loss_scale(local_n, global_n)
+        with_reg = scheduler is not None
+        loss, bpr, reg = self.module(users, pos, neg, scale,
+                                     reg_index if with_reg else None,
+                                     scheduler)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(recommender.parameters(),
+                                           clip_grad_norm)
+        optimizer.step()
+        maybe_inject_fault(ctx, next(_STEP_COUNTER))
+        reached = scheduler.step() if scheduler is not None else []
+        if scheduler is not None:
+            before = _NUM_SYNCS[0]
+            reached = sync_scheduler_decisions(scheduler, reached, ctx)
+            self.num_scheduler_syncs += _NUM_SYNCS[0] - before
+        # Global loss values: bpr is a mean over this rank's triples; reg is
+        # the same on every rank (global batch) or a per-rank estimate.
+        bpr_sum = 0. if local_n == 0 else float(bpr) * local_n
+        reg_val = 0. if reg is None else float(reg)
+        t = torch.tensor([bpr_sum, float(local_n), reg_val],
+                         dtype=torch.float64, device=ctx.device)
+        ctx.all_reduce(t)
+        bpr_mean = float(t[0] / t[1]) if float(t[1]) > 0 else 0.
+        reg_mean = float(t[2]) / ctx.world_size
+        return dict(loss=bpr_mean + reg_mean, bpr=bpr_mean, reg=reg_mean,
+                    reached=reached)
+
+
+def sync_scheduler_decisions(scheduler: Any, reached: List[float],
+                             ctx: DistContext) -> List[float]:
+    r"""Makes sure every rank holds rank 0's pruning decisions after a
+    scheduler update (:meth:`step`, :meth:`on_epoch_end`, ...): one all-reduce
+    of :func:`scheduler_digest` checks that all ranks agree; if any differs,
+    rank 0's scheduler state (:math:`\gamma`, mask snapshots, step counts)
+    and its list of newly reached targets are broadcast and loaded
+    everywhere. Returns the (rank 0's) newly reached targets.
+
+    With DDP the replicas are bitwise identical, so the decisions agree and
+    the check costs one all-reduce of a few numbers; the broadcast is the
+    safety net that keeps the stop decision (and thus the number of
+    collective calls) identical on every rank.
+
+    Args:
+        scheduler (pyg_cerp.train.PruningScheduler): The scheduler.
+        reached (List[float]): The targets this rank's update reported.
+        ctx (DistContext): The context.
+    """
+    if not ctx.is_distributed:
+        return list(reached)
+    digest = scheduler_digest(scheduler).to(ctx.device)
+    n = digest.numel()
+    mirror = ctx.all_reduce(torch.cat([digest, -digest]), 'max')
+    if torch.equal(mirror[:n], -mirror[n:]):  # max == min: all agree
+        return list(reached)
+    _NUM_SYNCS[0] += 1
+    reached = ctx.broadcast_object(list(reached))
+    sync_state(scheduler, ctx)
+    return reached
+
+
+def scheduler_digest(scheduler: Any) -> Tensor:
+    r"""A float64 vector summarising a pruning scheduler's decisions: its
+    step and epoch counts, :math:`\gamma`, the last measured density, whether
+    it is done, and for every target (in the order of
+    :obj:`scheduler.targets`) the step of its snapshot (:obj:`-1` while not
+    reached). Its length only depends on the number of targets, and it is
+    equal on two ranks iff they decided alike.
+
+    Args:
+        scheduler (pyg_cerp.train.PruningScheduler): The scheduler.
+    """
+    vals = [float(getattr(scheduler, 'num_steps', 0)),
+            float(getattr(scheduler, 'epoch', 0)),
+            float(getattr(scheduler, 'gamma', 0.)),
+            float(getattr(scheduler, 'last_density', 0.)),
+            float(bool(getattr(scheduler, 'done', False)))]
+    snapshots = getattr(scheduler, 'snapshots', None) or {}
+    for target in getattr(scheduler, 'targets', ()):
+        snap = snapshots.get(target) if isinstance(snapshots, dict) else None
+        vals.append(-1. if snap is None else
+                    float(getattr(snap, 'step', 0)))
+    t = torch.tensor(vals, dtype=torch.float64)
+    return torch.nan_to_num(t, nan=-1., posinf=-2., neginf=-3.)
+
+
+@torch.no_grad()
+def sharded_evaluate(
+    recommender: Module,
+    train_edge_index: Tensor,
+    test_edge_index: Tensor,
+    ks: Sequence[int],
+    ctx: DistContext,
+    batch_size: int = 1024,
+) -> Dict[str, float]:
+    r"""The data-parallel counterpart of :func:`pyg_cerp.train.evaluate`:
+    rank :math:`r` ranks every item for the users
+    :obj:`arange(num_users)[r::world_size]` with
+    :meth:`recommender.score_function()` and the per-user metric sums and
+    user counts of all ranks are all-reduced (float64), so every rank returns
+    the single-process metrics (up to float64 summation order).
+
+    Args:
+        recommender (pyg_cerp.train.Recommender): The model.
+        train_edge_index (torch.Tensor): Training pairs, masked from the
+            ranking.
+        test_edge_index (torch.Tensor): Test pairs.
+        ks (Sequence[int]): The cut-offs.
+        ctx (DistContext): The context.
+        batch_size (int, optional): Users per scoring batch.
+            (default: :obj:`1024`)
+    """
+    from pyg_cerp.metrics import ranking_metrics_from_scores
+    was_training = recommender.training
+    recommender.eval()
+    try:
+        score_fn = recommender.score_function()
+        sums = ranking_metrics_from_scores(
+            score_fn, recommender.num_users, recommender.num_items,
+            train_edge_index, test_edge_index, ks=tuple(ks),
+            batch_size=batch_size, user_ids=ctx.shard(recommender.num_users),
+            return_sums=True)
+    finally:
+        recommender.train(was_training)
+    count = sums.pop('num_users')
+    return reduce_metric_sums(sums, count, ctx)
+
+
+def _runner_base() -> type:
+    from pyg_cerp.train.cerp import CERPRunner
+    return CERPRunner
+
+
+class DistributedCERPRunner(_runner_base()):  # type: ignore[misc]
+    r"""The CERP procedure of :class:`pyg_cerp.train.CERPRunner`, data-parallel
+    over the ranks of :obj:`world` (same arguments, same stages, same
+    checkpoints and results):
+
+    * the sampler built by :obj:`make_sampler(seed)` (a single-process
+      :class:`~pyg_cerp.sampling.BPRSampler`, whose :obj:`batch_size` is the
+      *global* batch size) is sharded with :class:`ShardedBPRSampler`, so the
+      ranks together train on exactly the single-process triples;
+    * every stage trains through a new :class:`DDPTrainStep` (the DDP wrapper
+      is rebuilt whenever the model, and with it the set of trainable
+      parameters, changes: thresholds are frozen in the retrain stages);
+    * the pruning scheduler's decisions after every step, at the start and
+      at the end of every epoch are rank 0's
+      (:func:`sync_scheduler_decisions`);
+    * the evaluation is sharded by users (:func:`sharded_evaluate`);
+    * only rank 0 logs, shows progress bars and writes the checkpoint; on
+      resume, rank 0 reads it and broadcasts it (no shared file system
+      needed).
+
+    With a single-process :obj:`world`, it behaves exactly like
+    :class:`~pyg_cerp.train.CERPRunner`.
+
+    Args:
+        *args: The arguments of :class:`~pyg_cerp.train.CERPRunner`.
+        world (DistContext): The context (from :func:`init_distributed`).
+        **kwargs: The keyword arguments of
+            :class:`~pyg_cerp.train.CERPRunner`.
+    """
+    def __init__(self, *args: Any, world: DistContext, **kwargs: Any) -> None:
+        if not isinstance(world, DistContext):
+            raise TypeError(f"'world' must be a DistContext "
+                            f"(got {type(world).__name__})")
+        super().__init__(*args, **kwargs)
+        self.world = world
+        if not world.is_main:
+            self.log = lambda *a, **k: None
+            self.progress = False
+        self.sampler = ShardedBPRSampler.from_context(self.sampler, world)
+        self._step: Optional[DDPTrainStep] = None
+
+    # Training ################################################################
+
+    def _train_epoch(self, model: Module, *args: Any,
+                     **kwargs: Any) -> Dict[str, Any]:
+        from pyg_cerp.train.loop import train_epoch
+        if not self.world.is_distributed:
+            return train_epoch(model, *args, **kwargs)
+        if self._step is None or self._step.recommender is not model:
+            self._step = DDPTrainStep(model, self.world)  # a new stage
+        return train_epoch(model, *args, step_fn=self._step, **kwargs)
+
+    def _scheduler(self, model: Module) -> Any:
+        scheduler = super()._scheduler(model)
+        if not self.world.is_distributed:
+            return scheduler
+        world = self.world
+        # Rank 0 decides what happens at the start and end of each epoch,
+        # too (the per-step decisions are synced by DDPTrainStep).
+        for name in ('on_train_start', 'on_epoch_end'):
+            method = getattr(scheduler, name)
+
+            def synced(method=method) -> List[float]:
+                return sync_scheduler_decisions(scheduler, method(), world)
+
+            setattr(scheduler, name, synced)
+        return scheduler
+
+    def _evaluate(self, model: Module) -> Dict[str, float]:
+        if not self.world.is_distributed:
+            return super()._evaluate(model)
+        return sharded_evaluate(model, self.data.train, self.data.test,
+                                self.config.ks, self.world)
+
+    # Checkpoints #############################################################
+
+    def save(self) -> None:
+        r"""Writes the checkpoint on rank 0 only."""
+        if self.world.is_main:
+            super().save()
+
+    def load(self) -> bool:
+        r"""Reads the checkpoint on rank 0 and broadcasts it; returns whether
+        one existed (on every rank). An error on rank 0 (*e.g.*, another
+        configuration) is raised on every rank."""
+        if not self.world.is_distributed:
+            return super().load()
+        payload: Any = None
+        if self.world.is_main:
+            try:
+                found = super().load()
+                payload = ('ok', found, self.state if found else None)
+            except Exception as e:  # re-raised on every rank below
+                payload = ('error', type(e).__name__, str(e))
+        payload = self.world.broadcast_object(payload)
+        if payload[0] == 'error':
+            error = {'ValueError': ValueError, 'KeyError': KeyError,
+                     'FileNotFoundError': FileNotFoundError}.get(
+                         payload[1], RuntimeError)
+            raise error(f'Rank 0 could not load the checkpoint: '
+                        f'{payload[2]}')
+        _, found, state = payload
+        if found:
+            self.state = state
+        return bool(found)
+
+
 __all__ = [
     'DistContext',
     'LossModule',
@@ -790,4 +1155,10 @@ __all__ = [
     'scaled_backward',
     'ShardedBPRSampler',
     'sharded_ranking_metrics',
+    'ShardedBatch',
+    'DDPTrainStep',
+    'scheduler_digest',
+    'sync_scheduler_decisions',
+    'sharded_evaluate',
+    'DistributedCERPRunner',
 ]

@@ -10,7 +10,6 @@ sharded evaluation, and rank-0-only output.
 """
 import argparse
 import json
-import os
 import sys
 
 import torch
@@ -87,6 +86,7 @@ def main() -> None:
     sampler = ShardedBPRSampler.from_context(
         BPRSampler(train, num_users, num_items, num_negatives=1,
                    batch_size=args.global_batch, seed=3), ctx)
+
     def build(model):
         # CERP: weight decay on the threshold logits raises sigmoid(S).
         thr = [p for n, p in model.named_parameters()

@@ -280,6 +280,16 @@ class CERPRunner:
                                 cfg.gamma_init, cfg.gamma_decay,
                                 cfg.gamma_decay_every, cfg.check_every)
 
+    # Overridden by pyg_cerp.distributed.DistributedCERPRunner ##############
+
+    def _train_epoch(self, model: Recommender, *args: Any,
+                     **kwargs: Any) -> Dict[str, Any]:
+        return train_epoch(model, *args, **kwargs)
+
+    def _evaluate(self, model: Recommender) -> Dict[str, float]:
+        return evaluate(model, self.data.train, self.data.test,
+                        self.config.ks)
+
     # State ###################################################################
 
     def _fresh_state(self) -> Dict[str, Any]:
@@ -435,12 +445,13 @@ class CERPRunner:
             if self._budget <= 0:
                 raise StopRequested
             gamma = scheduler.gamma if scheduler is not None else 0.
-            stats = train_epoch(model, optimizer, self.sampler, epoch,
-                                scheduler=scheduler,
-                                clip_grad_norm=cfg.clip_grad_norm,
-                                on_reached=on_reached if scheduler else None,
-                                progress=self.progress,
-                                desc=f'{name} {epoch + 1}/{epochs}')
+            stats = self._train_epoch(model, optimizer, self.sampler, epoch,
+                                      scheduler=scheduler,
+                                      clip_grad_norm=cfg.clip_grad_norm,
+                                      on_reached=(on_reached if scheduler
+                                                  else None),
+                                      progress=self.progress,
+                                      desc=f'{name} {epoch + 1}/{epochs}')
             if scheduler is not None:
                 new = scheduler.on_epoch_end()
                 if new:
@@ -477,7 +488,7 @@ class CERPRunner:
             self.state['current'] = None
             self.save()
             return
-        metrics = evaluate(model, self.data.train, self.data.test, cfg.ks)
+        metrics = self._evaluate(model)
         result: Dict[str, Any] = dict(metrics)
         result.update(memory_stats(model.embedding), epochs=epochs,
                       train_time=train_time)

@@ -125,6 +125,7 @@ def train_epoch(
     on_reached: Optional[Callable[[List[float]], None]] = None,
     progress: bool = False,
     desc: str = '',
+    step_fn: Optional[Callable[..., Dict[str, Any]]] = None,
 ) -> Dict[str, Any]:
     r"""Trains one epoch over :obj:`sampler` (which is told the epoch through
     :obj:`set_epoch` if it has it, so that a sharded, seeded sampler yields a
@@ -146,6 +147,9 @@ def train_epoch(
             model). (default: :obj:`None`)
         progress (bool, optional): Show a :obj:`tqdm` progress bar.
         desc (str, optional): The progress bar description.
+        step_fn (Callable, optional): Replaces :func:`train_step` (same
+            signature), *e.g.*, the data-parallel
+            :class:`pyg_cerp.distributed.DDPTrainStep`. (default: :obj:`None`)
 
     Returns:
         The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,
@@ -166,8 +170,8 @@ def train_epoch(
     steps, reached, stopped = 0, [], False
     start = time.perf_counter()
     for batch in iterator:
-        out = train_step(recommender, optimizer, batch, scheduler,
-                         clip_grad_norm)
+        out = (step_fn or train_step)(recommender, optimizer, batch,
+                                      scheduler, clip_grad_norm)
         steps += 1
         for key in sums:
             sums[key] += out[key]
