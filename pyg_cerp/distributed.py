@@ -27,6 +27,22 @@ The building blocks to run a CERP training loop under
   evaluation by users and sum per-user metric sums and counts.
 * :func:`allreduce_bytes_per_step` reports the bytes DDP all-reduces per
   step.
+
+Put together for the training pipeline of :mod:`pyg_cerp.train`:
+
+* :class:`ShardedBPRSampler` gives every rank its strided slice of each
+  *global* batch of the single-process
+  :class:`~pyg_cerp.sampling.BPRSampler` (exactly the single-process
+  triples over all ranks);
+* :class:`DDPTrainStep` is the data-parallel
+  :func:`~pyg_cerp.train.train_step` (whole loss in the DDP forward, exact
+  global-batch gradient, rank 0's scheduler decisions);
+* :func:`sharded_evaluate` is the data-parallel
+  :func:`~pyg_cerp.train.evaluate`;
+* :class:`DistributedCERPRunner` is :class:`~pyg_cerp.train.CERPRunner` on
+  all of these (rank 0 writes checkpoints and results), used by
+  ``examples/lightgcn_cerp.py`` and ``examples/mlp_cerp.py`` when launched
+  with torchrun. See ``docs/distributed.md``.
 """
 import datetime
 import gc

@@ -183,7 +183,140 @@ def test_fault_injection_only_on_named_rank(monkeypatch):
         maybe_inject_fault(ctx1, 2)
 
 
+def _tiny_recommender(seed: int = 0):
+    from torch_geometric.nn.models import LightGCN
+
+    from pyg_cerp.nn import CompositionalEmbedding
+    from pyg_cerp.train import LightGCNRecommender
+    from pyg_cerp.utils.adjacency import lightgcn_adjacency
+    gen = torch.Generator().manual_seed(1)
+    ei = torch.stack([torch.randint(12, (60, ), generator=gen),
+                      torch.randint(15, (60, ), generator=gen)])
+    torch.manual_seed(seed)
+    model = LightGCN(27, 8, num_layers=2, normalize=False)
+    from pyg_cerp.nn import use_symmetric_propagation
+    use_symmetric_propagation(model)
+    model.embedding = CompositionalEmbedding(27, 8, 6, threshold_init=-3.)
+    adj = lightgcn_adjacency(ei, 12, 15)
+    return LightGCNRecommender(model, adj, 12, 15), ei
+
+
+def test_ddp_train_step_single_process_equals_train_step():
+    from pyg_cerp.distributed import DDPTrainStep
+    from pyg_cerp.train import PruningScheduler, make_optimizer, train_step
+    outs, params = [], []
+    for use_ddp_step in (False, True):
+        rec, ei = _tiny_recommender()
+        opt = make_optimizer(rec, lr=0.01)
+        sched = PruningScheduler(rec.embedding, [0.5], 'meta', 0.5, 0.5, 1,
+                                 1)
+        sched.on_train_start()
+        step = DDPTrainStep(rec, DistContext()) if use_ddp_step else \
+            train_step
+        sampler = ShardedBPRSampler.from_context(
+            BPRSampler(ei, 12, 15, num_negatives=2, batch_size=16, seed=0),
+            DistContext())
+        for batch in sampler:
+            outs.append(step(rec, opt, batch, sched, 100.))
+        params.append([p.detach().clone() for p in rec.parameters()])
+    half = len(outs) // 2
+    for a, b in zip(outs[:half], outs[half:]):
+        assert b['loss'] == pytest.approx(a['loss'], abs=1e-6)
+        assert b['reached'] == a['reached']
+    for a, b in zip(*params):
+        assert torch.allclose(a, b, atol=1e-6)
+    rec, _ = _tiny_recommender()
+    with pytest.raises(ValueError, match='another recommender'):
+        DDPTrainStep(rec, DistContext())(_tiny_recommender()[0], None,
+                                         (None, None, None))
+
+
+def test_scheduler_digest_tracks_decisions():
+    from pyg_cerp.distributed import (scheduler_digest,
+                                      sync_scheduler_decisions)
+    from pyg_cerp.train import PruningScheduler
+    rec, _ = _tiny_recommender()
+    sched = PruningScheduler(rec.embedding, [0.9, 0.5], 'meta', 1., 0.5, 1,
+                             1)
+    before = scheduler_digest(sched)
+    assert before.dtype == torch.float64 and before.numel() == 5 + 2
+    sched.step()
+    after = scheduler_digest(sched)
+    assert not torch.equal(before, after)  # the step count moved
+    assert sync_scheduler_decisions(sched, [0.9], DistContext()) == [0.9]
+
+
+def test_distributed_runner_single_process_equals_runner(tmp_path):
+    from pyg_cerp.distributed import DistributedCERPRunner
+    from pyg_cerp.train import CERPConfig, CERPRunner, Interactions
+    _, ei = _tiny_recommender()
+    data = Interactions(ei[:, :50], ei[:, 50:], 12, 15)
+    cfg = CERPConfig(dim=8, bucket_size=6, targets=(0.9, ),
+                     target_unit='meta', baseline_epochs=0, prune_epochs=2,
+                     retrain_epochs=1, batch_size=16, num_negatives=2,
+                     threshold_init=-3., threshold_lr=0.2, ks=(5, ))
+
+    def build(embedding):
+        rec, _ = _tiny_recommender()
+        rec.model.embedding = embedding
+        rec.model.reset_parameters()
+        return rec
+
+    def sampler(seed):
+        return BPRSampler(data.train, 12, 15, num_negatives=2,
+                          batch_size=16, seed=seed)
+
+    quiet = dict(log=lambda *a: None)
+    a = CERPRunner(cfg, data, build, sampler, out_dir=str(tmp_path / 'a'),
+                   **quiet).run()
+    b = DistributedCERPRunner(cfg, data, build, sampler, world=DistContext(),
+                              out_dir=str(tmp_path / 'b'), **quiet).run()
+    assert list(a['results']) == ['retrain@0.9']
+    assert a['results'] == {k: {**v, 'train_time': a['results'][k][
+        'train_time']} for k, v in b['results'].items()}
+    assert (tmp_path / 'b' / 'checkpoint.pt').exists()
+    with pytest.raises(TypeError, match='DistContext'):
+        DistributedCERPRunner(cfg, data, build, sampler, world=None)
+
+
 # Two processes ###############################################################
+#
+# These launch ``torchrun --nproc_per_node=2`` (gloo, loopback only) on the
+# pipeline's own entry point, examples/lightgcn_cerp.py, and compare with a
+# single-process run of the same command (same global batch and seed).
+
+EXAMPLE = os.path.join(ROOT, 'examples', 'lightgcn_cerp.py')
+# Small and fast, with both targets reached during phase 1, so the run
+# covers pruning, the mask snapshots, the DDP rebuild for each retrain stage
+# (thresholds frozen) and the sharded evaluation.
+SMALL = ['--no-baseline', '--prune-epochs', '4', '--retrain-epochs', '1',
+         '--batch-size', '512', '--dim', '16', '--bucket-size', '40',
+         '--targets', '0.8', '0.7', '--target-unit', 'meta',
+         '--threshold-init', '-3', '--threshold-lr', '0.05', '--no-progress']
+
+
+def _write_synthetic(folder, num_users: int = 300, num_items: int = 400):
+    # LightGCN-format files: users prefer a window of items (learnable).
+    gen = torch.Generator().manual_seed(0)
+    folder.mkdir(parents=True)
+    with open(folder / 'train.txt', 'w') as tr, \
+            open(folder / 'test.txt', 'w') as te:
+        for u in range(num_users):
+            start = u * num_items // num_users
+            items = (start + torch.randint(41, (12, ), generator=gen)) \
+                % num_items
+            items = items.unique()
+            items = items[torch.randperm(items.numel(), generator=gen)]
+            k = max(1, items.numel() // 5)
+            te.write(' '.join(map(str, [u] + items[:k].tolist())) + '\n')
+            tr.write(' '.join(map(str, [u] + items[k:].tolist())) + '\n')
+    return folder
+
+
+@pytest.fixture(scope='module')
+def synthetic_folder(tmp_path_factory):
+    return _write_synthetic(tmp_path_factory.mktemp('dist') / 'syn')
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -196,70 +329,142 @@ def _env(**extra: str) -> dict:
     env['PYTHONPATH'] = ROOT + os.pathsep + env.get('PYTHONPATH', '')
     env['OMP_NUM_THREADS'] = '1'
     env['GLOO_SOCKET_IFNAME'] = 'lo'  # loopback only
-    env['MASTER_ADDR'] = '127.0.0.1'
-    for name in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'PYG_CERP_FAULT_RANK',
-                 'PYG_CERP_FAULT_STEP', 'PYG_CERP_FAULT_MODE'):
+    for name in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK', 'MASTER_ADDR',
+                 'MASTER_PORT', 'PYG_CERP_FAULT_RANK', 'PYG_CERP_FAULT_STEP',
+                 'PYG_CERP_FAULT_MODE'):
         env.pop(name, None)
     env.update(extra)
     return env
 
 
-def _torchrun(nproc: int, args: list, env: dict, timeout: float):
+def _torchrun(nproc: int, script: str, args: list, env: dict,
+              timeout: float):
     cmd = [sys.executable, '-m', 'torch.distributed.run',
            f'--nproc_per_node={nproc}', '--rdzv-backend=c10d',
            f'--rdzv-endpoint=127.0.0.1:{_free_port()}', '--max-restarts=0',
-           WORKER, *args]
+           script, *args]
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
     return proc, time.monotonic() - start
 
 
-def test_two_processes_match_single_process(tmp_path):
-    single, double = tmp_path / 'single.json', tmp_path / 'double.json'
-    proc = subprocess.run([sys.executable, WORKER, str(single)], env=_env(),
+def _single(script: str, args: list, timeout: float = 120):
+    return subprocess.run([sys.executable, script, *args], env=_env(),
                           cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout)
+
+
+def _compare_runs(a_dir, b_dir) -> None:
+    from pyg_cerp.utils.io import safe_load
+    a = json.loads((a_dir / 'results.json').read_text())
+    b = json.loads((b_dir / 'results.json').read_text())
+    assert (a['world_size'], b['world_size']) == (1, 2)
+    assert a['pruning']['reached'] == b['pruning']['reached']
+    assert a['results'].keys() == b['results'].keys()
+    # Metrics: the sharded evaluation sums float64 per-user values in another
+    # order; the models agree up to float32 summation order of the
+    # all-reduced gradients.
+    for stage, res in a['results'].items():
+        for key, value in res.items():
+            if key.startswith(('recall@', 'ndcg@')):
+                assert b['results'][stage][key] == \
+                    pytest.approx(value, abs=1e-6), (stage, key)
+            elif key in ('nonzero', 'full_fraction', 'meta_density'):
+                assert b['results'][stage][key] == value, (stage, key)
+    assert len(a['history']) == len(b['history'])
+    for ha, hb in zip(a['history'], b['history']):
+        assert (ha['stage'], ha['epoch'], ha['steps'], ha['nonzero'],
+                ha['gamma']) == (hb['stage'], hb['epoch'], hb['steps'],
+                                 hb['nonzero'], hb['gamma'])
+        assert hb['loss'] == pytest.approx(ha['loss'], abs=1e-5)
+    # Rank 0's mask snapshots: same steps, identical masks.
+    sa = safe_load(a_dir / 'checkpoint.pt')['prune']['scheduler']
+    sb = safe_load(b_dir / 'checkpoint.pt')['prune']['scheduler']
+    assert len(sa['snapshots']) == len(sb['snapshots']) == 2
+    for x, y in zip(sa['snapshots'], sb['snapshots']):
+        assert (x['target'], x['step']) == (y['target'], y['step'])
+        for mx, my in zip(x['masks'], y['masks']):
+            assert torch.equal(mx, my)
+
+
+def test_two_processes_match_single_process(synthetic_folder, tmp_path):
+    args = ['--dataset', str(synthetic_folder)] + SMALL
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    proc = _single(EXAMPLE, args + ['--out', str(one)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc, _ = _torchrun(2, [str(double)], _env(), timeout=120)
+    proc, _ = _torchrun(2, EXAMPLE, args + ['--out', str(two)], _env(),
+                        timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'data-parallel: 2 ranks (gloo)' in proc.stdout
+    # Only rank 0 printed the results table.
+    assert proc.stdout.count('| model | memory') == 1
+    _compare_runs(one, two)
+
+
+@pytest.mark.parametrize('mode', ['exit', 'hang'])
+def test_crashed_rank_fails_the_job(synthetic_folder, tmp_path, mode):
+    # Rank 1 dies (os._exit) or hangs at its 3rd training step: rank 0 gets
+    # a gloo error at once ('exit') or after the collective timeout
+    # ('hang', PYG_CERP_DIST_TIMEOUT=5 s), exits non-zero, and torchrun stops
+    # the other rank: the job fails instead of hanging.
+    out = tmp_path / 'out'
+    env = _env(PYG_CERP_FAULT_RANK='1', PYG_CERP_FAULT_STEP='2',
+               PYG_CERP_FAULT_MODE=mode, PYG_CERP_DIST_TIMEOUT='5')
+    args = ['--dataset', str(synthetic_folder), '--out', str(out)] + SMALL
+    proc, elapsed = _torchrun(2, EXAMPLE, args, env, timeout=110)
+    assert proc.returncode != 0
+    assert not (out / 'results.json').exists()
+    assert 'ChildFailedError' in proc.stderr or 'FAILED' in proc.stderr
+    assert elapsed < 110
+
+
+@pytest.mark.slow
+def test_building_blocks_float64_match_single_process(tmp_path):
+    # The building blocks in a hand-written loop (tests/_dist_worker.py), in
+    # float64: the two-process run equals the single-process run to 1e-9.
+    single, double = tmp_path / 'single.json', tmp_path / 'double.json'
+    proc = _single(WORKER, [str(single)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, _ = _torchrun(2, WORKER, [str(double)], _env(), timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = json.loads(single.read_text()), json.loads(double.read_text())
     assert (a['world_size'], b['world_size']) == (1, 2)
-
-    # Replicas stayed bitwise identical on both ranks.
-    assert b['in_sync']
-    # Rank 0's decisions: the same gamma schedule, the switch to retrain
-    # mode in the same epoch, and the same masks.
+    assert b['in_sync']  # replicas bitwise identical on both ranks
     assert [h['gamma'] for h in a['history']] == \
         [h['gamma'] for h in b['history']]
     assert [h['retraining'] for h in a['history']] == \
         [h['retraining'] for h in b['history']]
     assert a['retraining'] and b['retraining']
     assert a['mask_P'] == b['mask_P'] and a['mask_Q'] == b['mask_Q']
-    # float64 training: only the summation order of the gradients differs.
     diff = max(abs(x - y) for ra, rb in zip(a['P'], b['P'])
                for x, y in zip(ra, rb))
     assert diff < 1e-9
     for ha, hb in zip(a['history'], b['history']):
         assert hb['loss'] == pytest.approx(ha['loss'], abs=1e-9)
-    assert a['metrics'].keys() == b['metrics'].keys()
     for k, v in a['metrics'].items():
         assert b['metrics'][k] == pytest.approx(v, abs=1e-12)
-    # DDP all-reduces exactly the trainable parameters (float64: 8 bytes).
+    # DDP all-reduces exactly the trainable parameters (float64: 8 bytes);
+    # in retrain mode the thresholds are frozen: only P, Q are reduced.
     comm = b['comm_prune_phase']
     assert comm['measured'] == comm['expected'] == comm['num_params'] * 8
-    # In retrain mode the thresholds are frozen: only P, Q are reduced.
     assert b['comm_final']['num_params'] == comm['num_params'] // 2
 
 
-@pytest.mark.parametrize('mode', ['exit', 'hang'])
-def test_crashed_rank_fails_the_job(tmp_path, mode):
-    out = tmp_path / 'out.json'
-    env = _env(PYG_CERP_FAULT_RANK='1', PYG_CERP_FAULT_STEP='2',
-               PYG_CERP_FAULT_MODE=mode, PYG_CERP_DIST_TIMEOUT='5')
-    proc, elapsed = _torchrun(2, [str(out)], env, timeout=110)
-    assert proc.returncode != 0
-    assert not out.exists()  # rank 0 never reached the end
-    if mode == 'hang':  # rank 0 gave up after the collective timeout
-        assert 'rank 0' in proc.stderr or '[rank0]' in proc.stderr
-    assert elapsed < 110
+@pytest.mark.slow  # about 1 minute: Gowalla is read by 3 processes
+@pytest.mark.data
+def test_gowalla_slice_two_processes(tmp_path):
+    root = os.environ.get('PYG_CERP_DATA')
+    if not root or not os.path.isdir(os.path.join(root, 'gowalla')):
+        pytest.skip('PYG_CERP_DATA/gowalla not found')
+    args = ['--dataset', 'gowalla', '--root', root, '--subset', '3000',
+            '4000'] + SMALL
+    args[args.index('--targets') + 1:args.index('--targets') + 3] = \
+        ['0.9', '0.8']
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    proc = _single(EXAMPLE, args + ['--out', str(one)], timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, _ = _torchrun(2, EXAMPLE, args + ['--out', str(two)], _env(),
+                        timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _compare_runs(one, two)
