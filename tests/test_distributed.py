@@ -420,6 +420,28 @@ def test_crashed_rank_fails_the_job(synthetic_folder, tmp_path, mode):
 
 
 @pytest.mark.slow
+def test_two_processes_resume(synthetic_folder, tmp_path):
+    # Stop after 3 epochs, resume under torchrun (rank 0 reads the
+    # checkpoint and broadcasts it): the same results as without stopping.
+    args = ['--dataset', str(synthetic_folder)] + SMALL
+    full, part = tmp_path / 'full', tmp_path / 'part'
+    for out, extra in ((full, []), (part, ['--stop-after', '3']),
+                       (part, ['--resume'])):
+        proc, _ = _torchrun(2, EXAMPLE, args + ['--out', str(out)] + extra,
+                            _env(), timeout=150)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Resumed from' in proc.stdout
+    a = json.loads((full / 'results.json').read_text())
+    b = json.loads((part / 'results.json').read_text())
+    assert [h['loss'] for h in a['history']] == \
+        [h['loss'] for h in b['history']]
+    for stage, res in a['results'].items():
+        for key, value in res.items():
+            if key != 'train_time':
+                assert b['results'][stage][key] == value
+
+
+@pytest.mark.slow
 def test_building_blocks_float64_match_single_process(tmp_path):
     # The building blocks in a hand-written loop (tests/_dist_worker.py), in
     # float64: the two-process run equals the single-process run to 1e-9.
