@@ -223,6 +223,9 @@ class CERPRunner:
         log (Callable[[str], None], optional): Where log lines go.
             (default: :obj:`print`)
         progress (bool, optional): Show :obj:`tqdm` progress bars.
+        rank (int, optional): The process rank; only rank 0 logs and writes
+            checkpoints (for a distributed version, which must also shard
+            the sampler and average gradients). (default: :obj:`0`)
     """
     CHECKPOINT = 'checkpoint.pt'
 
@@ -236,15 +239,17 @@ class CERPRunner:
         out_dir: Optional[str] = None,
         log: Callable[[str], None] = print,
         progress: bool = False,
+        rank: int = 0,
     ) -> None:
         self.config = config
+        self.rank = int(rank)
         self.data = data
         self.build_recommender = build_recommender
         self.sampler = make_sampler(config.seed)
         self.embedding_factory = embedding_factory or self._default_embedding
         self.out_dir = out_dir
-        self.log = log
-        self.progress = progress
+        self.log = log if self.rank == 0 else (lambda msg: None)
+        self.progress = progress and self.rank == 0
         self.state: Dict[str, Any] = self._fresh_state()
 
     # Building ################################################################
@@ -294,7 +299,7 @@ class CERPRunner:
 
     def save(self) -> None:
         r"""Writes the checkpoint atomically (no-op without :obj:`out_dir`)."""
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and self.rank == 0:
             atomic_save(self.state, self.checkpoint_path)
 
     def load(self) -> bool:
