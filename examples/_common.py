@@ -68,6 +68,10 @@ def add_common_arguments(parser: argparse.ArgumentParser,
         help=f'Adam L2 penalty of the thresholds (default: '
         f'{d.threshold_weight_decay})')
     parser.add_argument(
+        '--threshold-drive', type=float, default=d.threshold_drive,
+        help=f'Constant push on the threshold logits in phase 1 (0: only '
+        f'weight decay drives them) (default: {d.threshold_drive})')
+    parser.add_argument(
         '--threshold-init', type=float, default=d.threshold_init,
         help=f'Initial threshold logit (default: {d.threshold_init})')
     parser.add_argument('--gamma', type=float, default=d.gamma_init,
@@ -117,6 +121,7 @@ def config_from_args(args: argparse.Namespace, defaults: CERPConfig,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
         lr=args.lr, threshold_lr=args.threshold_lr,
         threshold_weight_decay=args.threshold_weight_decay,
+        threshold_drive=args.threshold_drive,
         threshold_init=args.threshold_init, gamma_init=args.gamma,
         gamma_decay=args.gamma_decay,
         gamma_decay_every=args.gamma_decay_every, seed=args.seed)

@@ -80,11 +80,11 @@ class CERPConfig:
         target_unit (str): :obj:`'full'` (fraction of :math:`Nd`) or
             :obj:`'meta'` (meta-table density). (default: :obj:`'full'`)
         baseline_epochs (int): Epochs of the full-table baseline
-            (:obj:`0`: skip it). (default: :obj:`4`)
+            (:obj:`0`: skip it). (default: :obj:`3`)
         prune_epochs (int): Epoch budget of phase 1 (it stops as soon as
-            every target is reached). (default: :obj:`6`)
+            every target is reached). (default: :obj:`5`)
         retrain_epochs (int): Epochs of phase 2 per target (values rewound
-            to the initial weights). (default: :obj:`4`)
+            to the initial weights). (default: :obj:`3`)
         finetune_epochs (int): Epochs of the one-phase variant per target
             (masks frozen, values kept; :obj:`0`: skip).
             (default: :obj:`0`)
@@ -95,10 +95,16 @@ class CERPConfig:
             (default: :obj:`0.`)
         threshold_lr (float): Adam learning rate of the thresholds: the
             pruning speed, the rise of :math:`S` per step.
-            (default: :obj:`1e-2`)
+            (default: :obj:`3e-2`)
         threshold_weight_decay (float, optional): Adam L2 penalty of the
             thresholds (:obj:`None`: :obj:`weight_decay`).
-            (default: :obj:`1e-3`)
+            (default: :obj:`0.`)
+        threshold_drive (float): A constant push :math:`-c \sum \mathbf{S}`
+            on the threshold logits in phase 1 (see
+            :class:`PruningScheduler`): with Adam, :math:`S` rises by
+            :obj:`threshold_lr` per step without saturating at
+            :math:`\sigma(0) = 0.5`. :obj:`0.` leaves only the weight decay
+            of the official code. (default: :obj:`1e-3`)
         gamma_init (float): Initial regulariser weight :math:`\gamma_0`.
             (default: :obj:`1e-3`)
         gamma_decay (float): Its decay per period. (default: :obj:`0.5`)
@@ -115,16 +121,17 @@ class CERPConfig:
     threshold_init: float = -6.
     targets: Tuple[float, ...] = (0.10, 0.05, 0.01)
     target_unit: str = 'full'
-    baseline_epochs: int = 4
-    prune_epochs: int = 6
-    retrain_epochs: int = 4
+    baseline_epochs: int = 3
+    prune_epochs: int = 5
+    retrain_epochs: int = 3
     finetune_epochs: int = 0
     batch_size: int = 8192
     num_negatives: int = 5
     lr: float = 5e-3
     weight_decay: float = 0.
-    threshold_lr: float = 1e-2
-    threshold_weight_decay: Optional[float] = 1e-3
+    threshold_lr: float = 3e-2
+    threshold_weight_decay: Optional[float] = 0.
+    threshold_drive: float = 1e-3
     gamma_init: float = 1e-3
     gamma_decay: float = 0.5
     gamma_decay_every: int = 1
@@ -283,7 +290,8 @@ class CERPRunner:
         cfg = self.config
         return PruningScheduler(model.embedding, cfg.targets, cfg.target_unit,
                                 cfg.gamma_init, cfg.gamma_decay,
-                                cfg.gamma_decay_every, cfg.check_every)
+                                cfg.gamma_decay_every, cfg.check_every,
+                                threshold_drive=cfg.threshold_drive)
 
     # State ###################################################################
 
