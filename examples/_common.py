@@ -84,6 +84,10 @@ def add_common_arguments(parser: argparse.ArgumentParser,
                         default=d.gamma_decay_every,
                         help='Period of the gamma decay, in epochs '
                         f'(default: {d.gamma_decay_every})')
+    parser.add_argument(
+        '--eval-users', type=int, default=d.eval_users,
+        help='Evaluate a seeded sample of this many users (default: '
+        f'{d.eval_users}; None = all)')
     parser.add_argument('--seed', type=int, default=d.seed,
                         help=f'Seed (default: {d.seed})')
     parser.add_argument(
@@ -124,7 +128,8 @@ def config_from_args(args: argparse.Namespace, defaults: CERPConfig,
         threshold_drive=args.threshold_drive,
         threshold_init=args.threshold_init, gamma_init=args.gamma,
         gamma_decay=args.gamma_decay,
-        gamma_decay_every=args.gamma_decay_every, seed=args.seed)
+        gamma_decay_every=args.gamma_decay_every, seed=args.seed,
+        eval_users=args.eval_users)
     values.update(overrides)
     return CERPConfig.from_dict(values)
 

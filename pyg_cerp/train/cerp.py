@@ -115,6 +115,8 @@ class CERPConfig:
         seed (int): The seed of everything. (default: :obj:`0`)
         ks (Tuple[int, ...]): Evaluation cut-offs.
             (default: :obj:`(5, 10, 20, 50)`)
+        eval_users (int, optional): Evaluate a seeded sample of this many
+            users (:obj:`None`: all). (default: :obj:`None`)
     """
     dim: int = 64
     bucket_size: int = 5000
@@ -139,6 +141,7 @@ class CERPConfig:
     clip_grad_norm: float = 100.
     seed: int = 0
     ks: Tuple[int, ...] = (5, 10, 20, 50)
+    eval_users: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.targets = tuple(sorted((float(t) for t in self.targets),
@@ -317,8 +320,10 @@ class CERPRunner:
         if path is None or not os.path.isfile(path):
             return False
         state = safe_load(path)
-        if state.get('config') != self.config.to_dict():
-            old, new = state.get('config', {}), self.config.to_dict()
+        # Keys added to the config later take their defaults:
+        old = CERPConfig.from_dict(state.get('config', {})).to_dict()
+        if old != self.config.to_dict():
+            new = self.config.to_dict()
             diff = {k: (old.get(k), new[k]) for k in new if old.get(k) !=
                     new[k]}
             raise ValueError(
@@ -490,7 +495,8 @@ class CERPRunner:
             self.state['current'] = None
             self.save()
             return
-        metrics = evaluate(model, self.data.train, self.data.test, cfg.ks)
+        metrics = evaluate(model, self.data.train, self.data.test, cfg.ks,
+                           max_users=cfg.eval_users, seed=cfg.seed)
         result: Dict[str, Any] = dict(metrics)
         result.update(memory_stats(model.embedding), epochs=epochs,
                       train_time=train_time)

@@ -93,6 +93,11 @@ def test_training_learns(backbone):
     assert losses[-1] < losses[0] - 0.1
     assert after['recall@10'] > before['recall@10'] + 0.1
     assert set(after) == {'recall@5', 'recall@10', 'ndcg@5', 'ndcg@10'}
+    # A user sample gives a different, seeded estimate.
+    part = evaluate(model, data.train, data.test, ks=(10, ), max_users=7)
+    assert part == evaluate(model, data.train, data.test, ks=(10, ),
+                            max_users=7)
+    assert part['recall@10'] != after['recall@10']
 
 
 def small_config(**kwargs) -> CERPConfig:
