@@ -357,8 +357,11 @@ class PruningScheduler:
         if gamma != 0. and fn is not None:
             out = gamma * fn(index)
         if self.threshold_drive > 0 and self._thresholds:
+            # Zero-valued (so that logged losses stay readable), gradient
+            # -c for every threshold logit:
             drive = -self.threshold_drive * sum(
-                p.sum() for p in self._thresholds if p.requires_grad)
+                (p - p.detach()).sum() for p in self._thresholds
+                if p.requires_grad)
             out = drive if out is None else out + drive
         return out
 
