@@ -75,6 +75,10 @@ def add_common_arguments(parser: argparse.ArgumentParser,
         help=f'Adam L2 penalty of the thresholds (default: '
         f'{d.threshold_weight_decay})')
     parser.add_argument(
+        '--threshold-drive', type=float, default=d.threshold_drive,
+        help=f'Constant push on the threshold logits in phase 1 (0: only '
+        f'weight decay drives them) (default: {d.threshold_drive})')
+    parser.add_argument(
         '--threshold-init', type=float, default=d.threshold_init,
         help=f'Initial threshold logit (default: {d.threshold_init})')
     parser.add_argument('--gamma', type=float, default=d.gamma_init,
@@ -87,6 +91,10 @@ def add_common_arguments(parser: argparse.ArgumentParser,
                         default=d.gamma_decay_every,
                         help='Period of the gamma decay, in epochs '
                         f'(default: {d.gamma_decay_every})')
+    parser.add_argument(
+        '--eval-users', type=int, default=d.eval_users,
+        help='Evaluate a seeded sample of this many users (default: '
+        f'{d.eval_users}; None = all)')
     parser.add_argument('--seed', type=int, default=d.seed,
                         help=f'Seed (default: {d.seed})')
     parser.add_argument(
@@ -124,9 +132,11 @@ def config_from_args(args: argparse.Namespace, defaults: CERPConfig,
         finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
         lr=args.lr, threshold_lr=args.threshold_lr,
         threshold_weight_decay=args.threshold_weight_decay,
+        threshold_drive=args.threshold_drive,
         threshold_init=args.threshold_init, gamma_init=args.gamma,
         gamma_decay=args.gamma_decay,
-        gamma_decay_every=args.gamma_decay_every, seed=args.seed)
+        gamma_decay_every=args.gamma_decay_every, seed=args.seed,
+        eval_users=args.eval_users)
     values.update(overrides)
     return CERPConfig.from_dict(values)
 

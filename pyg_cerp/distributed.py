@@ -1010,6 +1010,8 @@ def sharded_evaluate(
     ks: Sequence[int],
     ctx: DistContext,
     batch_size: int = 1024,
+    max_users: Optional[int] = None,
+    seed: int = 0,
 ) -> Dict[str, float]:
     r"""The data-parallel counterpart of :func:`pyg_cerp.train.evaluate`:
     rank :math:`r` ranks every item for the users
@@ -1027,8 +1029,21 @@ def sharded_evaluate(
         ctx (DistContext): The context.
         batch_size (int, optional): Users per scoring batch.
             (default: :obj:`1024`)
+        max_users (int, optional): Evaluate only the seeded random sample of
+            this many users that :func:`~pyg_cerp.train.evaluate` draws
+            (the same users), sharded. (default: :obj:`None`: all users)
+        seed (int, optional): The seed of that sample. (default: :obj:`0`)
     """
     from pyg_cerp.metrics import ranking_metrics_from_scores
+    if max_users is not None and max_users < recommender.num_users:
+        # The sample of pyg_cerp.train.evaluate: the users outside it lose
+        # their edges, so they count as users without test items.
+        gen = torch.Generator().manual_seed(seed)
+        keep = torch.zeros(recommender.num_users, dtype=torch.bool)
+        keep[torch.randperm(recommender.num_users,
+                            generator=gen)[:max_users]] = True
+        train_edge_index = train_edge_index[:, keep[train_edge_index[0]]]
+        test_edge_index = test_edge_index[:, keep[test_edge_index[0]]]
     was_training = recommender.training
     recommender.eval()
     try:
@@ -1082,6 +1097,8 @@ class DistributedCERPRunner(_runner_base()):  # type: ignore[misc]
         if not isinstance(world, DistContext):
             raise TypeError(f"'world' must be a DistContext "
                             f"(got {type(world).__name__})")
+        if 'rank' in inspect.signature(super().__init__).parameters:
+            kwargs.setdefault('rank', world.rank)
         super().__init__(*args, **kwargs)
         self.world = world
         if not world.is_main:
@@ -1120,8 +1137,11 @@ class DistributedCERPRunner(_runner_base()):  # type: ignore[misc]
     def _evaluate(self, model: Module) -> Dict[str, float]:
         if not self.world.is_distributed:
             return super()._evaluate(model)
+        cfg = self.config
         return sharded_evaluate(model, self.data.train, self.data.test,
-                                self.config.ks, self.world)
+                                cfg.ks, self.world,
+                                max_users=getattr(cfg, 'eval_users', None),
+                                seed=cfg.seed)
 
     # Checkpoints #############################################################
 

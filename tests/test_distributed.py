@@ -231,6 +231,20 @@ def test_ddp_train_step_single_process_equals_train_step():
                                          (None, None, None))
 
 
+def test_sharded_evaluate_single_process_equals_evaluate():
+    from pyg_cerp.distributed import sharded_evaluate
+    from pyg_cerp.train import evaluate
+    rec, ei = _tiny_recommender()
+    train, test = ei[:, :45], ei[:, 45:]
+    for max_users in (None, 5):
+        ref = evaluate(rec, train, test, (3, 5), max_users=max_users, seed=2)
+        out = sharded_evaluate(rec, train, test, (3, 5), DistContext(),
+                               max_users=max_users, seed=2)
+        assert out.keys() == ref.keys()
+        for k, v in ref.items():
+            assert out[k] == pytest.approx(v, abs=1e-12)
+
+
 def test_scheduler_digest_tracks_decisions():
     from pyg_cerp.distributed import (scheduler_digest,
                                       sync_scheduler_decisions)

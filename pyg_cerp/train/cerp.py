@@ -80,11 +80,11 @@ class CERPConfig:
         target_unit (str): :obj:`'full'` (fraction of :math:`Nd`) or
             :obj:`'meta'` (meta-table density). (default: :obj:`'full'`)
         baseline_epochs (int): Epochs of the full-table baseline
-            (:obj:`0`: skip it). (default: :obj:`4`)
+            (:obj:`0`: skip it). (default: :obj:`3`)
         prune_epochs (int): Epoch budget of phase 1 (it stops as soon as
-            every target is reached). (default: :obj:`6`)
+            every target is reached). (default: :obj:`5`)
         retrain_epochs (int): Epochs of phase 2 per target (values rewound
-            to the initial weights). (default: :obj:`4`)
+            to the initial weights). (default: :obj:`3`)
         finetune_epochs (int): Epochs of the one-phase variant per target
             (masks frozen, values kept; :obj:`0`: skip).
             (default: :obj:`0`)
@@ -95,10 +95,16 @@ class CERPConfig:
             (default: :obj:`0.`)
         threshold_lr (float): Adam learning rate of the thresholds: the
             pruning speed, the rise of :math:`S` per step.
-            (default: :obj:`1e-2`)
+            (default: :obj:`3e-2`)
         threshold_weight_decay (float, optional): Adam L2 penalty of the
             thresholds (:obj:`None`: :obj:`weight_decay`).
-            (default: :obj:`1e-3`)
+            (default: :obj:`0.`)
+        threshold_drive (float): A constant push :math:`-c \sum \mathbf{S}`
+            on the threshold logits in phase 1 (see
+            :class:`PruningScheduler`): with Adam, :math:`S` rises by
+            :obj:`threshold_lr` per step without saturating at
+            :math:`\sigma(0) = 0.5`. :obj:`0.` leaves only the weight decay
+            of the official code. (default: :obj:`1e-3`)
         gamma_init (float): Initial regulariser weight :math:`\gamma_0`.
             (default: :obj:`1e-3`)
         gamma_decay (float): Its decay per period. (default: :obj:`0.5`)
@@ -109,22 +115,25 @@ class CERPConfig:
         seed (int): The seed of everything. (default: :obj:`0`)
         ks (Tuple[int, ...]): Evaluation cut-offs.
             (default: :obj:`(5, 10, 20, 50)`)
+        eval_users (int, optional): Evaluate a seeded sample of this many
+            users (:obj:`None`: all). (default: :obj:`None`)
     """
     dim: int = 64
     bucket_size: int = 5000
     threshold_init: float = -6.
     targets: Tuple[float, ...] = (0.10, 0.05, 0.01)
     target_unit: str = 'full'
-    baseline_epochs: int = 4
-    prune_epochs: int = 6
-    retrain_epochs: int = 4
+    baseline_epochs: int = 3
+    prune_epochs: int = 5
+    retrain_epochs: int = 3
     finetune_epochs: int = 0
     batch_size: int = 8192
     num_negatives: int = 5
     lr: float = 5e-3
     weight_decay: float = 0.
-    threshold_lr: float = 1e-2
-    threshold_weight_decay: Optional[float] = 1e-3
+    threshold_lr: float = 3e-2
+    threshold_weight_decay: Optional[float] = 0.
+    threshold_drive: float = 1e-3
     gamma_init: float = 1e-3
     gamma_decay: float = 0.5
     gamma_decay_every: int = 1
@@ -132,6 +141,7 @@ class CERPConfig:
     clip_grad_norm: float = 100.
     seed: int = 0
     ks: Tuple[int, ...] = (5, 10, 20, 50)
+    eval_users: Optional[int] = None
 
     def __post_init__(self) -> None:
         self.targets = tuple(sorted((float(t) for t in self.targets),
@@ -223,6 +233,9 @@ class CERPRunner:
         log (Callable[[str], None], optional): Where log lines go.
             (default: :obj:`print`)
         progress (bool, optional): Show :obj:`tqdm` progress bars.
+        rank (int, optional): The process rank; only rank 0 logs and writes
+            checkpoints (for a distributed version, which must also shard
+            the sampler and average gradients). (default: :obj:`0`)
     """
     CHECKPOINT = 'checkpoint.pt'
 
@@ -236,15 +249,17 @@ class CERPRunner:
         out_dir: Optional[str] = None,
         log: Callable[[str], None] = print,
         progress: bool = False,
+        rank: int = 0,
     ) -> None:
         self.config = config
+        self.rank = int(rank)
         self.data = data
         self.build_recommender = build_recommender
         self.sampler = make_sampler(config.seed)
         self.embedding_factory = embedding_factory or self._default_embedding
         self.out_dir = out_dir
-        self.log = log
-        self.progress = progress
+        self.log = log if self.rank == 0 else (lambda msg: None)
+        self.progress = progress and self.rank == 0
         self.state: Dict[str, Any] = self._fresh_state()
 
     # Building ################################################################
@@ -278,7 +293,8 @@ class CERPRunner:
         cfg = self.config
         return PruningScheduler(model.embedding, cfg.targets, cfg.target_unit,
                                 cfg.gamma_init, cfg.gamma_decay,
-                                cfg.gamma_decay_every, cfg.check_every)
+                                cfg.gamma_decay_every, cfg.check_every,
+                                threshold_drive=cfg.threshold_drive)
 
     # Overridden by pyg_cerp.distributed.DistributedCERPRunner ##############
 
@@ -287,8 +303,9 @@ class CERPRunner:
         return train_epoch(model, *args, **kwargs)
 
     def _evaluate(self, model: Recommender) -> Dict[str, float]:
-        return evaluate(model, self.data.train, self.data.test,
-                        self.config.ks)
+        cfg = self.config
+        return evaluate(model, self.data.train, self.data.test, cfg.ks,
+                        max_users=cfg.eval_users, seed=cfg.seed)
 
     # State ###################################################################
 
@@ -304,7 +321,7 @@ class CERPRunner:
 
     def save(self) -> None:
         r"""Writes the checkpoint atomically (no-op without :obj:`out_dir`)."""
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is not None and self.rank == 0:
             atomic_save(self.state, self.checkpoint_path)
 
     def load(self) -> bool:
@@ -314,8 +331,10 @@ class CERPRunner:
         if path is None or not os.path.isfile(path):
             return False
         state = safe_load(path)
-        if state.get('config') != self.config.to_dict():
-            old, new = state.get('config', {}), self.config.to_dict()
+        # Keys added to the config later take their defaults:
+        old = CERPConfig.from_dict(state.get('config', {})).to_dict()
+        if old != self.config.to_dict():
+            new = self.config.to_dict()
             diff = {k: (old.get(k), new[k]) for k in new if old.get(k) !=
                     new[k]}
             raise ValueError(

@@ -198,6 +198,8 @@ def evaluate(
     train_edge_index: Tensor,
     test_edge_index: Tensor,
     ks: Sequence[int] = (5, 10, 20, 50),
+    max_users: Optional[int] = None,
+    seed: int = 0,
 ) -> Dict[str, float]:
     r"""Full-ranking evaluation: Recall@k and NDCG@k over every item, with the
     training positives of each user masked, averaged over the users with test
@@ -210,8 +212,19 @@ def evaluate(
         test_edge_index (torch.Tensor): Test pairs :obj:`[2, E']`.
         ks (Sequence[int], optional): The cut-offs.
             (default: :obj:`(5, 10, 20, 50)`)
+        max_users (int, optional): Evaluate a seeded random sample of this
+            many users only (for scorers whose full ranking is too expensive,
+            *e.g.*, an MLP on a CPU). (default: :obj:`None`: all users)
+        seed (int, optional): The seed of that sample. (default: :obj:`0`)
     """
     from pyg_cerp.train._compat import ranking_metrics_from_scores
+    if max_users is not None and max_users < recommender.num_users:
+        gen = torch.Generator().manual_seed(seed)
+        keep = torch.zeros(recommender.num_users, dtype=torch.bool)
+        keep[torch.randperm(recommender.num_users,
+                            generator=gen)[:max_users]] = True
+        train_edge_index = train_edge_index[:, keep[train_edge_index[0]]]
+        test_edge_index = test_edge_index[:, keep[test_edge_index[0]]]
     was_training = recommender.training
     recommender.eval()
     try:

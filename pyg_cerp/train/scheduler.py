@@ -145,6 +145,13 @@ class PruningScheduler:
             construction already (they are re-captured by
             :meth:`on_train_start` before the first step).
             (default: :obj:`True`)
+        threshold_drive (float, optional): If positive, :meth:`regularizer`
+            also adds :math:`-c \sum \mathbf{S}` over the embedding's
+            threshold parameters (names containing :obj:`'threshold'`): a
+            constant push that, under Adam, raises every threshold logit by
+            about its learning rate per step *without* the saturation at
+            :math:`\sigma(0) = 0.5` that weight decay on :math:`\mathbf{S}`
+            has. (default: :obj:`0.`)
     """
     def __init__(
         self,
@@ -156,6 +163,7 @@ class PruningScheduler:
         gamma_decay_every: int = 1,
         check_every: int = 1,
         capture_initial_state: bool = True,
+        threshold_drive: float = 0.,
     ) -> None:
         for name in ('num_nonzero', 'masks', 'freeze_masks', 'initial_state'):
             if not callable(getattr(embedding, name, None)):
@@ -192,6 +200,9 @@ class PruningScheduler:
         if int(gamma_decay_every) < 1:
             raise ValueError(f"'gamma_decay_every' must be >= 1 "
                              f"(got {gamma_decay_every})")
+        if threshold_drive < 0:
+            raise ValueError(f"'threshold_drive' must be >= 0 "
+                             f"(got {threshold_drive})")
         if int(check_every) < 1:
             raise ValueError(f"'check_every' must be >= 1 "
                              f"(got {check_every})")
@@ -203,6 +214,11 @@ class PruningScheduler:
         self.gamma_decay = float(gamma_decay)
         self.gamma_decay_every = int(gamma_decay_every)
         self.check_every = int(check_every)
+        self.threshold_drive = float(threshold_drive)
+        self._thresholds = [
+            p for n, p in embedding.named_parameters()
+            if 'threshold' in n.split('.')[-1]
+        ]
 
         self.num_steps = 0
         self.epoch = 0
@@ -325,18 +341,29 @@ class PruningScheduler:
 
     def regularizer(self, index: Optional[Tensor] = None) -> Optional[Tensor]:
         r"""The weighted regulariser :math:`\gamma_t \cdot
-        \mathcal{L}_{\textrm{prune}}` over the entities in :obj:`index`, or
-        :obj:`None` if :math:`\gamma_t = 0`, if every target is reached or if
-        the embedding has no :meth:`pruning_loss`.
+        \mathcal{L}_{\textrm{prune}}` over the entities in :obj:`index`
+        (plus the threshold drive, if any), or :obj:`None` if there is
+        nothing to add (:math:`\gamma_t = 0` or no :meth:`pruning_loss`,
+        and no drive) or every target is reached.
 
         Args:
             index (torch.Tensor, optional): Global entity ids of the batch.
         """
+        if self.done:
+            return None
+        out = None
         gamma = self.gamma
         fn = getattr(self.embedding, 'pruning_loss', None)
-        if gamma == 0. or fn is None or self.done:
-            return None
-        return gamma * fn(index)
+        if gamma != 0. and fn is not None:
+            out = gamma * fn(index)
+        if self.threshold_drive > 0 and self._thresholds:
+            # Zero-valued (so that logged losses stay readable), gradient
+            # -c for every threshold logit:
+            drive = -self.threshold_drive * sum(
+                (p - p.detach()).sum() for p in self._thresholds
+                if p.requires_grad)
+            out = drive if out is None else out + drive
+        return out
 
     # Results #################################################################
 
@@ -410,6 +437,7 @@ class PruningScheduler:
             gamma_decay=self.gamma_decay,
             gamma_decay_every=self.gamma_decay_every,
             check_every=self.check_every,
+            threshold_drive=self.threshold_drive,
             num_steps=self.num_steps,
             epoch=self.epoch,
             start_density=self.start_density,
@@ -429,7 +457,7 @@ class PruningScheduler:
                 f"({state['target_unit']!r}) into one for {self.targets} "
                 f"({self.target_unit!r})")
         for key in ('gamma_init', 'gamma_decay', 'min_density',
-                    'last_density'):
+                    'last_density', 'threshold_drive'):
             setattr(self, key, float(state[key]))
         for key in ('gamma_decay_every', 'check_every', 'num_steps', 'epoch'):
             setattr(self, key, int(state[key]))

@@ -179,3 +179,31 @@ def test_with_compositional_embedding_and_freeze():
     assert torch.equal(emb.P, init)  # Rewound.
     assert torch.equal(emb.mask_P, s.snapshots[0.2].masks[0])
     assert emb.num_nonzero() <= s.snapshots[0.2].density * 800
+
+
+def test_threshold_drive_raises_thresholds_past_zero():
+    torch.manual_seed(0)
+    emb = CompositionalEmbedding(100, 8, 20, threshold_init=-1.)
+    with torch.no_grad():  # Values far above any threshold.
+        emb.P.fill_(5.)
+        emb.Q.fill_(5.)
+    s = PruningScheduler(emb, [0.05], gamma_init=0., threshold_drive=1e-3)
+    opt = torch.optim.Adam([emb.threshold_P, emb.threshold_Q], lr=0.1)
+    s.on_train_start()
+    for _ in range(20):
+        opt.zero_grad()
+        s.regularizer(torch.arange(100)).backward()
+        opt.step()
+        s.step()
+    # Rises by ~lr per step, beyond S = 0 (no saturation at sigmoid(0)).
+    assert float(emb.threshold_P.detach().mean()) == pytest.approx(1.0,
+                                                                   abs=0.05)
+    assert not s.done
+    with torch.no_grad():
+        emb.P.fill_(0.5)  # Below sigmoid(1) = 0.73: pruned.
+        emb.Q.fill_(0.5)
+    assert s.step() == [0.05] and s.regularizer() is None
+    assert PruningScheduler(emb, [0.05], threshold_drive=0.,
+                            gamma_init=0.).regularizer() is None
+    with pytest.raises(ValueError, match='threshold_drive'):
+        PruningScheduler(emb, [0.05], threshold_drive=-1.)

@@ -86,13 +86,18 @@ def test_training_learns(backbone):
                       torch.nn.Embedding(n, 16), hidden_channels=[32]))
     before = evaluate(model, data.train, data.test, ks=(5, 10))
     sampler = make_sampler(data.train, data.num_users, data.num_items, 5,
-                           64, seed=0)
-    opt = make_optimizer(model, lr=2e-2)
+                           128, seed=0)
+    opt = make_optimizer(model, lr=5e-2)
     losses = [train_epoch(model, opt, sampler, e)['loss'] for e in range(8)]
     after = evaluate(model, data.train, data.test, ks=(5, 10))
     assert losses[-1] < losses[0] - 0.1
     assert after['recall@10'] > before['recall@10'] + 0.1
     assert set(after) == {'recall@5', 'recall@10', 'ndcg@5', 'ndcg@10'}
+    # A user sample gives a different, seeded estimate.
+    part = evaluate(model, data.train, data.test, ks=(10, ), max_users=7)
+    assert part == evaluate(model, data.train, data.test, ks=(10, ),
+                            max_users=7)
+    assert part['recall@10'] != after['recall@10']
 
 
 def small_config(**kwargs) -> CERPConfig:
@@ -151,7 +156,8 @@ def test_runner_reports_unreached_targets():
 
 def test_runner_resume_is_exact(tmp_path):
     data = block_data()
-    config = small_config(finetune_epochs=0)
+    config = small_config(finetune_epochs=0, baseline_epochs=1,
+                          retrain_epochs=1)
     straight = make_runner(config, data).run()
     # Interrupt twice: inside the baseline and inside phase 1.
     part = make_runner(config, data, out_dir=str(tmp_path)).run(stop_after=1)
