@@ -11,6 +11,8 @@ It runs the same code path as ``examples/lightgcn_cerp.py`` under torchrun
 pruning phase (CERP regulariser on) after ``--warmup`` untimed ones. The
 epoch time is the median step time times the number of steps per epoch
 (sampling included: each rank draws the whole epoch once, timed separately).
+It also reports the CPU seconds per step of the busiest rank, which, unlike
+the wall time, does not depend on other load on the machine.
 
 Examples (from the repository root)::
 
@@ -120,17 +122,36 @@ def main() -> None:
     first = next(batches)  # draws the whole epoch
     sample_time = time.perf_counter() - t
 
-    times = []
+    times, cpu_times = [], []
     batch = first
     for i in range(args.warmup + args.steps):
         world.barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         step(rec, optimizer, batch, scheduler, d.clip_grad_norm)
+        c = time.process_time() - c
         world.barrier()
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
+            cpu_times.append(c)
         batch = next(batches)
+    # CPU seconds of one step on each rank (robust to other load on the
+    # machine, unlike the wall time): max over ranks.
+    cpu = torch.tensor([statistics.median(cpu_times)], dtype=torch.float64)
+    world.all_reduce(cpu, 'max')
     comm = allreduce_bytes_per_step(step.module)
+
+    # The part of a LightGCN step that data parallelism does not split: the
+    # full-graph propagation (forward + backward), replicated on every rank.
+    prop_cpu = None
+    if args.backbone == 'lightgcn':
+        samples = []
+        for i in range(args.warmup + args.steps):
+            c = time.process_time()
+            rec.propagate().sum().backward()
+            if i >= args.warmup:
+                samples.append(time.process_time() - c)
+        rec.zero_grad(set_to_none=True)
+        prop_cpu = statistics.median(samples)
 
     eval_time = None
     if not args.no_eval and args.backbone == 'lightgcn':
@@ -144,6 +165,8 @@ def main() -> None:
         threads=args.threads,
         batch_size=args.batch_size, steps_per_epoch=len(sampler),
         step_time_median=step_time, step_times=times,
+        step_cpu_median_max_rank=float(cpu),
+        propagation_cpu_median=prop_cpu,
         epoch_time_est=step_time * len(sampler) + sample_time,
         sample_time=sample_time, eval_time=eval_time,
         allreduce_bytes_per_step=comm,

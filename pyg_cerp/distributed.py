@@ -58,6 +58,8 @@ from torch import Tensor
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
+from pyg_cerp.train.cerp import CERPRunner
+
 # A global step counter for fault injection, and the number of scheduler
 # states overridden by rank 0's (for tests).
 _STEP_COUNTER = itertools.count()
@@ -225,25 +227,6 @@ class DistContext:
         if self.is_distributed:
             dist.all_reduce(tensor, op=ops[op])
         return tensor
-
-    def all_gather(self, tensor: Tensor) -> List[Tensor]:
-        r"""Gathers :obj:`tensor` (of any first dimension, same trailing
-        shape and dtype on every rank) from every rank, ordered by rank.
-
-        Args:
-            tensor (torch.Tensor): This rank's tensor.
-        """
-        if not self.is_distributed:
-            return [tensor]
-        size = torch.tensor([tensor.size(0)], device=self.device)
-        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
-        dist.all_gather(sizes, size)
-        max_size = int(max(int(s) for s in sizes))
-        padded = tensor.new_zeros((max_size, *tensor.shape[1:]))
-        padded[:tensor.size(0)] = tensor
-        out = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(out, padded)
-        return [o[:int(s)] for o, s in zip(out, sizes)]
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         r"""Returns rank :obj:`src`'s :obj:`obj` on every rank (pickled;
@@ -588,33 +571,6 @@ def reduce_metric_sums(
     return {k: float(t[i]) / total for i, k in enumerate(names)}
 
 
-def gather_by_index(
-    index: Tensor,
-    values: Tensor,
-    size: int,
-    ctx: DistContext,
-) -> Tensor:
-    r"""Assembles a global :obj:`[size, *]` tensor from every rank's rows
-    :obj:`values` at positions :obj:`index` (*e.g.*, per-user metric values of
-    each rank's user shard); positions no rank sent stay zero. Summing the
-    result in a fixed order gives bitwise the single-process sum.
-
-    Args:
-        index (torch.Tensor): This rank's row positions.
-        values (torch.Tensor): This rank's rows, :obj:`[len(index), *]`.
-        size (int): The number of rows of the result.
-        ctx (DistContext): The context.
-    """
-    if index.size(0) != values.size(0):
-        raise ValueError(f"'index' ({index.size(0)}) and 'values' "
-                         f"({values.size(0)}) differ in length")
-    out = values.new_zeros((size, *values.shape[1:]))
-    for idx, val in zip(ctx.all_gather(index.to(ctx.device)),
-                        ctx.all_gather(values.to(ctx.device))):
-        out[idx.to(out.device)] = val.to(out.device)
-    return out
-
-
 def scaled_backward(
     loss: Tensor,
     local_count: int,
@@ -808,11 +764,11 @@ class ShardedBatch(tuple):
 
 def _cerp_step_loss(recommender: Module, users: Tensor, pos: Tensor,
                     neg: Tensor, bpr_scale: float, reg_index: Optional[Tensor],
-                    scheduler: Any) -> tuple:
+                    reg_scale: float, scheduler: Any) -> tuple:
     # The loss of one data-parallel CERP step, computed inside the DDP
-    # forward: this rank's mean BPR loss times its loss scale, plus the
-    # pruning regulariser over ``reg_index`` (the *global* batch's entities
-    # when known: identical on every rank, so DDP's average keeps it as is).
+    # forward: this rank's mean BPR loss and its pruning regulariser over
+    # ``reg_index`` (its share of the global batch's entities), each times
+    # its loss scale, so that DDP's average is the single-process loss.
     bpr = recommender.loss(users, pos, neg)
     if users.numel() == 0:  # an empty shard: a nan mean, zero gradients
         term = torch.nan_to_num(bpr, nan=0.) * 0.
@@ -821,6 +777,8 @@ def _cerp_step_loss(recommender: Module, users: Tensor, pos: Tensor,
     reg = None
     if scheduler is not None and reg_index is not None:
         reg = scheduler.regularizer(reg_index)
+        if reg is not None and reg_scale != 1.:
+            reg = reg * reg_scale
     loss = term if reg is None else term + reg
     return loss, bpr.detach(), None if reg is None else reg.detach()
 
@@ -835,11 +793,13 @@ class DDPTrainStep:
 
     1. computes the whole loss in the forward of a DDP-wrapped
        :class:`LossModule` (so that DDP sees every parameter use): this
-       rank's mean BPR loss scaled by :meth:`DistContext.loss_scale`, plus
-       :math:`\gamma` times the pruning loss over the entities of the
-       *global* batch (from :class:`ShardedBatch`; every rank computes the
-       same value, which DDP's averaging leaves unchanged). The gradient is
-       thus the single-process gradient of the global batch;
+       rank's mean BPR loss plus the scheduler's regulariser
+       (:math:`\gamma` times the pruning loss) over this rank's strided
+       share of the entities of the *global* batch (from
+       :class:`ShardedBatch`), each scaled by :meth:`DistContext.loss_scale`.
+       After DDP's averaging, the gradient is the single-process gradient of
+       the global batch (also for the regulariser, whose entity set, with
+       duplicates removed among users, is a property of the global batch);
     2. all-reduces the gradients (DDP), clips them and steps the optimiser
        (identically on every rank);
     3. steps the pruning scheduler on every rank and checks, with one small
@@ -906,20 +866,28 @@ class DDPTrainStep:
             neg = neg.unsqueeze(-1)
         global_batch = getattr(batch, 'global_batch', None)
         local_n = int(users.numel())
+        reg_index, reg_scale = None, 1.
         if global_batch is not None:
             global_n = int(global_batch[0].numel())
-            gneg = global_batch[2]
-            reg_index = recommender.entities(
-                global_batch[0], global_batch[1],
-                gneg.unsqueeze(-1) if gneg.dim() == 1 else gneg)
+            if scheduler is not None:
+                # The regulariser is a mean over the global batch's
+                # entities: this rank takes its strided share, scaled like
+                # the BPR term (its parameter-only terms, identical on all
+                # ranks, average back to themselves: the scales sum to W).
+                gneg = global_batch[2]
+                entities = recommender.entities(
+                    global_batch[0], global_batch[1],
+                    gneg.unsqueeze(-1) if gneg.dim() == 1 else gneg)
+                reg_index = ctx.shard(entities)
+                reg_scale = ctx.loss_scale(reg_index.numel(),
+                                           entities.numel())
         else:
             global_n = None
-            reg_index = recommender.entities(users, pos, neg)
+            if scheduler is not None:
+                reg_index = recommender.entities(users, pos, neg)
         scale = ctx.loss_scale(local_n, global_n)
-        with_reg = scheduler is not None
-        loss, bpr, reg = self.module(users, pos, neg, scale,
-                                     reg_index if with_reg else None,
-                                     scheduler)
+        loss, bpr, reg = self.module(users, pos, neg, scale, reg_index,
+                                     reg_scale, scheduler)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm is not None:
@@ -932,8 +900,8 @@ class DDPTrainStep:
             before = _NUM_SYNCS[0]
             reached = sync_scheduler_decisions(scheduler, reached, ctx)
             self.num_scheduler_syncs += _NUM_SYNCS[0] - before
-        # Global loss values: bpr is a mean over this rank's triples; reg is
-        # the same on every rank (global batch) or a per-rank estimate.
+        # Global loss values: bpr is a mean over this rank's triples; the
+        # scaled regulariser values average to the global one.
         bpr_sum = 0. if local_n == 0 else float(bpr) * local_n
         reg_val = 0. if reg is None else float(reg)
         t = torch.tensor([bpr_sum, float(local_n), reg_val],
@@ -1059,12 +1027,7 @@ def sharded_evaluate(
     return reduce_metric_sums(sums, count, ctx)
 
 
-def _runner_base() -> type:
-    from pyg_cerp.train.cerp import CERPRunner
-    return CERPRunner
-
-
-class DistributedCERPRunner(_runner_base()):  # type: ignore[misc]
+class DistributedCERPRunner(CERPRunner):
     r"""The CERP procedure of :class:`pyg_cerp.train.CERPRunner`, data-parallel
     over the ranks of :obj:`world` (same arguments, same stages, same
     checkpoints and results):
@@ -1187,7 +1150,6 @@ __all__ = [
     'parameters_in_sync',
     'maybe_inject_fault',
     'reduce_metric_sums',
-    'gather_by_index',
     'scaled_backward',
     'ShardedBPRSampler',
     'sharded_ranking_metrics',
