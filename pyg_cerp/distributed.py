@@ -614,8 +614,9 @@ class ShardedBPRSampler:
     single-process run whose :obj:`batch_size` is the *global* batch size.
 
     Each rank draws the whole epoch (:math:`O(|\mathcal{E}|)` indices and
-    negatives per epoch, a few milliseconds per million interactions) and
-    keeps :math:`1/W` of it. :class:`~pyg_cerp.sampling.BPRSampler` with
+    negatives per epoch: 0.1-0.4 s for Gowalla's 810k pairs with 5
+    negatives on a busy CPU) and keeps :math:`1/W` of it.
+    :class:`~pyg_cerp.sampling.BPRSampler` with
     :obj:`rank`/:obj:`world_size` draws only its slice but takes negatives
     from a per-rank stream, so it is statistically, not bitwise, equivalent
     to a single-process run.
