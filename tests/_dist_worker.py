@@ -55,7 +55,40 @@ def loss_fn(model, edge_index, user, pos, neg, num_users, gamma):
     return loss + gamma * model.embedding.pruning_loss(ids)
 
 
+def check_sync(out: str) -> None:
+    # Rank 1's pruning scheduler disagrees with rank 0's (another step count,
+    # a snapshot rank 0 does not have): sync_scheduler_decisions must load
+    # rank 0's state and return rank 0's newly reached targets everywhere.
+    from pyg_cerp import distributed
+    from pyg_cerp.distributed import scheduler_digest, sync_scheduler_decisions
+    from pyg_cerp.train import PruningScheduler
+    ctx = init_distributed()
+    torch.manual_seed(0)
+    emb = CompositionalEmbedding(50, 4, 8, threshold_init=-3.)
+    sched = PruningScheduler(emb, [0.9, 0.5], 'meta', 1., 0.5, 1, 1)
+    agree = sync_scheduler_decisions(sched, [], ctx)  # all agree: no-op
+    if ctx.rank == 1:
+        with torch.no_grad():
+            emb.threshold_P.fill_(0.)  # prunes a lot: reaches 0.9 (and 0.5)
+        sched.step()
+    reached = sync_scheduler_decisions(sched, [0.9] if ctx.rank else [],
+                                       ctx)
+    same = ctx.all_equal(scheduler_digest(sched))
+    state = sched.state_dict()
+    if ctx.is_main:
+        with open(out, 'w') as f:
+            json.dump({'agree': agree, 'reached': reached, 'same': same,
+                       'num_steps': state['num_steps'],
+                       'snapshots': len(state['snapshots']),
+                       'syncs': distributed._NUM_SYNCS[0]}, f)
+    all_reached = ctx.broadcast_object(reached)  # rank 0's list, checked
+    assert all_reached == reached, (all_reached, reached)
+    destroy_distributed(ctx)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == '--check-sync':
+        return check_sync(sys.argv[2])
     parser = argparse.ArgumentParser()
     parser.add_argument('out')
     parser.add_argument('--epochs', type=int, default=4)

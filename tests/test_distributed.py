@@ -416,6 +416,18 @@ def test_two_processes_match_single_process(synthetic_folder, tmp_path):
     _compare_runs(one, two)
 
 
+def test_scheduler_decisions_are_rank_0s(tmp_path):
+    # Two processes whose schedulers disagree end with rank 0's state and
+    # rank 0's newly reached targets on both ranks.
+    out = tmp_path / 'sync.json'
+    proc, _ = _torchrun(2, WORKER, ['--check-sync', str(out)], _env(),
+                        timeout=100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res == {'agree': [], 'reached': [], 'same': True,
+                   'num_steps': 0, 'snapshots': 0, 'syncs': 1}
+
+
 @pytest.mark.parametrize('mode', ['exit', 'hang'])
 def test_crashed_rank_fails_the_job(synthetic_folder, tmp_path, mode):
     # Rank 1 dies (os._exit) or hangs at its 3rd training step: rank 0 gets
