@@ -194,7 +194,7 @@ def results_table(results: Dict[str, Dict[str, Any]],
     for name, res in results.items():
         meta = res.get('meta_density')
         meta = '-' if meta is None else f'{meta:.4f}'
-        lines.append(f"| {name} | {100 * res['full_fraction']:.2f} | {meta} |"
+        lines.append(f"| {name} | {100 * res['full_fraction']:.2f} | {meta} | "
                      + ' | '.join(f"{res[c]:.4f}" for c in cols) + ' |')
     return '\n'.join(lines)
 
