@@ -6,6 +6,7 @@ sharding maths; the multi-process tests launch 2 CPU ranks with ``torchrun``
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -351,6 +352,22 @@ def _env(**extra: str) -> dict:
     return env
 
 
+def _run(cmd: list, env: dict, timeout: float):
+    # Runs cmd in its own session; on timeout, kills the whole process group
+    # (torchrun and its workers), so that no worker outlives a failed test.
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"'{' '.join(cmd)}' did not finish within {timeout} s "
+                    f"(hang); stderr:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _torchrun(nproc: int, script: str, args: list, env: dict,
               timeout: float):
     cmd = [sys.executable, '-m', 'torch.distributed.run',
@@ -358,15 +375,12 @@ def _torchrun(nproc: int, script: str, args: list, env: dict,
            f'--rdzv-endpoint=127.0.0.1:{_free_port()}', '--max-restarts=0',
            script, *args]
     start = time.monotonic()
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = _run(cmd, env, timeout)
     return proc, time.monotonic() - start
 
 
 def _single(script: str, args: list, timeout: float = 120):
-    return subprocess.run([sys.executable, script, *args], env=_env(),
-                          cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return _run([sys.executable, script, *args], _env(), timeout)
 
 
 def _compare_runs(a_dir, b_dir) -> None:
