@@ -428,6 +428,114 @@ class CompressedTable(Module):
                 f'nbytes={self.nbytes}')
 
 
+class DenseTable(Module):
+    r"""A read-only dense :math:`R \times d` matrix stored in :obj:`float32`,
+    :obj:`float16` or :obj:`int8` with symmetric per-row absmax scales
+    (:math:`s_r = \max_j |v_{rj}| / 127`, one :obj:`float32` per row), as
+    used for *non-sparse* serving tables such as LightGCN's propagated
+    embeddings:
+
+    .. math::
+        \textrm{bytes} = R d \, s_v + 4 R \, [\textrm{int8}].
+
+    Decoding always yields :obj:`float32`. Build one with :meth:`from_dense`.
+
+    Args:
+        values (torch.Tensor): The :math:`R \times d` stored values.
+        scale (torch.Tensor, optional): The per-row scales (:obj:`int8`
+            only).
+    """
+    def __init__(self, values: Tensor, scale: Optional[Tensor] = None) -> None:
+        super().__init__()
+        self.dtype_name = _dtype_name(values.dtype)
+        self.num_rows, self.num_cols = values.shape
+        self.register_buffer('values', values)
+        self.register_buffer('scale', scale)
+
+    @classmethod
+    def from_dense(cls, dense: Tensor,
+                   dtype: Union[str, torch.dtype] = torch.float32
+                   ) -> 'DenseTable':
+        r"""Stores :obj:`dense` (2-D, finite) in precision :obj:`dtype`."""
+        if dense.dim() != 2 or not dense.is_floating_point():
+            raise ValueError(f"'dense' must be a 2-D floating point tensor "
+                             f"(got shape {tuple(dense.shape)})")
+        name = _dtype_name(dtype)
+        dense = dense.detach().float().cpu()
+        if not bool(torch.isfinite(dense).all()):
+            raise ValueError("Cannot store a table holding NaN or inf")
+        if name != 'int8':
+            return cls(dense.to(DTYPES[name]).contiguous())
+        scale = dense.abs().amax(dim=1) / 127.
+        q = dense / scale.clamp_min(1e-38).unsqueeze(1)
+        q = q.round().clamp(-127, 127).to(torch.int8)
+        return cls(q.contiguous(), scale)
+
+    def rows(self, row: Tensor) -> Tensor:
+        r"""Decodes rows :obj:`row` (any shape) to :obj:`float32`."""
+        out = self.values[row].float()
+        if self.scale is not None:
+            out = out * self.scale[row].unsqueeze(-1)
+        return out
+
+    def to_dense(self) -> Tensor:
+        r"""Decodes the whole table to :obj:`float32`."""
+        out = self.values.float()
+        if self.scale is not None:
+            out = out * self.scale.unsqueeze(-1)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        r"""The bytes of the stored values and scales."""
+        return _nbytes(self.values, self.scale)
+
+    def to_dict(self) -> Dict[str, Any]:
+        r"""The storage as a dict of plain tensors and strings."""
+        out: Dict[str, Any] = {'dtype': self.dtype_name, 'values': self.values}
+        if self.scale is not None:
+            out['scale'] = self.scale
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, shape: Tuple[int, int],
+                  where: str = 'table') -> 'DenseTable':
+        r"""Rebuilds a table of the expected :obj:`shape` from
+        :meth:`to_dict`'s output, validating every field.
+
+        Raises:
+            FormatError: On any mismatch.
+        """
+        if not isinstance(data, dict) or data.get('dtype') not in DTYPES:
+            raise FormatError(f"Invalid dense table '{where}': expected a "
+                              f"dict with a known 'dtype'")
+        name = data['dtype']
+        values = data.get('values')
+        if not isinstance(values, Tensor) or values.dtype != DTYPES[name] or \
+                tuple(values.shape) != tuple(shape):
+            raise FormatError(
+                f"Invalid dense table '{where}': 'values' must be a {name} "
+                f"tensor of shape {tuple(shape)}")
+        scale = None
+        if name == 'int8':
+            scale = data.get('scale')
+            if not isinstance(scale, Tensor) or \
+                    scale.dtype != torch.float32 or \
+                    tuple(scale.shape) != (shape[0], ) or \
+                    not bool((torch.isfinite(scale) & (scale >= 0)).all()):
+                raise FormatError(
+                    f"Invalid dense table '{where}': 'scale' must be a finite, "
+                    f"non-negative float32 tensor of shape ({shape[0]},)")
+        elif not bool(torch.isfinite(values).all()):
+            raise FormatError(f"Invalid dense table '{where}': 'values' "
+                              f"holds NaN or inf")
+        return cls(values.contiguous(), scale)
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_rows}, {self.num_cols}, dtype={self.dtype_name}, '
+                f'nbytes={self.nbytes}')
+
+
 class CompactEmbedding(Module):
     r"""The inference-only, compressed form of a trained
     :class:`~pyg_cerp.nn.CompositionalEmbedding`, as returned by
@@ -734,7 +842,9 @@ def read_file(path: PathLike) -> Any:
         raise FileNotFoundError(f"No compact file at '{path}'")
     try:
         data = torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile,
+    except PermissionError:
+        raise
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile,
             ValueError, KeyError, IndexError, TypeError, AttributeError,
             UnicodeDecodeError, OverflowError, MemoryError) as e:
         raise FormatError(

@@ -161,9 +161,10 @@ def test_corrupted_and_truncated_files(tmp_path):
     data = path.read_bytes()
 
     truncated = tmp_path / 'truncated.pt'
-    truncated.write_bytes(data[:len(data) // 2])
-    with pytest.raises(FormatError, match='truncated.pt'):
-        CompactEmbedding.load(truncated)
+    for size in (0, 10, len(data) // 2, len(data) - 100, len(data) - 1):
+        truncated.write_bytes(data[:size])
+        with pytest.raises(FormatError, match='truncated.pt'):
+            CompactEmbedding.load(truncated)
 
     corrupted = tmp_path / 'corrupted.pt'
     mid = len(data) // 3
