@@ -66,23 +66,51 @@ def topk_deterministic(scores: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return val[:, :k], idx[:, :k]
 
 
-class _UserItemCSR:
-    r"""A user-sorted CSR view of a :obj:`[2, E]` (user, item) edge index,
-    to fetch the items of a batch of users quickly."""
-    def __init__(self, edge_index: Tensor, num_users: int,
-                 num_items: int) -> None:
-        _check_edge_index(edge_index, num_users, num_items, 'exclude')
-        user, item = edge_index[0].long(), edge_index[1].long()
+class InteractionIndex:
+    r"""A user-sorted CSR index of (user, item) interactions, to fetch the
+    items of a batch of users in :math:`O(\textrm{their interactions})`.
+
+    Build it once with :meth:`from_edge_index` and pass it as
+    :obj:`exclude` to :meth:`CompactRecommender.recommend` to avoid
+    re-indexing the training graph on every call (passing the
+    :obj:`[2, E]` tensor re-builds it each time). Item ids are kept as
+    :obj:`uint16` when :math:`N_I \leq 65{,}536`, else :obj:`int32`.
+
+    Args:
+        ptr (torch.Tensor): The :math:`N_U + 1` row pointers.
+        items (torch.Tensor): The items, grouped by user.
+        num_items (int): :math:`N_I`.
+    """
+    def __init__(self, ptr: Tensor, items: Tensor, num_items: int) -> None:
+        self.ptr = ptr
+        self.items = items
+        self.num_users = ptr.numel() - 1
+        self.num_items = num_items
+
+    @staticmethod
+    def item_dtype(num_items: int) -> torch.dtype:
+        r"""The item-id type used for :obj:`num_items` items."""
+        return torch.uint16 if num_items <= 2**16 else torch.int32
+
+    @classmethod
+    def from_edge_index(cls, edge_index: Tensor, num_users: int,
+                        num_items: int,
+                        name: str = 'edge_index') -> 'InteractionIndex':
+        r"""Indexes a :obj:`[2, E]` (user, item) tensor (order within a user
+        is kept; duplicates are kept); :obj:`name` is used in errors."""
+        _check_edge_index(edge_index, num_users, num_items, name)
+        user, item = edge_index[0].long(), edge_index[1]
         perm = torch.argsort(user, stable=True)
-        self.item = item[perm]
         count = torch.bincount(user, minlength=num_users)
-        self.ptr = torch.cat([count.new_zeros(1), count.cumsum(0)])
+        ptr = torch.cat([count.new_zeros(1), count.cumsum(0)])
+        return cls(ptr.to(torch.int32 if ptr[-1] < 2**31 else torch.long),
+                   item[perm].to(cls.item_dtype(num_items)), num_items)
 
     def gather(self, users: Tensor) -> Tuple[Tensor, Tensor]:
         r"""Returns :obj:`(row, item)`: the position in :obj:`users` and the
-        item of every edge of those users."""
-        start = self.ptr[users]
-        length = self.ptr[users + 1] - start
+        item of every interaction of those users."""
+        start = self.ptr[users].long()
+        length = self.ptr[users + 1].long() - start
         total = int(length.sum())
         row = torch.repeat_interleave(
             torch.arange(users.numel(), device=users.device), length,
@@ -90,7 +118,24 @@ class _UserItemCSR:
         offset = torch.cumsum(length, 0) - length
         src = torch.arange(total, device=users.device) - offset[row] + \
             start[row]
-        return row, self.item[src]
+        return row, self.items[src].long()
+
+    def to_edge_index(self) -> Tensor:
+        r"""The :obj:`[2, E]` (user, item) tensor, grouped by user."""
+        user = torch.repeat_interleave(
+            torch.arange(self.num_users),
+            (self.ptr[1:] - self.ptr[:-1]).long())
+        return torch.stack([user, self.items.long()])
+
+    @property
+    def nbytes(self) -> int:
+        r"""The bytes of the pointers and item ids."""
+        return _nbytes(self.ptr, self.items)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_users={self.num_users}, '
+                f'num_items={self.num_items}, '
+                f'num_interactions={self.items.numel()})')
 
 
 def _check_edge_index(edge_index: Tensor, num_users: int, num_items: int,
@@ -133,7 +178,7 @@ class CompactRecommender(Module):
         self,
         user_ids: Tensor,
         k: int,
-        exclude: Optional[Tensor] = None,
+        exclude: Optional[Union[Tensor, 'InteractionIndex']] = None,
         return_scores: bool = False,
         user_batch_size: int = 1024,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
@@ -146,9 +191,11 @@ class CompactRecommender(Module):
             user_ids (torch.Tensor): The 1-D local user ids (duplicates
                 allowed).
             k (int): The number of items per user.
-            exclude (torch.Tensor, optional): A :obj:`[2, E]` tensor of
+            exclude (torch.Tensor or InteractionIndex, optional): The
                 (user, item) pairs never to recommend, typically the training
-                interactions. (default: :obj:`None`)
+                interactions: a :obj:`[2, E]` tensor or, faster for repeated
+                calls, an :class:`InteractionIndex` built once.
+                (default: :obj:`None`)
             return_scores (bool, optional): If set to :obj:`True`, also
                 returns the scores. (default: :obj:`False`)
             user_batch_size (int, optional): Users scored at once (memory is
@@ -168,9 +215,18 @@ class CompactRecommender(Module):
         if not 1 <= k <= self.num_items:
             raise ValueError(f"'k' must be in [1, {self.num_items}] "
                              f"(got {k})")
-        csr = None
-        if exclude is not None:
-            csr = _UserItemCSR(exclude, self.num_users, self.num_items)
+        csr = exclude
+        if isinstance(exclude, Tensor):
+            csr = InteractionIndex.from_edge_index(exclude, self.num_users,
+                                                   self.num_items, 'exclude')
+        elif exclude is not None:
+            if not isinstance(exclude, InteractionIndex) or \
+                    exclude.num_users != self.num_users or \
+                    exclude.num_items != self.num_items:
+                raise ValueError(
+                    f"'exclude' must be a [2, E] tensor or an "
+                    f"InteractionIndex over {self.num_users} users and "
+                    f"{self.num_items} items (got {exclude!r})")
         user_ids = user_ids.long()
         values: List[Tensor] = []
         items: List[Tensor] = []
@@ -396,8 +452,10 @@ class CompactMLPRecommender(CompactRecommender):
                 f'mlp={dims}, nbytes={self.nbytes})')
 
 
-def lightgcn_propagate(x: Tensor, edge_index: Tensor, num_users: int,
-                       num_items: int, alpha: Tensor) -> Tensor:
+def lightgcn_propagate(x: Tensor,
+                       edge_index: Union[Tensor, InteractionIndex],
+                       num_users: int, num_items: int,
+                       alpha: Tensor) -> Tensor:
     r"""LightGCN propagation over the symmetrised user-item graph, as PyG's
     :class:`~torch_geometric.nn.models.LightGCN` computes it,
 
@@ -411,13 +469,15 @@ def lightgcn_propagate(x: Tensor, edge_index: Tensor, num_users: int,
 
     Args:
         x (torch.Tensor): :math:`\mathbf{E}^{(0)}`, :obj:`[N_U + N_I, d]`.
-        edge_index (torch.Tensor): The :obj:`[2, E]` (user, item) training
-            interactions (local ids).
+        edge_index (torch.Tensor or InteractionIndex): The :obj:`[2, E]`
+            (user, item) training interactions (local ids).
         num_users (int): :math:`N_U`.
         num_items (int): :math:`N_I`.
         alpha (torch.Tensor): The :math:`L + 1` layer weights.
     """
     n = num_users + num_items
+    if isinstance(edge_index, InteractionIndex):
+        edge_index = edge_index.to_edge_index()
     user = edge_index[0].long()
     item = edge_index[1].long() + num_users
     row = torch.cat([user, item])
@@ -452,12 +512,12 @@ class CompactLightGCNRecommender(CompactRecommender):
 
     * :obj:`mode='propagate'`: store the compact :math:`\mathbf{E}^{(0)}`
       (:class:`~pyg_cerp.nn.compact.CompactEmbedding`), the training graph
-      as a user-sorted CSR (:obj:`int32` item ids, :math:`4E + 4(N_U + 1)`
-      bytes) and :math:`\alpha`, and propagate once at load. Exact in
-      :obj:`float32` (same scores as the training model up to summation
-      order), the graph doubles as the exclusion set
-      (:attr:`train_edge_index`), but the file is dominated by the graph and
-      loading costs one propagation.
+      as a user-sorted CSR (:class:`InteractionIndex`: :obj:`uint16` item
+      ids for :math:`N_I \leq 65{,}536`, :math:`2E + 4(N_U + 1)` bytes) and
+      :math:`\alpha`, and propagate once at load. Exact in :obj:`float32`
+      (same scores as the training model up to summation order), the graph
+      doubles as the exclusion set (:attr:`train_index`), but the file is
+      dominated by the graph and loading costs one propagation.
     * :obj:`mode='final'`: store :math:`\mathbf{E}` itself, dense (it is not
       sparse), as :class:`~pyg_cerp.nn.compact.DenseTable` in
       :obj:`float32`/:obj:`float16`/:obj:`int8`: :math:`(N_U + N_I) d s_v`
@@ -514,12 +574,12 @@ class CompactLightGCNRecommender(CompactRecommender):
         self.item = item
         self.embedding = embedding
         self.register_buffer('alpha', alpha)
-        self._graph: Optional[Tuple[Tensor, Tensor]] = None
-        if train_edge_index is not None:
-            _check_edge_index(train_edge_index, num_users, num_items,
-                              'train_edge_index')
-            csr = _UserItemCSR(train_edge_index, num_users, num_items)
-            self._graph = (csr.ptr.to(torch.int32), csr.item.to(torch.int32))
+        self.train_index: Optional[InteractionIndex] = None
+        if isinstance(train_edge_index, InteractionIndex):
+            self.train_index = train_edge_index
+        elif train_edge_index is not None:
+            self.train_index = InteractionIndex.from_edge_index(
+                train_edge_index, num_users, num_items, 'train_edge_index')
         if decode not in ('cache', 'lookup'):
             raise ValueError(f"'decode' must be 'cache' or 'lookup' "
                              f"(got {decode!r})")
@@ -612,29 +672,31 @@ class CompactLightGCNRecommender(CompactRecommender):
                                   alpha=model.alpha, **kwargs)
 
     @classmethod
-    def _propagated(cls, compact: CompactEmbedding, edge_index: Tensor,
-                    num_users: int, num_items: int,
+    def _propagated(cls, compact: CompactEmbedding,
+                    graph: Union[Tensor, InteractionIndex], num_users: int,
+                    num_items: int,
                     alpha: Tensor) -> 'CompactLightGCNRecommender':
         if compact.decode != 'cache':
             compact.set_decode('cache')
-        out = lightgcn_propagate(compact.weight, edge_index, num_users,
+        if not isinstance(graph, InteractionIndex):
+            graph = InteractionIndex.from_edge_index(graph, num_users,
+                                                     num_items)
+        out = lightgcn_propagate(compact.weight, graph, num_users,
                                  num_items, alpha)
         # Serving reads only the propagated tables: drop E^(0)'s dense cache.
         compact.set_decode('lookup')
         return cls(num_users, num_items, DenseTable(out[:num_users]),
                    DenseTable(out[num_users:]), embedding=compact,
-                   train_edge_index=edge_index, alpha=alpha, decode='cache')
+                   train_edge_index=graph, alpha=alpha, decode='cache')
 
     @property
     def train_edge_index(self) -> Optional[Tensor]:
-        r"""The stored (user, item) training graph (:obj:`mode='propagate'`),
-        e.g., to pass as :obj:`exclude` to :meth:`recommend`."""
-        if self._graph is None:
+        r"""The stored (user, item) training graph as a :obj:`[2, E]` tensor
+        (:obj:`mode='propagate'`; :obj:`None` otherwise). To exclude training
+        items in :meth:`recommend`, pass :attr:`train_index` (no copy)."""
+        if self.train_index is None:
             return None
-        ptr, item = self._graph
-        user = torch.repeat_interleave(
-            torch.arange(self.num_users), (ptr[1:] - ptr[:-1]).long())
-        return torch.stack([user, item.long()])
+        return self.train_index.to_edge_index()
 
     @torch.no_grad()
     def embeddings(self) -> Tuple[Tensor, Tensor]:
@@ -654,7 +716,7 @@ class CompactLightGCNRecommender(CompactRecommender):
     def nbytes(self) -> int:
         if self.mode == 'final':
             return self.user.nbytes + self.item.nbytes
-        return (self.embedding.nbytes + _nbytes(*self._graph) +
+        return (self.embedding.nbytes + self.train_index.nbytes +
                 _nbytes(self.alpha))
 
     @property
@@ -664,7 +726,7 @@ class CompactLightGCNRecommender(CompactRecommender):
             out += self.user.nbytes + self.item.nbytes
         else:  # user/item *are* the dense propagated tables (cached).
             out = _nbytes(self.user.values, self.item.values, self.alpha)
-            out += self.embedding.resident_nbytes + _nbytes(*self._graph)
+            out += self.embedding.resident_nbytes + self.train_index.nbytes
         return out
 
     def to_dict(self) -> Dict[str, Any]:
@@ -680,7 +742,8 @@ class CompactLightGCNRecommender(CompactRecommender):
             out['item'] = self.item.to_dict()
         else:
             out['embedding'] = self.embedding.to_dict()
-            out['indptr'], out['items'] = self._graph
+            out['indptr'] = self.train_index.ptr
+            out['items'] = self.train_index.items
             out['alpha'] = self.alpha
         return out
 
@@ -721,7 +784,8 @@ class CompactLightGCNRecommender(CompactRecommender):
                              data.get('alpha'))
         if not (isinstance(ptr, Tensor) and ptr.dtype == torch.int32 and
                 tuple(ptr.shape) == (nu + 1, ) and
-                isinstance(items, Tensor) and items.dtype == torch.int32 and
+                isinstance(items, Tensor) and
+                items.dtype == InteractionIndex.item_dtype(ni) and
                 items.dim() == 1):
             raise FormatError(f"'{path}': invalid graph arrays")
         p = ptr.long()
@@ -729,20 +793,19 @@ class CompactLightGCNRecommender(CompactRecommender):
                 bool((p[1:] < p[:-1]).any()):
             raise FormatError(f"'{path}': graph row pointers must be "
                               f"monotone from 0 to {items.numel()}")
-        if items.numel() and (int(items.min()) < 0 or
-                              int(items.max()) >= ni):
+        if items.numel() and (int(items.long().min()) < 0 or
+                              int(items.long().max()) >= ni):
             raise FormatError(f"'{path}': item ids out of [0, {ni})")
         if not (isinstance(alpha, Tensor) and alpha.dtype == torch.float32
                 and alpha.dim() == 1 and alpha.numel() >= 1 and
                 bool(torch.isfinite(alpha).all())):
             raise FormatError(f"'{path}': invalid 'alpha'")
-        user = torch.repeat_interleave(torch.arange(nu), p[1:] - p[:-1])
-        edge_index = torch.stack([user, items.long()])
-        return cls._propagated(emb, edge_index, nu, ni, alpha)
+        index = InteractionIndex(ptr.contiguous(), items.contiguous(), ni)
+        return cls._propagated(emb, index, nu, ni, alpha)
 
     def __repr__(self) -> str:
         extra = (f', embedding={self.embedding}, num_edges='
-                 f'{self._graph[1].numel()}, num_layers='
+                 f'{self.train_index.items.numel()}, num_layers='
                  f'{self.alpha.numel() - 1}' if self.mode == 'propagate' else
                  f', dtype={self.user.dtype_name}')
         return (f'{self.__class__.__name__}(num_users={self.num_users}, '

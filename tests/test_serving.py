@@ -5,8 +5,8 @@ from torch_geometric.nn.models import LightGCN
 from pyg_cerp.nn import CompositionalEmbedding, MLPScorer
 from pyg_cerp.nn.compact import FormatError, write_file
 from pyg_cerp.serving import (CompactLightGCNRecommender,
-                              CompactMLPRecommender, lightgcn_propagate,
-                              topk_deterministic)
+                              CompactMLPRecommender, InteractionIndex,
+                              lightgcn_propagate, topk_deterministic)
 
 NU, NI, D = 40, 60, 8
 
@@ -126,6 +126,9 @@ def test_lightgcn_round_trip(tmp_path, mode, dtype):
             map(tuple, ei.t().tolist()))
         assert torch.equal(loaded.recommend(users, 5, exclude=stored),
                            rec.recommend(users, 5, exclude=ei))
+        assert torch.equal(
+            loaded.recommend(users, 5, exclude=loaded.train_index),
+            rec.recommend(users, 5, exclude=ei))
     else:
         assert loaded.train_edge_index is None
 
@@ -135,7 +138,7 @@ def test_lightgcn_nbytes_by_hand():
     ei = graph(num_edges=300)
     rec = CompactLightGCNRecommender.from_lightgcn(model, ei, NU, NI)
     emb = model.embedding.to_compact()
-    assert rec.nbytes == emb.nbytes + 4 * 300 + 4 * (NU + 1) + 4 * 4
+    assert rec.nbytes == emb.nbytes + 2 * 300 + 4 * (NU + 1) + 4 * 4  # uint16
     final = CompactLightGCNRecommender.from_lightgcn(model, ei, NU, NI,
                                                      mode='final',
                                                      dtype='int8')
@@ -248,3 +251,11 @@ def test_recommend_exclusion_edge_cases():
     with pytest.raises(IndexError, match='exclude'):
         rec.recommend(torch.tensor([0]), 3,
                       exclude=torch.tensor([[0], [NI]]))
+    index = InteractionIndex.from_edge_index(ei, NU, NI)
+    assert index.items.dtype == torch.uint16 and index.nbytes == \
+        2 * ei.size(1) + 4 * (NU + 1)
+    assert torch.equal(rec.recommend(torch.tensor([0, 1]), 4, exclude=index),
+                       top[:2])
+    with pytest.raises(ValueError, match='InteractionIndex over'):
+        rec.recommend(torch.tensor([0]), 3,
+                      exclude=InteractionIndex.from_edge_index(ei, NU, NI + 1))
