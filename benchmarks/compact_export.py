@@ -24,6 +24,7 @@ import argparse
 import gc
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,9 +39,9 @@ from torch import Tensor
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from pyg_cerp.nn import CompositionalEmbedding  # noqa: E402
-from pyg_cerp.nn.compact import CompactEmbedding  # noqa: E402
 from pyg_cerp.serving import (CompactLightGCNRecommender,  # noqa: E402
-                              lightgcn_propagate, topk_deterministic)
+                              InteractionIndex, lightgcn_propagate,
+                              normalized_adjacency, topk_deterministic)
 
 NUM_USERS, NUM_ITEMS = 29858, 40981
 PRECISIONS = ('float32', 'float16', 'int8')
@@ -147,6 +148,44 @@ def from_checkpoint(path: str, budget: float, n: int, d: int,
     return emb, alpha, source
 
 
+def quick_train(emb: CompositionalEmbedding, adj: Tensor, train: Tensor,
+                nu: int, ni: int, alpha: Tensor, epochs: int,
+                batch_size: int = 16384, lr: float = 5e-3,
+                reg: float = 1e-4, seed: int = 0) -> List[str]:
+    r"""BPR training of LightGCN over :obj:`emb` (one uniform negative per
+    positive, Adam on the values only; thresholds / masks as they are)."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam([emb.P, emb.Q], lr=lr)
+    num_edges = train.size(1)
+    log = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(num_edges, generator=gen)
+        total = 0.
+        for start in range(0, num_edges, batch_size):
+            idx = perm[start:start + batch_size]
+            u, i = train[0, idx], train[1, idx] + nu
+            j = torch.randint(ni, (idx.numel(), ), generator=gen) + nu
+            x0 = emb.weight
+            x, out = x0, x0 * alpha[0]
+            for a in alpha[1:]:
+                x = adj @ x
+                out = out + x * a
+            pos = (out[u] * out[i]).sum(-1)
+            neg = (out[u] * out[j]).sum(-1)
+            loss = -torch.nn.functional.logsigmoid(pos - neg).mean()
+            loss = loss + reg * (x0[u].pow(2) + x0[i].pow(2) +
+                                 x0[j].pow(2)).sum() / (2 * idx.numel())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * idx.numel()
+        log.append(f'epoch {epoch + 1}: loss {total / num_edges:.4f} '
+                   f'({time.perf_counter() - t0:.0f}s)')
+        print(f'  [quick-train] {log[-1]}', file=sys.stderr, flush=True)
+    return log
+
+
 # Measurements ################################################################
 
 def median_us(fn, repeat: int) -> float:
@@ -160,30 +199,46 @@ def median_us(fn, repeat: int) -> float:
 
 
 _RSS_SCRIPT = r'''
-import gc, os, sys, torch
+import ctypes, gc, os, sys, tempfile, torch
 sys.path.insert(0, sys.argv[3])
+from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.compact import CompactEmbedding
 from pyg_cerp.serving import CompactLightGCNRecommender
+libc = ctypes.CDLL('libc.so.6')
 def rss():
+    gc.collect()
+    libc.malloc_trim(0)
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-cls = {'emb': CompactEmbedding, 'lgcn': CompactLightGCNRecommender}[sys.argv[1]]
 torch.set_num_threads(1)
-cls.load(sys.argv[2]); gc.collect()  # warm up code paths and allocator
+cls = {'emb': CompactEmbedding, 'lgcn': CompactLightGCNRecommender}[sys.argv[1]]
+with tempfile.TemporaryDirectory() as tmp:  # warm up the code paths
+    small = CompositionalEmbedding(100, 8, 10).to_compact()
+    small.save(tmp + '/s.pt'); CompactEmbedding.load(tmp + '/s.pt')
+    if sys.argv[1] == 'lgcn':
+        CompactLightGCNRecommender.from_embedding(
+            CompositionalEmbedding(30, 8, 10), torch.tensor([[0, 1], [2, 3]]),
+            10, 20).save(tmp + '/r.pt')
+        CompactLightGCNRecommender.load(tmp + '/r.pt')
 before = rss()
-obj = cls.load(sys.argv[2], decode=sys.argv[4]); gc.collect()
+obj = cls.load(sys.argv[2], decode=sys.argv[4])
 print(rss() - before)
 '''
 
 
 def rss_delta(kind: str, path: str, decode: str) -> Optional[int]:
-    r"""RSS growth of a fresh process when loading :obj:`path` (after a
-    warm-up load, so code and allocator pools are excluded)."""
+    r"""RSS growth of a fresh process when loading :obj:`path`, after
+    warming up the code paths on a tiny file; glibc is told to return freed
+    memory (fixed mmap threshold, :obj:`malloc_trim`), so load-time
+    temporaries do not count."""
     if not os.path.exists('/proc/self/statm'):
         return None
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536',
+               MALLOC_TRIM_THRESHOLD_='65536')
     out = subprocess.run([sys.executable, '-c', _RSS_SCRIPT, kind, path,
-                          root, decode], capture_output=True, text=True)
+                          root, decode], capture_output=True, text=True,
+                         env=env)
     try:
         return int(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -294,6 +349,15 @@ def main(argv=None) -> None:
                         help='random graph of Gowalla size, no data needed')
     parser.add_argument('--no-ndcg', action='store_true',
                         help='skip the (slow) NDCG@20 evaluation')
+    parser.add_argument('--quick-train', type=int, default=0, metavar='E',
+                        help='without --checkpoint: train the unpruned CERP '
+                        'LightGCN with BPR for E epochs here, then prune '
+                        'each budget by magnitude and fine-tune the '
+                        'survivors (--finetune epochs); makes NDCG@20 '
+                        'meaningful (default: 0, untrained)')
+    parser.add_argument('--finetune', type=int, default=1,
+                        help='masked fine-tuning epochs per budget after '
+                        '--quick-train (default: 1)')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings('ignore')
@@ -319,6 +383,7 @@ def main(argv=None) -> None:
           f'{args.repeat} runs; lookup = 1,000 random ids\n')
 
     excl = make_excluder(train, nu)
+    train_index = InteractionIndex.from_edge_index(train, nu, ni)
     gen = torch.Generator().manual_seed(0)
     agree_users = torch.randperm(nu, generator=gen)[:args.agree_users]
     ids = torch.randint(n, (1000, ), generator=gen)
@@ -327,25 +392,55 @@ def main(argv=None) -> None:
     emb_rows: List[str] = []
     lgcn_rows: List[str] = []
     sources: Dict[float, str] = {}
+    base_state = None
+    alpha0 = torch.full((args.num_layers + 1, ), 1. / (args.num_layers + 1))
+    adj = None
+    if args.quick_train and not args.checkpoint:
+        adj = normalized_adjacency(train, nu, ni)
+        torch.manual_seed(0)
+        base = CompositionalEmbedding(n, d, args.bucket_size)
+        t0 = time.perf_counter()
+        quick_train(base, adj, train, nu, ni, alpha0, args.quick_train)
+        print(f'Quick-trained the unpruned CERP LightGCN for '
+              f'{args.quick_train} epochs in {time.perf_counter() - t0:.0f}s '
+              f'({base.num_nonzero():,} values = '
+              f'{100 * base.full_table_fraction():.1f}% of N*d)\n')
+        base_state = {k: v.clone() for k, v in base.state_dict().items()}
     for budget in args.budgets:
         if args.checkpoint:
             emb, alpha, source = from_checkpoint(args.checkpoint, budget, n,
                                                  d, args.bucket_size)
+            if emb.full_table_fraction() > 1.02 * budget:
+                prune_to_budget(emb, budget)
+                emb.freeze_masks()
+                source += ', pruned further to the budget by magnitude'
+        elif base_state is not None:
+            emb = CompositionalEmbedding(n, d, args.bucket_size)
+            emb.load_state_dict(base_state)
+            alpha = alpha0
+            prune_to_budget(emb, budget)
+            emb.freeze_masks()  # keep the pruned values, retrain mode
+            quick_train(emb, adj, train, nu, ni, alpha, args.finetune,
+                        seed=1)
+            source = (f'quick-trained here: LightGCN-BPR {args.quick_train} '
+                      f'epochs unpruned, magnitude-pruned to the budget, '
+                      f'{args.finetune} masked fine-tuning epoch(s)')
         else:
             torch.manual_seed(0)
             emb = CompositionalEmbedding(n, d, args.bucket_size)
-            alpha = torch.full((args.num_layers + 1, ),
-                               1. / (args.num_layers + 1))
+            alpha = alpha0
             source = prune_to_budget(emb, budget)
         emb.eval()
         sources[budget] = source
-        trained = args.checkpoint is not None and folder is not None
+        trained = (args.checkpoint is not None or base_state is not None) \
+            and folder is not None
         with torch.no_grad():
             e_train = lightgcn_propagate(emb.weight.detach(), train, nu, ni,
                                          alpha)
         top_train = topk_lists(e_train[:nu], e_train[nu:], agree_users, excl,
                                20)
-        t_train = median_us(lambda: emb(ids), args.repeat)
+        with torch.no_grad():
+            t_train = median_us(lambda: emb(ids), args.repeat)
         ndcg_ref = None
         if trained and not args.no_ndcg:
             ndcg_ref = ndcg_at(e_train[:nu], e_train[nu:], train, test)
@@ -362,9 +457,9 @@ def main(argv=None) -> None:
             path = os.path.join(tmp, f'emb_{budget:g}_{prec}.pt')
             compact.save(path)
             disk = os.path.getsize(path)
-            t_cache = median_us(lambda: compact(ids), args.repeat)
+            t_cache = median_us(lambda c=compact: c(ids), args.repeat)
             lookup = emb.to_compact(prec, decode='lookup')
-            t_lookup = median_us(lambda: lookup(ids), args.repeat)
+            t_lookup = median_us(lambda c=lookup: c(ids), args.repeat)
             rss_c = rss_delta('emb', path, 'cache')
             rss_l = rss_delta('emb', path, 'lookup')
             # Serving (LightGCN, E0 compact + graph, propagated at load).
@@ -411,12 +506,12 @@ def main(argv=None) -> None:
             t_load = time.perf_counter() - t0
             users = agree_users[:256]
             t_rec = median_us(
-                lambda: loaded.recommend(users, 20, exclude=train),
+                lambda ld=loaded: ld.recommend(users, 20, exclude=train_index),
                 max(3, args.repeat // 10))
             rss_c = rss_delta('lgcn', path, 'cache')
             rss_l = (rss_delta('lgcn', path, 'lookup') if mode == 'final'
                      else None)
-            top = loaded.recommend(agree_users, 20, exclude=train)
+            top = loaded.recommend(agree_users, 20, exclude=train_index)
             lgcn_rows.append(
                 f'| {budget:g} | {mode} | {prec} | {fmt_bytes(disk)} | '
                 f'{100 * disk / full:.2f}% | {fmt_bytes(rss_c)}'
@@ -439,7 +534,7 @@ def main(argv=None) -> None:
     for row in emb_rows:
         print(row)
     print('\n"training module": the CompositionalEmbedding itself (eval, '
-          'no_grad not forced); its resident bytes are P, Q and the two '
+          'no_grad); its resident bytes are P, Q and the two '
           'threshold tables. Top-20 agreement: mean overlap of the top-20 '
           '(training items excluded) with the training model\'s, LightGCN '
           f'scores, {agree_users.numel()} sampled users.\n')
@@ -451,6 +546,7 @@ def main(argv=None) -> None:
     print('|' + '---|' * 9)
     for row in lgcn_rows:
         print(row)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == '__main__':

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, Module, ModuleList
 
-from pyg_cerp.nn.compact import (DTYPES, CompactEmbedding, DenseTable,
-                                 FormatError, _dtype_name, _nbytes,
-                                 check_header, read_file, write_file)
+from pyg_cerp.nn.compact import (CompactEmbedding, DenseTable, FormatError,
+                                 _nbytes, check_header, read_file,
+                                 write_file)
 from pyg_cerp.utils.validation import check_index
 
 PathLike = Union[str, os.PathLike]
@@ -55,9 +55,10 @@ def topk_deterministic(scores: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     if scores.size(0) == 0:
         empty = scores.new_empty(0, k)
         return empty, empty.long()
-    kth = scores.topk(k, dim=-1).values[:, -1:]
-    num_cand = int((scores >= kth).sum(-1).max())
-    val, idx = scores.topk(num_cand, dim=-1)  # holds every candidate
+    val, idx = scores.topk(k, dim=-1)
+    num_cand = int((scores >= val[:, -1:]).sum(-1).max())
+    if num_cand > k:  # Ties at the k-th value: fetch every candidate.
+        val, idx = scores.topk(num_cand, dim=-1)
     # Order by id, then stably by decreasing score: ties stay in id order.
     idx, perm = idx.sort(dim=-1)
     val = val.gather(-1, perm)
@@ -143,7 +144,8 @@ def _check_edge_index(edge_index: Tensor, num_users: int, num_items: int,
     if not isinstance(edge_index, Tensor) or edge_index.dim() != 2 or \
             edge_index.size(0) != 2:
         raise ValueError(f"'{name}' must be a [2, E] tensor of (user, item) "
-                         f"ids (got {getattr(edge_index, 'shape', edge_index)})")
+                         f"ids (got "
+                         f"{getattr(edge_index, 'shape', edge_index)})")
     check_index(edge_index[0], num_users, f'{name}[0] (users)')
     check_index(edge_index[1], num_items, f'{name}[1] (items)')
 
@@ -446,10 +448,47 @@ class CompactMLPRecommender(CompactRecommender):
             raise FormatError(f"'{path}': {e}") from e
 
     def __repr__(self) -> str:
-        dims = [self.lins[0].in_features] + [l.out_features for l in self.lins]
+        dims = [self.lins[0].in_features] + [
+            lin.out_features for lin in self.lins]
         return (f'{self.__class__.__name__}(num_users={self.num_users}, '
                 f'num_items={self.num_items}, embedding={self.embedding}, '
                 f'mlp={dims}, nbytes={self.nbytes})')
+
+
+def normalized_adjacency(edge_index: Union[Tensor, 'InteractionIndex'],
+                         num_users: int, num_items: int) -> Tensor:
+    r"""The symmetrically normalised adjacency :math:`\mathbf{D}^{-1/2}
+    \mathbf{A} \mathbf{D}^{-1/2}` of the bipartite graph as a sparse CSR
+    :math:`(N_U + N_I) \times (N_U + N_I)` matrix (items offset by
+    :math:`N_U`, both directions, no self-loops, duplicate edges kept as
+    separate entries), matching PyG's :obj:`gcn_norm(...,
+    add_self_loops=False)`.
+
+    Args:
+        edge_index (torch.Tensor or InteractionIndex): The (user, item)
+            interactions.
+        num_users (int): :math:`N_U`.
+        num_items (int): :math:`N_I`.
+    """
+    n = num_users + num_items
+    if isinstance(edge_index, InteractionIndex):
+        edge_index = edge_index.to_edge_index()
+    user = edge_index[0].long()
+    item = edge_index[1].long() + num_users
+    row = torch.cat([user, item])
+    col = torch.cat([item, user])
+    deg = torch.bincount(col, minlength=n).float()
+    dis = deg.pow(-0.5)
+    dis.masked_fill_(deg == 0, 0.)
+    value = dis[row] * dis[col]
+    # Message passing to `col` from `row`: out[col] += value * x[row], as a
+    # CSR matrix with rows `col` (duplicates kept as separate entries).
+    perm = torch.argsort(col * n + row)
+    crow = torch.cat([col.new_zeros(1), deg.long().cumsum(0)])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # "beta" notices
+        return torch.sparse_csr_tensor(crow, row[perm], value[perm], (n, n),
+                                       check_invariants=False)
 
 
 def lightgcn_propagate(x: Tensor,
@@ -475,25 +514,7 @@ def lightgcn_propagate(x: Tensor,
         num_items (int): :math:`N_I`.
         alpha (torch.Tensor): The :math:`L + 1` layer weights.
     """
-    n = num_users + num_items
-    if isinstance(edge_index, InteractionIndex):
-        edge_index = edge_index.to_edge_index()
-    user = edge_index[0].long()
-    item = edge_index[1].long() + num_users
-    row = torch.cat([user, item])
-    col = torch.cat([item, user])
-    deg = torch.bincount(col, minlength=n).float()
-    dis = deg.pow(-0.5)
-    dis.masked_fill_(deg == 0, 0.)
-    value = dis[row] * dis[col]
-    # Message passing to `col` from `row`: out[col] += value * x[row], as a
-    # CSR matrix with rows `col` (duplicates kept as separate entries).
-    perm = torch.argsort(col * n + row)
-    crow = torch.cat([col.new_zeros(1), deg.long().cumsum(0)])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', UserWarning)  # "beta" notices
-        adj = torch.sparse_csr_tensor(crow, row[perm], value[perm], (n, n),
-                                      check_invariants=False)
+    adj = normalized_adjacency(edge_index, num_users, num_items)
     out = x * alpha[0]
     for a in alpha[1:]:
         x = adj @ x

@@ -844,8 +844,8 @@ def read_file(path: PathLike) -> Any:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except PermissionError:
         raise
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile,
-            ValueError, KeyError, IndexError, TypeError, AttributeError,
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError,
+            zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError, AttributeError,
             UnicodeDecodeError, OverflowError, MemoryError) as e:
         raise FormatError(
             f"Cannot read '{path}': the file is corrupted, truncated or not "
