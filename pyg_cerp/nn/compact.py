@@ -845,8 +845,9 @@ def read_file(path: PathLike) -> Any:
     except PermissionError:
         raise
     except (OSError, RuntimeError, pickle.UnpicklingError, EOFError,
-            zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError, AttributeError,
-            UnicodeDecodeError, OverflowError, MemoryError) as e:
+            zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError, OverflowError,
+            MemoryError) as e:
         raise FormatError(
             f"Cannot read '{path}': the file is corrupted, truncated or not "
             f"a pyg_cerp compact file ({type(e).__name__}: "
