@@ -622,6 +622,7 @@ class CompactLightGCNRecommender(CompactRecommender):
         dtype: Union[str, torch.dtype] = torch.float32,
         layout: str = 'auto',
         decode: str = 'cache',
+        deduplicate: bool = False,
     ) -> 'CompactLightGCNRecommender':
         r"""Exports a trained LightGCN whose :math:`\mathbf{E}^{(0)}` is the
         :class:`~pyg_cerp.nn.CompositionalEmbedding` :obj:`embedding`.
@@ -647,6 +648,13 @@ class CompactLightGCNRecommender(CompactRecommender):
             decode (str, optional): :obj:`'cache'` or :obj:`'lookup'`
                 (:obj:`'final'` only, see the class).
                 (default: :obj:`'cache'`)
+            deduplicate (bool, optional): If set to :obj:`True`, repeated
+                (user, item) pairs count once, as in
+                :obj:`pyg_cerp.utils.adjacency.lightgcn_adjacency` (binary
+                interaction matrix); by default they count as often as they
+                appear, as in PyG's :class:`LightGCN` on a raw
+                :obj:`edge_index`. No difference when pairs are unique (as in
+                Gowalla). (default: :obj:`False`)
         """
         if mode not in cls.MODES:
             raise ValueError(f"'mode' must be one of {cls.MODES} "
@@ -666,6 +674,12 @@ class CompactLightGCNRecommender(CompactRecommender):
             raise ValueError(f"'alpha' must hold num_layers + 1 = "
                              f"{num_layers + 1} weights")
         train_edge_index = train_edge_index.cpu()
+        if deduplicate:
+            key = train_edge_index[0].long() * num_items + \
+                train_edge_index[1].long()
+            key = torch.unique(key)
+            train_edge_index = torch.stack([key // num_items,
+                                            key % num_items])
         if mode == 'propagate':
             compact = embedding.to_compact(dtype, layout, 'cache')
             return cls._propagated(compact, train_edge_index, num_users,

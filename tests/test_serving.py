@@ -64,6 +64,20 @@ def test_propagation_matches_pyg_lightgcn():
 
 
 @pytest.mark.parametrize('mode', ['propagate', 'final'])
+def test_deduplicate_counts_pairs_once(mode):
+    model = lightgcn()
+    ei = graph()
+    unique = torch.unique(ei[0] * NI + ei[1])
+    unique = torch.stack([unique // NI, unique % NI])
+    expected = model.get_embedding(homogeneous(unique)).detach()
+    doubled = torch.cat([ei, ei[:, :50]], dim=1)
+    rec = CompactLightGCNRecommender.from_lightgcn(
+        model, doubled, NU, NI, mode=mode, deduplicate=True)
+    user, item = rec.embeddings()
+    assert (torch.cat([user, item]) - expected).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize('mode', ['propagate', 'final'])
 def test_lightgcn_float32_same_scores_and_topk(mode):
     model = lightgcn()
     ei = graph()
