@@ -250,9 +250,6 @@ class CompressedTable(Module):
         r"""The number of stored values."""
         return self.values.numel()
 
-    def _float_values(self) -> Tensor:
-        return self.values.float()
-
     def to_dense(self) -> Tensor:
         r"""Decodes the whole table into a dense :obj:`float32`
         :math:`R \times d` matrix."""
