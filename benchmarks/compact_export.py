@@ -39,6 +39,12 @@ from torch import Tensor
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from pyg_cerp.nn import CompositionalEmbedding  # noqa: E402
+
+try:  # merged from the 'prop' branch
+    from pyg_cerp.nn import symmetric_spmm
+except ImportError:  # pragma: no cover
+    def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
+        return adj @ x
 from pyg_cerp.serving import (CompactLightGCNRecommender,  # noqa: E402
                               InteractionIndex, lightgcn_propagate,
                               normalized_adjacency, topk_deterministic)
@@ -81,7 +87,7 @@ def load_gowalla(folder: str) -> Tuple[Tensor, Tensor, int, int]:
         store = data['user', 'rates', 'item']
         return (store.edge_index, store.edge_label_index,
                 data['user'].num_nodes, data['item'].num_nodes)
-    except Exception:  # Not merged yet or another API: parse the files.
+    except ImportError:  # Datasets not available: parse the files.
         train = _read_split(os.path.join(folder, 'raw', 'train.txt'))
         test = _read_split(os.path.join(folder, 'raw', 'test.txt'))
         nu = int(max(train[0].max(), test[0].max())) + 1
@@ -148,20 +154,6 @@ def from_checkpoint(path: str, budget: float, n: int, d: int,
     return emb, alpha, source
 
 
-class _SymmetricSpMM(torch.autograd.Function):
-    r""":obj:`adj @ x` for a *symmetric* sparse :obj:`adj`: the backward is
-    :obj:`adj @ grad` (PyTorch's generic CSR backward transposes first,
-    about 4x slower)."""
-    @staticmethod
-    def forward(ctx, adj: Tensor, x: Tensor) -> Tensor:
-        ctx.adj = adj
-        return adj @ x
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return None, ctx.adj @ grad
-
-
 def quick_train(emb: CompositionalEmbedding, adj: Tensor, train: Tensor,
                 nu: int, ni: int, alpha: Tensor, epochs: int,
                 batch_size: int = 16384, lr: float = 5e-3,
@@ -183,7 +175,7 @@ def quick_train(emb: CompositionalEmbedding, adj: Tensor, train: Tensor,
             x0 = emb.weight
             x, out = x0, x0 * alpha[0]
             for a in alpha[1:]:
-                x = _SymmetricSpMM.apply(adj, x)
+                x = symmetric_spmm(adj, x)  # backward: adj @ grad
                 out = out + x * a
             pos = (out[u] * out[i]).sum(-1)
             neg = (out[u] * out[j]).sum(-1)
@@ -508,6 +500,8 @@ def main(argv=None) -> None:
             del rec, u_emb, i_emb
             gc.collect()
 
+        print('\n'.join(['  ' + r for r in emb_rows[-4:]]), file=sys.stderr,
+              flush=True)
         # LightGCN serving files: propagate (E0 + graph) vs final (dense E).
         for mode, prec in (('propagate', 'float32'), ('propagate', 'int8'),
                            ('final', 'float32'), ('final', 'float16'),
