@@ -218,9 +218,14 @@ def rss():
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 torch.set_num_threads(1)
 cls = {'emb': CompactEmbedding, 'lgcn': CompactLightGCNRecommender}[sys.argv[1]]
-with tempfile.TemporaryDirectory() as tmp:  # warm up the code paths
-    small = CompositionalEmbedding(100, 8, 10).to_compact()
-    small.save(tmp + '/s.pt'); CompactEmbedding.load(tmp + '/s.pt')
+with tempfile.TemporaryDirectory() as tmp:  # warm up every code path
+    for layout in ('csr', 'bitmap'):
+        for dtype in ('float32', 'float16', 'int8'):
+            small = CompositionalEmbedding(100, 8, 10, threshold_init=-2.)
+            small.to_compact(dtype, layout).save(tmp + '/s.pt')
+            for decode in ('cache', 'lookup'):
+                CompactEmbedding.load(tmp + '/s.pt', decode)(
+                    torch.arange(5))
     if sys.argv[1] == 'lgcn':
         CompactLightGCNRecommender.from_embedding(
             CompositionalEmbedding(30, 8, 10), torch.tensor([[0, 1], [2, 3]]),
