@@ -423,8 +423,13 @@ def main(argv=None) -> None:
         base_state = {k: v.clone() for k, v in base.state_dict().items()}
     for budget in args.budgets:
         if args.checkpoint:
-            emb, alpha, source = from_checkpoint(args.checkpoint, budget, n,
-                                                 d, args.bucket_size)
+            try:
+                emb, alpha, source = from_checkpoint(args.checkpoint, budget,
+                                                     n, d, args.bucket_size)
+            except KeyError as e:  # e.g., budget not reached by pruning
+                print(f'Skipping budget {budget:g}: {e}', file=sys.stderr)
+                sources[budget] = f'skipped: {e}'
+                continue
             if emb.full_table_fraction() > 1.02 * budget:
                 prune_to_budget(emb, budget)
                 emb.freeze_masks()
