@@ -2,13 +2,16 @@ r"""Compositional embeddings with learnable soft-threshold pruning (CERP)."""
 import math
 import warnings
 import weakref
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pyg_cerp.utils.validation import check_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyg_cerp.nn.compact import CompactEmbedding
 
 # In-place initialisers that mean "re-initialise this embedding". PyG's
 # ``LightGCN.reset_parameters()`` calls ``xavier_uniform_(embedding.weight)``,
@@ -470,7 +473,8 @@ class CompositionalEmbedding(Module):
     # Export ##################################################################
 
     def to_compact(self, dtype: torch.dtype = torch.float32,
-                   layout: str = 'auto', decode: str = 'cache'):
+                   layout: str = 'auto',
+                   decode: str = 'cache') -> 'CompactEmbedding':
         r"""Exports the pruned embedding to an inference-only
         :class:`~pyg_cerp.nn.compact.CompactEmbedding` that stores only the
         non-zero values of :math:`\hat{\mathbf{P}}` and of the used rows of
