@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, Module, ModuleList
 
+from pyg_cerp.metrics import deterministic_topk
 from pyg_cerp.nn.compact import (CompactEmbedding, DenseTable, FormatError,
                                  _nbytes, check_header, read_file,
                                  write_file)
@@ -38,9 +39,8 @@ def topk_deterministic(scores: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     same way on every run and platform (:func:`torch.topk` leaves the order
     of ties unspecified).
 
-    Only the candidates scoring at least the :math:`k`-th largest value of
-    their row are sorted, so the cost is that of :func:`torch.topk` unless
-    a row has many ties at its :math:`k`-th value.
+    The indices come from :func:`pyg_cerp.metrics.deterministic_topk`,
+    so serving and evaluation break ties identically.
 
     Args:
         scores (torch.Tensor): A :obj:`[U, I]` score matrix (no NaN).
@@ -49,22 +49,12 @@ def topk_deterministic(scores: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     Returns:
         :obj:`(values, indices)`, each of shape :obj:`[U, k]`.
     """
-    num_cols = scores.size(-1)
-    if not 1 <= k <= num_cols:
-        raise ValueError(f"'k' must be in [1, {num_cols}] (got {k})")
-    if scores.size(0) == 0:
-        empty = scores.new_empty(0, k)
-        return empty, empty.long()
-    val, idx = scores.topk(k, dim=-1)
-    num_cand = int((scores >= val[:, -1:]).sum(-1).max())
-    if num_cand > k:  # Ties at the k-th value: fetch every candidate.
-        val, idx = scores.topk(num_cand, dim=-1)
-    # Order by id, then stably by decreasing score: ties stay in id order.
-    idx, perm = idx.sort(dim=-1)
-    val = val.gather(-1, perm)
-    val, perm = val.sort(dim=-1, descending=True, stable=True)
-    idx = idx.gather(-1, perm)
-    return val[:, :k], idx[:, :k]
+    # One tie-breaking rule for evaluation and serving: reuse the metrics'.
+    idx = deterministic_topk(scores, k) if scores.size(0) else \
+        scores.new_empty(0, k, dtype=torch.long)
+    if scores.size(0) == 0 and not 1 <= k <= scores.size(-1):
+        raise ValueError(f"'k' must be in [1, {scores.size(-1)}] (got {k})")
+    return scores.gather(-1, idx), idx
 
 
 class InteractionIndex:
