@@ -46,8 +46,8 @@ from pyg_cerp.sampling import BPRSampler  # noqa: E402
 from pyg_cerp.train import (CERPConfig, LightGCNRecommender,  # noqa: E402
                             MLPRecommender, PruningScheduler,
                             load_interactions, make_optimizer)
-from pyg_cerp.train._compat import (lightgcn_adjacency,  # noqa: E402
-                                    use_symmetric_propagation)
+from pyg_cerp.nn import use_symmetric_propagation  # noqa: E402
+from pyg_cerp.utils import lightgcn_adjacency  # noqa: E402
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from torch_geometric.nn.models import LightGCN
 from _common import add_common_arguments, config_from_args, load_data, \
     main_loop
 from pyg_cerp.train import CERPConfig, LightGCNRecommender
-from pyg_cerp.train._compat import lightgcn_adjacency, \
-    use_symmetric_propagation
+from pyg_cerp.nn import use_symmetric_propagation
+from pyg_cerp.utils import lightgcn_adjacency
 
 DEFAULTS = CERPConfig()
 

@@ -1,6 +1,6 @@
 r"""The CERP training pipeline: pruning schedule, backbones, training loop
 and the two-phase procedure."""
-from ._compat import load_interactions, make_sampler
+
 from .scheduler import (MaskSnapshot, PruningOutcome, PruningScheduler,
                         TargetNotReachedError, TargetNotReachedWarning)
 from .recommender import (LightGCNRecommender, MLPRecommender, Recommender,
@@ -9,6 +9,7 @@ from .loop import (evaluate, make_optimizer, split_threshold_params,
                    train_epoch, train_step)
 from .cerp import (CERPConfig, CERPRunner, Interactions, memory_stats,
                    run_cerp)
+from .data import load_interactions, make_sampler
 
 __all__ = [
     'PruningScheduler',

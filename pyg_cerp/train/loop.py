@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
 
+from pyg_cerp.metrics import ranking_metrics_from_scores
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
 
@@ -217,7 +218,6 @@ def evaluate(
             *e.g.*, an MLP on a CPU). (default: :obj:`None`: all users)
         seed (int, optional): The seed of that sample. (default: :obj:`0`)
     """
-    from pyg_cerp.train._compat import ranking_metrics_from_scores
     if max_users is not None and max_users < recommender.num_users:
         gen = torch.Generator().manual_seed(seed)
         keep = torch.zeros(recommender.num_users, dtype=torch.bool)
@@ -229,9 +229,10 @@ def evaluate(
     recommender.eval()
     try:
         score_fn = recommender.score_function()
-        return ranking_metrics_from_scores(score_fn, train_edge_index,
-                                           test_edge_index,
-                                           recommender.num_users,
-                                           recommender.num_items, ks=ks)
+        out = ranking_metrics_from_scores(score_fn, recommender.num_users,
+                                          recommender.num_items,
+                                          train_edge_index, test_edge_index,
+                                          ks=tuple(ks))
+        return {key: float(value) for key, value in out.items()}
     finally:
         recommender.train(was_training)

@@ -7,8 +7,8 @@ from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
                             LightGCNRecommender, MLPRecommender, bpr_loss,
                             evaluate, make_optimizer, make_sampler,
                             train_epoch)
-from pyg_cerp.train._compat import lightgcn_adjacency, \
-    use_symmetric_propagation
+from pyg_cerp.nn import use_symmetric_propagation
+from pyg_cerp.utils import lightgcn_adjacency
 
 
 def block_data(num_users=60, num_items=80, groups=4, seed=0) -> Interactions:
