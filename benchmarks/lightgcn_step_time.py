@@ -43,11 +43,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.nn.models import LightGCN
-from torch_geometric.utils import to_torch_csr_tensor, to_undirected
 
 import pyg_cerp.nn.propagation as propagation
+from pyg_cerp.datasets import Gowalla
+from pyg_cerp.utils import lightgcn_adjacency
 from pyg_cerp.nn.propagation import (
     symmetric_lightgcn_propagation,
     use_symmetric_propagation,
@@ -57,49 +57,11 @@ warnings.filterwarnings('ignore', message='.*[Ss]parse.*')
 
 
 # Data ########################################################################
-def read_interactions(path: str) -> Tuple[Tensor, Tensor]:
-    r"""Parses a LightGCN-format file (``user item item ...`` per line) into
-    flat ``(user, item)`` id vectors."""
-    users: List[int] = []
-    items: List[int] = []
-    with open(path) as f:
-        for line in f:
-            ids = line.split()
-            if len(ids) < 2:
-                continue
-            users.extend([int(ids[0])] * (len(ids) - 1))
-            items.extend(int(i) for i in ids[1:])
-    return torch.tensor(users), torch.tensor(items)
-
-
-def _lightgcn_adjacency(edge_index: Tensor, num_users: int,
-                        num_items: int) -> Tensor:
-    r"""The symmetric-normalised LightGCN adjacency
-    :math:`\mathbf{D}^{-1/2}\mathbf{A}\mathbf{D}^{-1/2}` of the user-item
-    graph (items shifted by ``num_users``) as a torch CSR tensor.
-
-    Private stand-in for ``pyg_cerp.utils.adjacency.lightgcn_adjacency``.
-    """
-    num_nodes = num_users + num_items
-    row, col = edge_index
-    edge_index = torch.stack([row, col + num_users], dim=0)
-    edge_index = to_undirected(edge_index, num_nodes=num_nodes)
-    edge_index, edge_weight = gcn_norm(edge_index, None, num_nodes,
-                                       add_self_loops=False)
-    return to_torch_csr_tensor(edge_index, edge_weight,
-                               size=(num_nodes, num_nodes))
-
-
 def load_gowalla(root: str) -> Tuple[Tensor, int, int]:
-    raw = os.path.join(root, 'gowalla', 'raw')
-    user, item = read_interactions(os.path.join(raw, 'train.txt'))
-    num_users, num_items = int(user.max()) + 1, int(item.max()) + 1
-    test_path = os.path.join(raw, 'test.txt')
-    if os.path.exists(test_path):  # Only for the id range.
-        test_user, test_item = read_interactions(test_path)
-        num_users = max(num_users, int(test_user.max()) + 1)
-        num_items = max(num_items, int(test_item.max()) + 1)
-    return torch.stack([user, item], dim=0), num_users, num_items
+    data = Gowalla(os.path.join(root, 'gowalla'))[0]
+    store = data['user', 'rates', 'item']
+    return (store.edge_index, int(data['user'].num_nodes),
+            int(data['item'].num_nodes))
 
 
 def sample_batches(edge_index: Tensor, num_users: int, num_items: int,
@@ -336,7 +298,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     edge_index, num_users, num_items = load_gowalla(args.root)
     num_nodes = num_users + num_items
-    adj = _lightgcn_adjacency(edge_index, num_users, num_items)
+    adj = lightgcn_adjacency(edge_index, num_users, num_items)
     batches = sample_batches(edge_index, num_users, num_items,
                              args.batch_size, num_batches=16)
 
