@@ -4,20 +4,26 @@ What counts is what has to be kept to serve the embeddings after training:
 
 * a dense table of :math:`r \times d` :obj:`float32` values takes
   :math:`4rd` bytes;
-* a pruned table is stored in the cheapest of three formats (chosen per
-  table, see :func:`table_nbytes`):
+* a pruned table is stored in the cheaper of two sparse row formats (chosen
+  per table, ties going to the bitmap, see :func:`table_nbytes`), the
+  formats of :class:`pyg_cerp.nn.compact.CompressedTable` with
+  :obj:`float32` values:
 
-  - **dense**: :math:`4rd` bytes (zeros stored explicitly),
   - **CSR**: the :math:`z` non-zero values (:obj:`float32`, 4 bytes each),
     their column indices in the smallest unsigned integer type that holds
     :math:`d - 1` (:obj:`uint8` for :math:`d \leq 256`, :obj:`int16` for
     :math:`d \leq 32768`, else :obj:`int32`) and :math:`r + 1` row pointers
     (:obj:`int32`, or :obj:`int64` once :math:`z \geq 2^{31}`):
-    :math:`4z + z \cdot \mathrm{idx} + (r + 1) \cdot \mathrm{ptr}` bytes,
+    :math:`4z + z \cdot \mathrm{idx} + 4 (r + 1)` bytes,
   - **bitmap**: one bit per entry (each row padded to whole bytes,
     :math:`r \lceil d / 8 \rceil` bytes) plus the :math:`z` values:
-    :math:`4z + r \lceil d/8 \rceil` bytes;
+    :math:`4z + r \lceil d/8 \rceil` bytes (the row pointers are prefix
+    sums of the popcounts, recomputed at load, not stored);
 
+* only rows that some entity reads are stored: for
+  :class:`~pyg_cerp.nn.CompositionalEmbedding`, the
+  :math:`\lceil N / \lceil N/b \rceil \rceil` used rows of
+  :math:`\hat{\mathbf{Q}}` (see :func:`pyg_cerp.diagnostics.hash_balance`);
 * hash functions computed on the fly (:math:`k \bmod b`,
   :math:`\lfloor k / m \rfloor`, a universal hash with two stored integers)
   take no table; their few constants are ignored;
@@ -93,8 +99,9 @@ def bitmap_nbytes(rows: int, cols: int, nonzero: int) -> int:
 
 
 def table_nbytes(table: Tensor, pruned: bool = True) -> TableBytes:
-    r"""The stored size of a 2-D table: for :obj:`pruned=True`, the cheapest
-    of dense, CSR and bitmap (see the module docstring); otherwise dense.
+    r"""The stored size of a 2-D table: for :obj:`pruned=True`, the cheaper
+    of CSR and bitmap (ties: bitmap; see the module docstring); otherwise
+    dense.
 
     Args:
         table (torch.Tensor): The :math:`r \times d` table (its exact zeros
@@ -110,10 +117,11 @@ def table_nbytes(table: Tensor, pruned: bool = True) -> TableBytes:
     dense = dense_nbytes(rows, cols)
     if not pruned:
         return TableBytes(rows, cols, nonzero, 'dense', dense)
-    options = [(dense, 'dense'), (csr_nbytes(rows, cols, nonzero), 'csr'),
-               (bitmap_nbytes(rows, cols, nonzero), 'bitmap')]
-    nbytes, fmt = min(options)
-    return TableBytes(rows, cols, nonzero, fmt, nbytes)
+    csr = csr_nbytes(rows, cols, nonzero)
+    bitmap = bitmap_nbytes(rows, cols, nonzero)
+    if csr < bitmap:
+        return TableBytes(rows, cols, nonzero, 'csr', csr)
+    return TableBytes(rows, cols, nonzero, 'bitmap', bitmap)
 
 
 @dataclass
@@ -154,7 +162,8 @@ def stored_tables(module: Module) -> List[Tuple[str, Tensor, bool]]:
     :obj:`(name, table, pruned)` triples.
 
     Supports :class:`torch.nn.Embedding` (one dense table),
-    :class:`~pyg_cerp.nn.CompositionalEmbedding` (the two pruned meta tables)
+    :class:`~pyg_cerp.nn.CompositionalEmbedding` (the two pruned meta tables,
+    the used rows of :math:`\hat{\mathbf{Q}}` only)
     and any module with a :meth:`stored_tables` method (the baselines in
     :mod:`pyg_cerp.nn.baselines`).
     """
@@ -162,7 +171,8 @@ def stored_tables(module: Module) -> List[Tuple[str, Tensor, bool]]:
         return list(module.stored_tables())
     if hasattr(module, 'pruned_tables'):  # CompositionalEmbedding
         p_hat, q_hat = module.pruned_tables()
-        return [('P', p_hat.detach(), True), ('Q', q_hat.detach(), True)]
+        q_used = q_hat[:module.num_q_rows_used]
+        return [('P', p_hat.detach(), True), ('Q', q_used.detach(), True)]
     if isinstance(module, torch.nn.Embedding):
         return [('weight', module.weight.detach(), False)]
     raise TypeError(f"Cannot count the stored bytes of "

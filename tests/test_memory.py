@@ -20,8 +20,11 @@ def test_format_formulas_by_hand():
 
 def test_table_picks_the_smallest_format():
     dense = torch.randn(10, 64)
-    assert table_nbytes(dense).format == 'dense'
-    assert table_nbytes(dense).nbytes == 2560
+    # A fully dense pruned table is stored as a bitmap, as in
+    # pyg_cerp.nn.compact (3% above the dense size for d = 64).
+    assert table_nbytes(dense).format == 'bitmap'
+    assert table_nbytes(dense).nbytes == 2560 + 80
+    assert table_nbytes(dense, pruned=False).format == 'dense'
     sparse = torch.zeros(10, 64)
     sparse[0, :3] = 1.
     info = table_nbytes(sparse)
@@ -47,8 +50,15 @@ def test_module_bytes():
     assert stored_nbytes(hs) == 4 * d * 100
     cerp = CompositionalEmbedding(n, d, 100, threshold_init=-100.)
     report = memory_report(cerp, use_compact=False)
-    assert report.nbytes == 2 * 100 * d * 4 and report.nonzero == 3200
-    assert report.formats() == 'P:dense,Q:dense'
+    # Unpruned: both tables as bitmaps (16 values + 2 bitmap bytes per row).
+    assert report.nbytes == 2 * 100 * (d * 4 + 2) and report.nonzero == 3200
+    assert report.formats() == 'P:bitmap,Q:bitmap'
+    # Only the used rows of Q are stored: N = 1000, b = 300 uses
+    # ceil(1000 / ceil(1000/300)) = 250 rows of Q.
+    cerp = CompositionalEmbedding(n, d, 300, threshold_init=-100.)
+    report = memory_report(cerp, use_compact=False)
+    assert report.tables['Q'].rows == 250 and report.tables['P'].rows == 300
+    cerp = CompositionalEmbedding(n, d, 100, threshold_init=-100.)
     with torch.no_grad():
         cerp.threshold_P.fill_(100.)  # prune all of P
     report = memory_report(cerp, use_compact=False)
@@ -59,3 +69,14 @@ def test_module_bytes():
     assert stored_nbytes(pep) == min((n + 1) * 4, n * 2)
     with pytest.raises(TypeError, match='Linear'):
         stored_nbytes(torch.nn.Linear(2, 2))
+
+
+def test_agrees_with_compact_export_when_available():
+    cerp = CompositionalEmbedding(1000, 16, 300, threshold_init=-3.)
+    if not hasattr(cerp, 'to_compact'):
+        pytest.skip('CompositionalEmbedding.to_compact (branch compact) is '
+                    'not merged yet')
+    ours = memory_report(cerp, use_compact=False)
+    theirs = memory_report(cerp, use_compact=True)
+    assert theirs.source == 'to_compact'
+    assert ours.nbytes == theirs.nbytes
