@@ -100,45 +100,73 @@ COLUMNS = [
 
 @dataclasses.dataclass
 class Profile:
-    r"""The training schedule shared by all methods.
+    r"""The training schedule shared by all methods. Hyper-parameters left at
+    :obj:`None` take the pipeline's defaults
+    (:class:`pyg_cerp.train.CERPConfig`), unless given on the command line.
 
     Args:
-        name (str): :obj:`'quick'`, :obj:`'full'` or :obj:`'custom'`.
-        prune_epochs (int): Epoch budget of phase 1 (CERP, PEP).
+        name (str): :obj:`'quick'` or :obj:`'full'` (with :obj:`*` when
+            overridden on the command line).
+        prune_epochs (int): Epoch budget of phase 1 (CERP, PEP); phase 1
+            stops as soon as every budget is reached.
         retrain_epochs (int): Epochs of phase 2 per budget, and of the
             fixed-size methods.
-        batch_size (int): Positive pairs per step.
-        num_negatives (int): Negatives per positive.
-        lr (float): Adam learning rate of the values.
-        threshold_lr (float): Adam learning rate of the thresholds (pruning
-            speed).
         eval_users (int): Evaluate on this many test users (a fixed random
             subset, the same for every method and seed); :obj:`0`: all.
         mlp_hidden (Tuple[int, ...]): Hidden sizes of the MLP scorer.
+        batch_size (int, optional): Positive pairs per step.
+        lr (float, optional): Adam learning rate of the values.
+        threshold_lr (float, optional): Adam learning rate of the
+            thresholds (the pruning speed).
     """
     name: str
     prune_epochs: int
     retrain_epochs: int
-    batch_size: int
-    num_negatives: int
-    lr: float
-    threshold_lr: float
     eval_users: int
     mlp_hidden: Tuple[int, ...]
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    threshold_lr: Optional[float] = None
 
 
 PROFILES = {
     # About 30 minutes for both backbones on Gowalla on a shared 2-core CPU:
     # few epochs, an evaluation subset, a one-layer MLP (full ranking with a
     # two-layer MLP over 41k items costs ~100x more per user).
-    'quick': Profile('quick', prune_epochs=2, retrain_epochs=2,
-                     batch_size=16384, num_negatives=5, lr=5e-3,
-                     threshold_lr=2e-2, eval_users=3000, mlp_hidden=(64, )),
+    'quick': Profile('quick', prune_epochs=2, retrain_epochs=1,
+                     eval_users=3000, mlp_hidden=(64, )),
     # The pipeline's default schedule, every test user, the default MLP.
-    'full': Profile('full', prune_epochs=8, retrain_epochs=6,
-                    batch_size=16384, num_negatives=5, lr=5e-3,
-                    threshold_lr=2e-2, eval_users=0, mlp_hidden=(128, 64)),
+    'full': Profile('full', prune_epochs=8, retrain_epochs=6, eval_users=0,
+                    mlp_hidden=(128, 64)),
 }
+
+#: Hyper-parameters resolved as command line > profile > pipeline default.
+HYPER = ('dim', 'bucket_size', 'threshold_init', 'gamma_init', 'lr',
+         'threshold_lr', 'batch_size', 'num_negatives')
+
+
+def resolve_hyper(args: argparse.Namespace, profile: Profile,
+                  defaults: Any) -> Dict[str, Any]:
+    r"""The training hyper-parameters: the command line, else the profile,
+    else the pipeline's :class:`CERPConfig` default.
+
+    The threshold learning rate sets the pruning speed (the threshold logits
+    rise by about that much per step), and the pipeline's default is tuned
+    for its :obj:`prune_epochs`. If it is taken from the pipeline while the
+    profile prunes for fewer (more) epochs, it is scaled by
+    :obj:`defaults.prune_epochs / profile.prune_epochs`, so that the
+    thresholds rise as far in total."""
+    out = {}
+    for key in HYPER:
+        value = getattr(args, key, None)
+        if value is None:
+            value = getattr(profile, key, None)
+        if value is None:
+            value = getattr(defaults, key)
+            if key == 'threshold_lr' and profile.prune_epochs > 0:
+                value = value * defaults.prune_epochs / profile.prune_epochs
+        out[key] = value
+    return out
 
 
 # Pipeline imports (kept in one place) ########################################
@@ -298,6 +326,7 @@ class Benchmark:
         self.data = data
         self.commit = commit
         self.train = _pipeline()
+        self.hyper = resolve_hyper(args, profile, self.train.CERPConfig())
         self.num_entities = data.num_users + data.num_items
         self.adj = None
         if backbone == 'lightgcn':
@@ -308,17 +337,19 @@ class Benchmark:
 
     def embedding(self, method: str, budget: float) -> torch.nn.Module:
         r"""A fresh embedding of :obj:`method` for :obj:`budget`."""
-        n, d, a = self.num_entities, self.args.dim, self.args
+        n, a, h = self.num_entities, self.args, self.hyper
+        d = h['dim']
         if method == 'full':
             return FullEmbedding(n, d, check_index=False)
         if method in ('cerp', 'cerp-noreg'):
-            return CompositionalEmbedding(n, d, a.bucket_size,
-                                          threshold_init=a.threshold_init,
+            return CompositionalEmbedding(n, d, h['bucket_size'],
+                                          threshold_init=h['threshold_init'],
                                           check_index=False)
         if method == 'pep':
             s0 = a.pep_threshold_init
             if s0 is None:
-                s0 = pep_threshold_init(n, d, a.bucket_size, a.threshold_init)
+                s0 = pep_threshold_init(n, d, h['bucket_size'],
+                                        h['threshold_init'])
             return PEPEmbedding(n, d, threshold_init=s0, check_index=False)
         if method == 'qr':
             return QREmbedding.for_budget(n, d, budget, check_index=False)
@@ -331,7 +362,7 @@ class Benchmark:
         data = self.data
         if self.backbone == 'lightgcn':
             from torch_geometric.nn.models import LightGCN
-            model = LightGCN(self.num_entities, self.args.dim,
+            model = LightGCN(self.num_entities, self.hyper['dim'],
                              self.args.num_layers)
             _symmetric(model)
             model.embedding = embedding
@@ -349,23 +380,22 @@ class Benchmark:
 
     def config(self, job: Job):
         r"""The pipeline configuration of :obj:`job`."""
-        p, a = self.profile, self.args
+        p, a, h = self.profile, self.args, self.hyper
         pruned = job.method in PRUNED
         decay, every = GAMMA_SCHEDULES[job.gamma_schedule or 'halve1']
         targets = job.budgets if pruned else tuple(
             t for t in a.budgets if t < 1.) or (0.5, )
-        return self.train.CERPConfig(
-            dim=a.dim, bucket_size=a.bucket_size,
-            threshold_init=a.threshold_init, targets=targets,
-            target_unit='full',
+        values = self.train.CERPConfig().to_dict()
+        values.update(h)
+        values.update(
+            targets=targets, target_unit='full',
             baseline_epochs=0 if pruned else p.retrain_epochs,
             prune_epochs=p.prune_epochs if pruned else 0,
             retrain_epochs=p.retrain_epochs, finetune_epochs=0,
-            batch_size=p.batch_size, num_negatives=p.num_negatives, lr=p.lr,
-            threshold_lr=p.threshold_lr,
-            gamma_init=0. if job.method == 'cerp-noreg' else a.gamma,
+            gamma_init=0. if job.method == 'cerp-noreg' else h['gamma_init'],
             gamma_decay=decay, gamma_decay_every=every, seed=job.seed,
             ks=(10, 20))
+        return self.train.CERPConfig.from_dict(values)
 
     # Running -----------------------------------------------------------------
 
@@ -817,24 +847,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--retrain-epochs', type=int, default=None,
                         help='Override the profile (also the epochs of the '
                         'fixed-size methods)')
-    parser.add_argument('--batch-size', type=int, default=None,
-                        help='Override the profile')
     parser.add_argument('--eval-users', type=int, default=None,
                         help='Override the profile (0: every test user)')
+    pipe = ('(default: the profile, else the pipeline default, '
+            'pyg_cerp.train.CERPConfig)')
+    parser.add_argument('--batch-size', type=int, default=None,
+                        help='Positive pairs per step ' + pipe)
     parser.add_argument('--lr', type=float, default=None,
-                        help='Override the profile')
+                        help='Adam lr of the values ' + pipe)
     parser.add_argument('--threshold-lr', type=float, default=None,
-                        help='Override the profile (pruning speed)')
-    parser.add_argument('--dim', type=int, default=64)
-    parser.add_argument('--bucket-size', type=int, default=5000,
-                        help='CERP meta-table rows b')
-    parser.add_argument('--threshold-init', type=float, default=-6.,
-                        help='CERP initial threshold logit')
+                        help='Adam lr of the thresholds (pruning speed) ' +
+                        pipe)
+    parser.add_argument('--dim', type=int, default=None,
+                        help='Embedding size ' + pipe)
+    parser.add_argument('--bucket-size', type=int, default=None,
+                        help='CERP meta-table rows b ' + pipe)
+    parser.add_argument('--threshold-init', type=float, default=None,
+                        help='CERP initial threshold logit ' + pipe)
     parser.add_argument('--pep-threshold-init', type=float, default=None,
                         help='PEP initial threshold logit (default: matched '
                         'to CERP, see pep_threshold_init())')
-    parser.add_argument('--gamma', type=float, default=1.,
-                        help='CERP initial regulariser weight')
+    parser.add_argument('--gamma', dest='gamma_init', type=float,
+                        default=None,
+                        help='CERP initial regulariser weight ' + pipe)
+    parser.add_argument('--num-negatives', type=int, default=None,
+                        help='Negatives per positive ' + pipe)
     parser.add_argument('--num-layers', type=int, default=3,
                         help='LightGCN layers')
     parser.add_argument('--mlp-eval-chunk', type=int, default=64,
@@ -853,9 +890,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     base = PROFILES[args.profile]
     overrides = {k: v for k, v in dict(
         prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
-        batch_size=args.batch_size, eval_users=args.eval_users, lr=args.lr,
-        threshold_lr=args.threshold_lr).items()
-        if v is not None}
+        eval_users=args.eval_users).items() if v is not None}
     args.profile_obj = dataclasses.replace(
         base, **overrides, name=base.name + ('*' if overrides else ''))
     if args.gamma_schedules and 'cerp' not in args.methods:
@@ -922,6 +957,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         header = '\n'.join([
             f'Command: `{command}`', '',
             f'Commit: `{commit}`; profile: `{profile}`', '',
+            f'Hyper-parameters: `{bench.hyper}`', '',
             f'Evaluation: full ranking over all {data.num_items} items, '
             f'training items masked, on {bench.eval_users} test users'
             + (' (a fixed random subset)' if profile.eval_users else '') +
@@ -933,7 +969,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         write_markdown(rows, md_path, title, header)
         with open(md_path, 'a') as f:
             f.write('\n' + diagnostics_section(
-                bench.num_entities, args.bucket_size, args.budgets) + '\n')
+                bench.num_entities, bench.hyper['bucket_size'],
+                args.budgets) + '\n')
         png_path = osp.join(args.out, stem + '.png')
         write_plot(rows, png_path, title)
         outputs += [csv_path, md_path, png_path]

@@ -155,3 +155,20 @@ def test_bad_arguments():
     args = harness.parse_args(['--quick', '--retrain-epochs', '5'])
     assert args.profile_obj.retrain_epochs == 5
     assert args.profile_obj.name == 'quick*'
+
+
+def test_resolve_hyper_precedence_and_threshold_scaling():
+    from types import SimpleNamespace
+    defaults = SimpleNamespace(dim=64, bucket_size=5000, threshold_init=-6.,
+                               gamma_init=1., lr=5e-3, threshold_lr=2e-2,
+                               batch_size=16384, num_negatives=5,
+                               prune_epochs=8)
+    args = harness.parse_args(['--quick', '--gamma', '0.1'])
+    hyper = harness.resolve_hyper(args, args.profile_obj, defaults)
+    assert hyper['gamma_init'] == 0.1 and hyper['dim'] == 64
+    # The quick profile prunes for 2 epochs instead of 8: 4x the speed.
+    assert hyper['threshold_lr'] == pytest.approx(
+        2e-2 * 8 / args.profile_obj.prune_epochs)
+    args = harness.parse_args(['--quick', '--threshold-lr', '0.03'])
+    assert harness.resolve_hyper(args, args.profile_obj,
+                                 defaults)['threshold_lr'] == 0.03
