@@ -2,10 +2,20 @@ r"""Embedding modules and scorers."""
 from .compositional import (ComposedWeight, CompositionalEmbedding,
                             soft_threshold)
 from .mlp import MLPScorer
+from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
+                          is_symmetric, symmetric_lightgcn_propagation,
+                          symmetric_spmm, use_symmetric_propagation)
 
 __all__ = [
     'CompositionalEmbedding',
     'ComposedWeight',
     'soft_threshold',
     'MLPScorer',
+    'SymmetricLGConv',
+    'SymmetricSpMM',
+    'symmetric_spmm',
+    'check_symmetric',
+    'is_symmetric',
+    'use_symmetric_propagation',
+    'symmetric_lightgcn_propagation',
 ]

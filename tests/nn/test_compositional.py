@@ -270,3 +270,20 @@ def test_inside_pyg_lightgcn():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize('n,b', [(100, 12), (97, 10), (64, 64), (10, 1),
+                                 (50, 7), (13, 13)])
+def test_composed_weight_gradcheck(n, b):
+    from pyg_cerp.nn.compositional import _ComposeAll
+    gen = torch.Generator().manual_seed(0)
+    P = torch.randn(b, 3, dtype=torch.double, generator=gen,
+                    requires_grad=True)
+    Q = torch.randn(b, 3, dtype=torch.double, generator=gen,
+                    requires_grad=True)
+    m = math.ceil(n / b)
+    out = _ComposeAll.apply(P, Q, n, m)
+    ref = P[torch.arange(n) % b] + Q[torch.arange(n) // m]
+    assert torch.equal(out, ref)
+    assert torch.autograd.gradcheck(lambda P, Q: _ComposeAll.apply(P, Q, n, m),
+                                    (P, Q))
