@@ -107,10 +107,10 @@ class Profile:
     Args:
         name (str): :obj:`'quick'` or :obj:`'full'` (with :obj:`*` when
             overridden on the command line).
-        prune_epochs (int): Epoch budget of phase 1 (CERP, PEP); phase 1
-            stops as soon as every budget is reached.
-        retrain_epochs (int): Epochs of phase 2 per budget, and of the
-            fixed-size methods.
+        prune_epochs (int, optional): Epoch budget of phase 1 (CERP, PEP);
+            phase 1 stops as soon as every budget is reached.
+        retrain_epochs (int, optional): Epochs of phase 2 per budget, and of
+            the fixed-size methods.
         eval_users (int): Evaluate on this many test users (a fixed random
             subset, the same for every method and seed); :obj:`0`: all.
         mlp_hidden (Tuple[int, ...]): Hidden sizes of the MLP scorer.
@@ -120,8 +120,8 @@ class Profile:
             thresholds (the pruning speed).
     """
     name: str
-    prune_epochs: int
-    retrain_epochs: int
+    prune_epochs: Optional[int]
+    retrain_epochs: Optional[int]
     eval_users: int
     mlp_hidden: Tuple[int, ...]
     batch_size: Optional[int] = None
@@ -136,13 +136,14 @@ PROFILES = {
     'quick': Profile('quick', prune_epochs=2, retrain_epochs=1,
                      eval_users=3000, mlp_hidden=(64, )),
     # The pipeline's default schedule, every test user, the default MLP.
-    'full': Profile('full', prune_epochs=8, retrain_epochs=6, eval_users=0,
-                    mlp_hidden=(128, 64)),
+    'full': Profile('full', prune_epochs=None, retrain_epochs=None,
+                    eval_users=0, mlp_hidden=(128, 64)),
 }
 
 #: Hyper-parameters resolved as command line > profile > pipeline default.
-HYPER = ('dim', 'bucket_size', 'threshold_init', 'gamma_init', 'lr',
-         'threshold_lr', 'batch_size', 'num_negatives')
+HYPER = ('prune_epochs', 'retrain_epochs', 'dim', 'bucket_size',
+         'threshold_init', 'gamma_init', 'lr', 'threshold_lr', 'batch_size',
+         'num_negatives')
 
 
 def resolve_hyper(args: argparse.Namespace, profile: Profile,
@@ -163,8 +164,10 @@ def resolve_hyper(args: argparse.Namespace, profile: Profile,
             value = getattr(profile, key, None)
         if value is None:
             value = getattr(defaults, key)
-            if key == 'threshold_lr' and profile.prune_epochs > 0:
-                value = value * defaults.prune_epochs / profile.prune_epochs
+            prune = profile.prune_epochs
+            if key == 'threshold_lr' and prune and \
+                    prune != defaults.prune_epochs:
+                value = value * defaults.prune_epochs / prune
         out[key] = value
     return out
 
@@ -380,7 +383,7 @@ class Benchmark:
 
     def config(self, job: Job):
         r"""The pipeline configuration of :obj:`job`."""
-        p, a, h = self.profile, self.args, self.hyper
+        a, h = self.args, self.hyper
         pruned = job.method in PRUNED
         decay, every = GAMMA_SCHEDULES[job.gamma_schedule or 'halve1']
         targets = job.budgets if pruned else tuple(
@@ -389,9 +392,9 @@ class Benchmark:
         values.update(h)
         values.update(
             targets=targets, target_unit='full',
-            baseline_epochs=0 if pruned else p.retrain_epochs,
-            prune_epochs=p.prune_epochs if pruned else 0,
-            retrain_epochs=p.retrain_epochs, finetune_epochs=0,
+            baseline_epochs=0 if pruned else h['retrain_epochs'],
+            prune_epochs=h['prune_epochs'] if pruned else 0,
+            retrain_epochs=h['retrain_epochs'], finetune_epochs=0,
             gamma_init=0. if job.method == 'cerp-noreg' else h['gamma_init'],
             gamma_decay=decay, gamma_decay_every=every, seed=job.seed,
             ks=(10, 20))
@@ -891,6 +894,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     overrides = {k: v for k, v in dict(
         prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
         eval_users=args.eval_users).items() if v is not None}
+    # Command-line epochs are part of the profile (they scale the pruning
+    # speed, see resolve_hyper), not hyper-parameter overrides.
+    args.prune_epochs = args.retrain_epochs = None
     args.profile_obj = dataclasses.replace(
         base, **overrides, name=base.name + ('*' if overrides else ''))
     if args.gamma_schedules and 'cerp' not in args.methods:
