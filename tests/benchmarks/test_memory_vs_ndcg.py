@@ -109,11 +109,12 @@ def test_pep_threshold_matches_cerp_scale():
 def test_chunked_score_function():
     calls = []
 
-    def score_all(users):
+    def score_all(users, item_batch_size):
         calls.append(users.numel())
+        assert item_batch_size == 7
         return users.float().unsqueeze(1).repeat(1, 3)
 
-    f = harness.chunked_score_function(score_all, 4)
+    f = harness.chunked_score_function(score_all, 4, 7)
     out = f(torch.arange(10))
     assert out.shape == (10, 3) and calls == [4, 4, 2]
     assert torch.equal(out[:, 0], torch.arange(10).float())
@@ -166,9 +167,12 @@ def test_resolve_hyper_precedence_and_threshold_scaling():
     args = harness.parse_args(['--quick', '--gamma', '0.1'])
     hyper = harness.resolve_hyper(args, args.profile_obj, defaults)
     assert hyper['gamma_init'] == 0.1 and hyper['dim'] == 64
-    # The quick profile prunes for 2 epochs instead of 8: 4x the speed.
-    assert hyper['threshold_lr'] == pytest.approx(
-        2e-2 * 8 / args.profile_obj.prune_epochs)
+    # The quick profile prunes for 3 epochs of batch 32768 instead of 8 of
+    # 16384: 16/3 times fewer steps, so 16/3 times the threshold lr.
+    assert args.profile_obj.prune_epochs == 3
+    assert hyper['batch_size'] == 32768
+    assert hyper['threshold_lr'] == pytest.approx(2e-2 * (8 / 16384) /
+                                                  (3 / 32768))
     args = harness.parse_args(['--quick', '--threshold-lr', '0.03'])
     assert harness.resolve_hyper(args, args.profile_obj,
                                  defaults)['threshold_lr'] == 0.03
