@@ -3,6 +3,10 @@ for PyTorch Geometric recommenders."""
 from .nn import (CompositionalEmbedding, MLPScorer, SymmetricLGConv,
                  use_symmetric_propagation)
 
+from .datasets import Gowalla, LightGCNDataset, Yelp2020
+from .metrics import RankingEvaluator, ranking_metrics, ranking_metrics_from_scores
+from .sampling import BPRSampler
+
 __version__ = '0.1.0'
 
 __all__ = [
@@ -10,5 +14,12 @@ __all__ = [
     'MLPScorer',
     'SymmetricLGConv',
     'use_symmetric_propagation',
+    'LightGCNDataset',
+    'Gowalla',
+    'Yelp2020',
+    'BPRSampler',
+    'ranking_metrics',
+    'ranking_metrics_from_scores',
+    'RankingEvaluator',
     '__version__',
 ]

@@ -1,0 +1,64 @@
+r"""The normalized user-item adjacency matrix of LightGCN."""
+import warnings
+
+import torch
+from torch import Tensor
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import to_torch_csr_tensor, to_undirected
+
+
+def lightgcn_adjacency(
+    edge_index: Tensor,
+    num_users: int,
+    num_items: int,
+) -> Tensor:
+    r"""Returns the symmetrically normalized bipartite adjacency matrix of
+    LightGCN,
+
+    .. math::
+        \hat{\mathbf{A}} = \mathbf{D}^{-1/2} \mathbf{A} \mathbf{D}^{-1/2},
+        \qquad
+        \mathbf{A} = \begin{bmatrix} \mathbf{0} & \mathbf{R} \\
+        \mathbf{R}^{\top} & \mathbf{0} \end{bmatrix},
+
+    where :math:`\mathbf{R} \in \{0, 1\}^{U \times I}` is the user-item
+    interaction matrix and :math:`\mathbf{D}` the diagonal degree matrix of
+    :math:`\mathbf{A}`.  Node :math:`u < U` is user :math:`u`, node
+    :math:`U + i` is item :math:`i` (the order of
+    :meth:`~torch_geometric.data.HeteroData.to_homogeneous` with node types
+    :obj:`['user', 'item']`).  Duplicate pairs count once; isolated nodes
+    get all-zero rows and columns (no :obj:`nan`/:obj:`inf`).  No self-loops
+    are added.
+
+    Args:
+        edge_index (torch.Tensor): The :obj:`[2, num_edges]` (user, item)
+            pairs in local ids.
+        num_users (int): The number of users :math:`U`.
+        num_items (int): The number of items :math:`I`.
+
+    Returns:
+        A :obj:`torch.sparse_csr` tensor of shape :obj:`[U + I, U + I]`.
+    """
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"'edge_index' must have shape [2, num_edges] "
+                         f"(got {list(edge_index.size())})")
+    if edge_index.numel() > 0:
+        if int(edge_index.min()) < 0:
+            raise ValueError(f"'edge_index' has a negative id "
+                             f"{int(edge_index.min())}")
+        if int(edge_index[0].max()) >= num_users:
+            raise ValueError(f"'edge_index' has user id "
+                             f"{int(edge_index[0].max())} >= num_users "
+                             f"({num_users})")
+        if int(edge_index[1].max()) >= num_items:
+            raise ValueError(f"'edge_index' has item id "
+                             f"{int(edge_index[1].max())} >= num_items "
+                             f"({num_items})")
+    num_nodes = num_users + num_items
+    edge_index = edge_index.to(torch.long)
+    homo = torch.stack([edge_index[0], edge_index[1] + num_users])
+    homo = to_undirected(homo, num_nodes=num_nodes)  # also coalesces
+    homo, weight = gcn_norm(homo, None, num_nodes, add_self_loops=False)
+    with warnings.catch_warnings():  # PyTorch's "beta" notes on CSR tensors
+        warnings.filterwarnings('ignore', message='.*[Ss]parse.*')
+        return to_torch_csr_tensor(homo, weight, size=(num_nodes, num_nodes))
