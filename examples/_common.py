@@ -1,0 +1,227 @@
+r"""Shared command-line plumbing of the CERP examples (not a library)."""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pyg_cerp.train import CERPConfig, CERPRunner, Interactions  # noqa: E402
+from pyg_cerp.train import load_interactions, make_sampler  # noqa: E402
+
+KNOWN = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020'}
+
+
+def add_common_arguments(parser: argparse.ArgumentParser,
+                         defaults: CERPConfig) -> None:
+    d = defaults
+    parser.add_argument(
+        '--dataset', default='gowalla',
+        help="'gowalla', 'yelp2020' (looked up as <root>/<name>/raw/) or a "
+        "path to a folder with LightGCN-format train.txt/test.txt (directly "
+        "or under raw/). (default: gowalla)")
+    parser.add_argument(
+        '--root', default=os.environ.get('PYG_CERP_DATA'),
+        help='Folder holding <dataset>/raw/ (default: $PYG_CERP_DATA)')
+    parser.add_argument('--dim', type=int, default=d.dim,
+                        help=f'Embedding size d (default: {d.dim})')
+    parser.add_argument('--bucket-size', type=int, default=d.bucket_size,
+                        help=f'Meta-table rows b (default: {d.bucket_size})')
+    parser.add_argument(
+        '--targets', type=float, nargs='+', default=list(d.targets),
+        help=f'Memory targets (default: {list(d.targets)})')
+    parser.add_argument(
+        '--target-unit', choices=['full', 'meta'], default=d.target_unit,
+        help="Targets as a fraction of the full N x d table ('full') or as "
+        f"meta-table density ('meta') (default: {d.target_unit})")
+    parser.add_argument(
+        '--epochs', type=int, default=None,
+        help=f'Epochs of the full-table baseline and of each retraining '
+        f'(default: {d.baseline_epochs})')
+    parser.add_argument(
+        '--prune-epochs', type=int, default=d.prune_epochs,
+        help=f'Epoch budget of phase 1 (default: {d.prune_epochs})')
+    parser.add_argument(
+        '--retrain-epochs', type=int, default=None,
+        help='Epochs of phase 2 per target (default: --epochs)')
+    parser.add_argument(
+        '--finetune-epochs', type=int, default=d.finetune_epochs,
+        help='Epochs of the one-phase variant per target (frozen masks, no '
+        f'rewind; 0: skip) (default: {d.finetune_epochs})')
+    parser.add_argument('--no-baseline', action='store_true',
+                        help='Skip the full-table baseline')
+    parser.add_argument('--batch-size', type=int, default=d.batch_size,
+                        help=f'Positives per step (default: {d.batch_size})')
+    parser.add_argument('--lr', type=float, default=d.lr,
+                        help=f'Adam lr of the values (default: {d.lr})')
+    parser.add_argument(
+        '--threshold-lr', type=float, default=d.threshold_lr,
+        help=f'Adam lr of the thresholds = pruning speed '
+        f'(default: {d.threshold_lr})')
+    parser.add_argument(
+        '--threshold-weight-decay', type=float,
+        default=d.threshold_weight_decay,
+        help=f'Adam L2 penalty of the thresholds (default: '
+        f'{d.threshold_weight_decay})')
+    parser.add_argument(
+        '--threshold-drive', type=float, default=d.threshold_drive,
+        help=f'Constant push on the threshold logits in phase 1 (0: only '
+        f'weight decay drives them) (default: {d.threshold_drive})')
+    parser.add_argument(
+        '--threshold-init', type=float, default=d.threshold_init,
+        help=f'Initial threshold logit (default: {d.threshold_init})')
+    parser.add_argument('--gamma', type=float, default=d.gamma_init,
+                        help=f'Initial regulariser weight (default: '
+                        f'{d.gamma_init})')
+    parser.add_argument('--gamma-decay', type=float, default=d.gamma_decay,
+                        help=f'Decay of gamma per period (default: '
+                        f'{d.gamma_decay})')
+    parser.add_argument('--gamma-decay-every', type=int,
+                        default=d.gamma_decay_every,
+                        help='Period of the gamma decay, in epochs '
+                        f'(default: {d.gamma_decay_every})')
+    parser.add_argument('--seed', type=int, default=d.seed,
+                        help=f'Seed (default: {d.seed})')
+    parser.add_argument(
+        '--subset', type=int, nargs=2, metavar=('MAX_USERS', 'MAX_ITEMS'),
+        default=None,
+        help='Keep only the first MAX_USERS users and MAX_ITEMS items (a '
+        'tiny slice for smoke tests)')
+    parser.add_argument('--out', default=None,
+                        help='Results/checkpoint folder (default: '
+                        'results/<script>-<dataset>)')
+    parser.add_argument('--resume', action='store_true',
+                        help='Continue from <out>/checkpoint.pt')
+    parser.add_argument(
+        '--stop-after', type=int, default=None,
+        help='Stop after this many epochs in this call (resume later with '
+        '--resume)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (default: 1, which is the '
+                        'fastest on a shared 2-core machine)')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='No tqdm progress bars')
+
+
+def config_from_args(args: argparse.Namespace, defaults: CERPConfig,
+                     **overrides) -> CERPConfig:
+    epochs = defaults.baseline_epochs if args.epochs is None else args.epochs
+    retrain = (args.retrain_epochs if args.retrain_epochs is not None else
+               (defaults.retrain_epochs if args.epochs is None else epochs))
+    values = defaults.to_dict()
+    values.update(
+        dim=args.dim, bucket_size=args.bucket_size, targets=args.targets,
+        target_unit=args.target_unit,
+        baseline_epochs=0 if args.no_baseline else epochs,
+        prune_epochs=args.prune_epochs, retrain_epochs=retrain,
+        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
+        lr=args.lr, threshold_lr=args.threshold_lr,
+        threshold_weight_decay=args.threshold_weight_decay,
+        threshold_drive=args.threshold_drive,
+        threshold_init=args.threshold_init, gamma_init=args.gamma,
+        gamma_decay=args.gamma_decay,
+        gamma_decay_every=args.gamma_decay_every, seed=args.seed)
+    values.update(overrides)
+    return CERPConfig.from_dict(values)
+
+
+def resolve_dataset(dataset: str, root: Optional[str]) -> str:
+    r"""Returns the folder holding the split, or exits with a clear error."""
+    if os.path.isdir(dataset):
+        return dataset
+    name = dataset.lower()
+    if name not in KNOWN and os.sep not in dataset:
+        sys.exit(f"error: unknown --dataset {dataset!r}: use 'gowalla', "
+                 f"'yelp2020' or a path to a LightGCN-format folder")
+    if root is None:
+        sys.exit(f"error: dataset {dataset!r} needs a data folder: pass "
+                 f"--root DIR or set PYG_CERP_DATA (DIR/{name}/raw/"
+                 f"train.txt and test.txt)")
+    folder = os.path.join(root, KNOWN.get(name, dataset))
+    if not os.path.isdir(folder):
+        sys.exit(f"error: no folder {folder!r} (looked for dataset "
+                 f"{dataset!r} under --root/PYG_CERP_DATA {root!r})")
+    return folder
+
+
+def slice_interactions(data: Interactions, max_users: int,
+                       max_items: int) -> Interactions:
+    r"""Keeps users ``< max_users`` and items ``< max_items``."""
+    def keep(ei):
+        return ei[:, (ei[0] < max_users) & (ei[1] < max_items)]
+    train, test = keep(data.train), keep(data.test)
+    num_users = min(max_users, data.num_users)
+    num_items = min(max_items, data.num_items)
+    return Interactions(train, test, num_users, num_items)
+
+
+def load_data(args: argparse.Namespace) -> Interactions:
+    folder = resolve_dataset(args.dataset, args.root)
+    data = Interactions(*load_interactions(folder))
+    if args.subset is not None:
+        data = slice_interactions(data, *args.subset)
+    return data
+
+
+def results_table(results: Dict[str, Dict[str, Any]],
+                  ks: List[int]) -> str:
+    cols = [f'{m}@{k}' for m in ('recall', 'ndcg') for k in ks]
+    lines = ['| model | memory (% of full) | meta density | ' +
+             ' | '.join(cols) + ' |',
+             '|' + '---|' * (3 + len(cols))]
+    for name, res in results.items():
+        meta = res.get('meta_density')
+        meta = '-' if meta is None else f'{meta:.4f}'
+        lines.append(f"| {name} | {100 * res['full_fraction']:.2f} | {meta} |"
+                     + ' | '.join(f"{res[c]:.4f}" for c in cols) + ' |')
+    return '\n'.join(lines)
+
+
+def main_loop(args: argparse.Namespace, config: CERPConfig,
+              data: Interactions, build_recommender: Callable,
+              script: str) -> Dict[str, Any]:
+    out = args.out or os.path.join(
+        'results', f'{script}-{os.path.basename(os.path.normpath(args.dataset))}')
+    os.makedirs(out, exist_ok=True)
+    print(f'{script}: {data.num_users} users, {data.num_items} items, '
+          f'{data.train.size(1)} train / {data.test.size(1)} test pairs; '
+          f'out={out}')
+    print(f'config: {config}')
+
+    def sampler(seed: int):
+        return make_sampler(data.train, data.num_users, data.num_items,
+                            config.num_negatives, config.batch_size, seed)
+
+    runner = CERPRunner(config, data, build_recommender, sampler,
+                        out_dir=out, progress=not args.no_progress)
+    start = time.perf_counter()
+    state = runner.run(resume=args.resume, stop_after=args.stop_after)
+    elapsed = time.perf_counter() - start
+    if not state.get('finished'):
+        print(f'Stopped after {args.stop_after} epoch(s) ({elapsed:.0f}s); '
+              f'continue with --resume --out {out}')
+        return state
+    prune = state['prune'] or {}
+    table = results_table(state['results'], list(config.ks))
+    print(f'\nResults ({elapsed:.0f}s in this call):\n{table}')
+    if prune.get('missing'):
+        print('\nWARNING: ' + prune['message'])
+    summary = dict(config=config.to_dict(), results=state['results'],
+                   history=state['history'],
+                   pruning=dict(reached=prune.get('reached', []),
+                                missing=prune.get('missing', []),
+                                message=prune.get('message', '')),
+                   dataset=dict(name=args.dataset, num_users=data.num_users,
+                                num_items=data.num_items,
+                                num_train=int(data.train.size(1)),
+                                num_test=int(data.test.size(1))),
+                   seconds_this_call=elapsed)
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+        f.write(table + '\n')
+    return state

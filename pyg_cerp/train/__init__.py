@@ -1,0 +1,35 @@
+r"""The CERP training pipeline: pruning schedule, backbones, training loop
+and the two-phase procedure."""
+from ._compat import load_interactions, make_sampler
+from .scheduler import (MaskSnapshot, PruningOutcome, PruningScheduler,
+                        TargetNotReachedError, TargetNotReachedWarning)
+from .recommender import (LightGCNRecommender, MLPRecommender, Recommender,
+                          bpr_loss)
+from .loop import (evaluate, make_optimizer, split_threshold_params,
+                   train_epoch, train_step)
+from .cerp import (CERPConfig, CERPRunner, Interactions, memory_stats,
+                   run_cerp)
+
+__all__ = [
+    'PruningScheduler',
+    'MaskSnapshot',
+    'PruningOutcome',
+    'TargetNotReachedError',
+    'TargetNotReachedWarning',
+    'Recommender',
+    'LightGCNRecommender',
+    'MLPRecommender',
+    'bpr_loss',
+    'make_optimizer',
+    'split_threshold_params',
+    'train_step',
+    'train_epoch',
+    'evaluate',
+    'CERPConfig',
+    'CERPRunner',
+    'Interactions',
+    'memory_stats',
+    'run_cerp',
+    'load_interactions',
+    'make_sampler',
+]

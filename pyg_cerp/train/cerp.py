@@ -1,0 +1,534 @@
+r"""The two-phase CERP procedure (prune, then retrain per memory target) with
+resumable, atomic checkpoints."""
+import copy
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from pyg_cerp.nn import CompositionalEmbedding
+from pyg_cerp.train.loop import evaluate, make_optimizer, train_epoch
+from pyg_cerp.train.recommender import Recommender
+from pyg_cerp.train.scheduler import PruningScheduler
+from pyg_cerp.utils.io import atomic_save, safe_load
+
+
+class Interactions(NamedTuple):
+    r"""A user-item split.
+
+    Args:
+        train (torch.Tensor): Training (user, item) pairs :obj:`[2, E]`.
+        test (torch.Tensor): Test pairs :obj:`[2, E']`.
+        num_users (int): :math:`N_U`.
+        num_items (int): :math:`N_I`.
+    """
+    train: Tensor
+    test: Tensor
+    num_users: int
+    num_items: int
+
+
+@dataclass
+class CERPConfig:
+    r"""Hyper-parameters of :class:`CERPRunner` / :func:`run_cerp`.
+
+    The defaults are tuned for LightGCN (3 layers, :math:`d = 64`) on
+    Gowalla on a 2-core CPU, so that the whole run (baseline, phase 1 and
+    one retraining per target) takes about 20 minutes on an idle machine.
+    What they are based on (measured on Gowalla, batch 8192, see
+    :obj:`docs/training.md`):
+
+    * **No weight decay on the values** (:obj:`weight_decay=0.`). With a
+      batch-mean BPR loss the per-entry gradients are tiny
+      (:math:`\sim 10^{-6}`), so Adam's coupled L2 term of the official
+      code (:math:`10^{-5} \cdot w`) is of the same size and, being
+      normalised by Adam, pins LightGCN at a popularity ranking: BPR loss
+      stuck at 0.46 and Recall@20 0.060 after 3 epochs, while without it the
+      loss is 0.25 after 50 steps and Recall@20 0.099 after one epoch.
+    * **A separate threshold group** with weight decay :math:`10^{-3}` and
+      learning rate :obj:`threshold_lr`: under Adam the decay dominates the
+      thresholds' other gradients, so every logit :math:`S` rises by
+      :obj:`threshold_lr` per step (measured: exactly :math:`0.01` per
+      step) and the pruning speed is set by :obj:`threshold_lr`, not by
+      the size of the regulariser. (With the official decay
+      :math:`10^{-5}` the regulariser's gradient wins and pruning stalls.)
+      The decay pulls :math:`S` towards 0, so a threshold saturates at
+      :math:`\sigma(0) = 0.5`.
+    * **A small regulariser weight** :obj:`gamma_init=1e-3` (halved every
+      epoch): with :math:`\gamma_0 = 1` and the per-entity mean, the
+      regulariser (:math:`\approx -60`) dwarfs BPR (:math:`\approx 0.6`)
+      and Recall@20 after one epoch is 0.0015; with :math:`10^{-3}` it is
+      the same as without pruning.
+    * :obj:`threshold_init=-6.` (:math:`\sigma(S_0) = 0.0025`, below the
+      initial values :math:`\approx 0.03` for :math:`b = 5000`): pruning
+      starts within the first epoch instead of after :math:`\sim 10^5`
+      steps with :math:`S_0 = -100`.
+
+    Args:
+        dim (int): Embedding size :math:`d`. (default: :obj:`64`)
+        bucket_size (int): Meta-table rows :math:`b`. (default: :obj:`5000`)
+        threshold_init (float): Initial threshold logit :math:`S_0`
+            (:math:`\sigma(S_0)` must be well below the initial values,
+            :math:`\approx \sqrt{6/(b+d)}`). (default: :obj:`-6.`)
+        targets (Tuple[float, ...]): Memory targets.
+            (default: :obj:`(0.10, 0.05, 0.01)`)
+        target_unit (str): :obj:`'full'` (fraction of :math:`Nd`) or
+            :obj:`'meta'` (meta-table density). (default: :obj:`'full'`)
+        baseline_epochs (int): Epochs of the full-table baseline
+            (:obj:`0`: skip it). (default: :obj:`3`)
+        prune_epochs (int): Epoch budget of phase 1 (it stops as soon as
+            every target is reached). (default: :obj:`5`)
+        retrain_epochs (int): Epochs of phase 2 per target (values rewound
+            to the initial weights). (default: :obj:`3`)
+        finetune_epochs (int): Epochs of the one-phase variant per target
+            (masks frozen, values kept; :obj:`0`: skip).
+            (default: :obj:`0`)
+        batch_size (int): Positive pairs per step. (default: :obj:`8192`)
+        num_negatives (int): Negatives per positive. (default: :obj:`5`)
+        lr (float): Adam learning rate of the values. (default: :obj:`5e-3`)
+        weight_decay (float): Adam L2 penalty of the values.
+            (default: :obj:`0.`)
+        threshold_lr (float): Adam learning rate of the thresholds: the
+            pruning speed, the rise of :math:`S` per step.
+            (default: :obj:`3e-2`)
+        threshold_weight_decay (float, optional): Adam L2 penalty of the
+            thresholds (:obj:`None`: :obj:`weight_decay`).
+            (default: :obj:`0.`)
+        threshold_drive (float): A constant push :math:`-c \sum \mathbf{S}`
+            on the threshold logits in phase 1 (see
+            :class:`PruningScheduler`): with Adam, :math:`S` rises by
+            :obj:`threshold_lr` per step without saturating at
+            :math:`\sigma(0) = 0.5`. :obj:`0.` leaves only the weight decay
+            of the official code. (default: :obj:`1e-3`)
+        gamma_init (float): Initial regulariser weight :math:`\gamma_0`.
+            (default: :obj:`1e-3`)
+        gamma_decay (float): Its decay per period. (default: :obj:`0.5`)
+        gamma_decay_every (int): The period, in epochs. (default: :obj:`1`)
+        check_every (int): Measure the density every this many steps.
+            (default: :obj:`1`)
+        clip_grad_norm (float): Gradient-norm clipping. (default: :obj:`100.`)
+        seed (int): The seed of everything. (default: :obj:`0`)
+        ks (Tuple[int, ...]): Evaluation cut-offs.
+            (default: :obj:`(5, 10, 20, 50)`)
+    """
+    dim: int = 64
+    bucket_size: int = 5000
+    threshold_init: float = -6.
+    targets: Tuple[float, ...] = (0.10, 0.05, 0.01)
+    target_unit: str = 'full'
+    baseline_epochs: int = 3
+    prune_epochs: int = 5
+    retrain_epochs: int = 3
+    finetune_epochs: int = 0
+    batch_size: int = 8192
+    num_negatives: int = 5
+    lr: float = 5e-3
+    weight_decay: float = 0.
+    threshold_lr: float = 3e-2
+    threshold_weight_decay: Optional[float] = 0.
+    threshold_drive: float = 1e-3
+    gamma_init: float = 1e-3
+    gamma_decay: float = 0.5
+    gamma_decay_every: int = 1
+    check_every: int = 1
+    clip_grad_norm: float = 100.
+    seed: int = 0
+    ks: Tuple[int, ...] = (5, 10, 20, 50)
+
+    def __post_init__(self) -> None:
+        self.targets = tuple(sorted((float(t) for t in self.targets),
+                                    reverse=True))
+        self.ks = tuple(int(k) for k in self.ks)
+        for name in ('baseline_epochs', 'prune_epochs', 'retrain_epochs',
+                     'finetune_epochs'):
+            if getattr(self, name) < 0:
+                raise ValueError(f"'{name}' must be >= 0 "
+                                 f"(got {getattr(self, name)})")
+        for name in ('dim', 'bucket_size', 'batch_size', 'num_negatives'):
+            if getattr(self, name) < 1:
+                raise ValueError(f"'{name}' must be positive "
+                                 f"(got {getattr(self, name)})")
+
+    def to_dict(self) -> Dict[str, Any]:
+        r"""Plain python values (lists for tuples)."""
+        out = asdict(self)
+        out['targets'] = list(self.targets)
+        out['ks'] = list(self.ks)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'CERPConfig':
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def target_key(target: float) -> str:
+    r"""The stage-name suffix of a target, *e.g.* :obj:`'0.05'`."""
+    return f'{target:g}'
+
+
+def memory_stats(embedding: Module) -> Dict[str, Any]:
+    r"""The non-zeros of :obj:`embedding` and their fraction of the full
+    table (:obj:`1.0` for a :class:`torch.nn.Embedding`)."""
+    if hasattr(embedding, 'num_nonzero'):
+        nnz = int(embedding.num_nonzero())
+        out = dict(nonzero=nnz,
+                   full_fraction=nnz / int(embedding.num_full_params))
+        if hasattr(embedding, 'num_meta_params'):
+            out['meta_density'] = nnz / int(embedding.num_meta_params)
+        return out
+    weight = embedding.weight
+    return dict(nonzero=int(weight.numel()), full_fraction=1.0,
+                meta_density=None)
+
+
+class StopRequested(Exception):
+    r"""Raised internally when :obj:`stop_after` epochs were run."""
+
+
+class CERPRunner:
+    r"""Runs the CERP procedure of the paper as resumable *stages*:
+
+    1. :obj:`'full'`: the full-table baseline (:class:`torch.nn.Embedding`)
+       for :obj:`baseline_epochs`;
+    2. :obj:`'prune'` (phase 1): the compositional embedding trained on
+       :math:`\mathcal{L}_{\textrm{BPR}} + \gamma_t
+       \mathcal{L}_{\textrm{prune}}` while a :class:`PruningScheduler`
+       snapshots the masks the first time each target is reached; it stops
+       once every target is reached or after :obj:`prune_epochs`;
+    3. :obj:`'retrain@t'` (phase 2) per reached target :math:`t`: masks
+       frozen, every weight rewound to its initial value (lottery ticket),
+       trained for :obj:`retrain_epochs`;
+    4. :obj:`'finetune@t'` (one-phase variant, if :obj:`finetune_epochs >
+       0`): masks frozen at the snapshot, training continued from the model
+       at that step without rewinding.
+
+    Every finished stage is evaluated (full ranking). After every epoch, a
+    checkpoint with plain state dicts, python values and the RNG state is
+    written atomically to :obj:`out_dir/checkpoint.pt`; :meth:`run` with
+    :obj:`resume=True` continues from it to bit-identical results.
+
+    Args:
+        config (CERPConfig): The hyper-parameters.
+        data (Interactions): The split.
+        build_recommender (Callable[[torch.nn.Module], Recommender]): Builds
+            the backbone around an embedding over :math:`N_U + N_I` entities
+            (and resets its parameters).
+        make_sampler (Callable[[int], Iterable]): Builds the training
+            sampler from a seed; it must have :obj:`set_epoch`.
+        embedding_factory (Callable[[str], torch.nn.Module], optional):
+            Builds the embedding of kind :obj:`'full'` or :obj:`'cerp'`
+            (*e.g.*, to benchmark PEP through the same harness).
+            (default: :class:`torch.nn.Embedding` /
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`)
+        out_dir (str, optional): Where checkpoints go (:obj:`None`: none).
+        log (Callable[[str], None], optional): Where log lines go.
+            (default: :obj:`print`)
+        progress (bool, optional): Show :obj:`tqdm` progress bars.
+        rank (int, optional): The process rank; only rank 0 logs and writes
+            checkpoints (for a distributed version, which must also shard
+            the sampler and average gradients). (default: :obj:`0`)
+    """
+    CHECKPOINT = 'checkpoint.pt'
+
+    def __init__(
+        self,
+        config: CERPConfig,
+        data: Interactions,
+        build_recommender: Callable[[Module], Recommender],
+        make_sampler: Callable[[int], Any],
+        embedding_factory: Optional[Callable[[str], Module]] = None,
+        out_dir: Optional[str] = None,
+        log: Callable[[str], None] = print,
+        progress: bool = False,
+        rank: int = 0,
+    ) -> None:
+        self.config = config
+        self.rank = int(rank)
+        self.data = data
+        self.build_recommender = build_recommender
+        self.sampler = make_sampler(config.seed)
+        self.embedding_factory = embedding_factory or self._default_embedding
+        self.out_dir = out_dir
+        self.log = log if self.rank == 0 else (lambda msg: None)
+        self.progress = progress and self.rank == 0
+        self.state: Dict[str, Any] = self._fresh_state()
+
+    # Building ################################################################
+
+    @property
+    def num_entities(self) -> int:
+        return self.data.num_users + self.data.num_items
+
+    def _default_embedding(self, kind: str) -> Module:
+        cfg = self.config
+        if kind == 'full':
+            return torch.nn.Embedding(self.num_entities, cfg.dim)
+        if kind == 'cerp':
+            return CompositionalEmbedding(self.num_entities, cfg.dim,
+                                          cfg.bucket_size,
+                                          threshold_init=cfg.threshold_init,
+                                          check_index=False)
+        raise ValueError(f"Unknown embedding kind {kind!r}")
+
+    def _build(self, kind: str, stage_index: int) -> Recommender:
+        torch.manual_seed(self.config.seed * 1000 + stage_index)
+        return self.build_recommender(self.embedding_factory(kind))
+
+    def _optimizer(self, model: Module) -> torch.optim.Optimizer:
+        cfg = self.config
+        return make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                              threshold_lr=cfg.threshold_lr,
+                              threshold_weight_decay=cfg.threshold_weight_decay)
+
+    def _scheduler(self, model: Recommender) -> PruningScheduler:
+        cfg = self.config
+        return PruningScheduler(model.embedding, cfg.targets, cfg.target_unit,
+                                cfg.gamma_init, cfg.gamma_decay,
+                                cfg.gamma_decay_every, cfg.check_every,
+                                threshold_drive=cfg.threshold_drive)
+
+    # State ###################################################################
+
+    def _fresh_state(self) -> Dict[str, Any]:
+        return dict(version=1, config=self.config.to_dict(), results={},
+                    history=[], prune=None, current=None)
+
+    @property
+    def checkpoint_path(self) -> Optional[str]:
+        if self.out_dir is None:
+            return None
+        return os.path.join(self.out_dir, self.CHECKPOINT)
+
+    def save(self) -> None:
+        r"""Writes the checkpoint atomically (no-op without :obj:`out_dir`)."""
+        if self.checkpoint_path is not None and self.rank == 0:
+            atomic_save(self.state, self.checkpoint_path)
+
+    def load(self) -> bool:
+        r"""Loads the checkpoint (with :obj:`weights_only=True`); returns
+        whether one existed. The stored config must equal the current one."""
+        path = self.checkpoint_path
+        if path is None or not os.path.isfile(path):
+            return False
+        state = safe_load(path)
+        if state.get('config') != self.config.to_dict():
+            old, new = state.get('config', {}), self.config.to_dict()
+            diff = {k: (old.get(k), new[k]) for k in new if old.get(k) !=
+                    new[k]}
+            raise ValueError(
+                f"Cannot resume from '{path}': it was written with another "
+                f"configuration (differences as (checkpoint, now): {diff})")
+        self.state = state
+        return True
+
+    # Stages ##################################################################
+
+    def _stage_plan(self) -> List[Tuple[str, int]]:
+        cfg = self.config
+        plan: List[Tuple[str, int]] = []
+        if cfg.baseline_epochs > 0:
+            plan.append(('full', cfg.baseline_epochs))
+        plan.append(('prune', cfg.prune_epochs))
+        prune = self.state['prune']
+        if prune is not None and prune.get('done'):
+            reached = [float(t) for t in prune['reached']]
+            for t in reached:
+                if cfg.retrain_epochs > 0:
+                    plan.append((f'retrain@{target_key(t)}',
+                                 cfg.retrain_epochs))
+            for t in reached:
+                if cfg.finetune_epochs > 0:
+                    plan.append((f'finetune@{target_key(t)}',
+                                 cfg.finetune_epochs))
+        return plan
+
+    def run(self, resume: bool = False,
+            stop_after: Optional[int] = None) -> Dict[str, Any]:
+        r"""Runs (or, with :obj:`resume`, continues) every stage.
+
+        Args:
+            resume (bool, optional): Continue from :obj:`out_dir`'s
+                checkpoint if there is one. (default: :obj:`False`)
+            stop_after (int, optional): Return after this many training
+                epochs in this call (the checkpoint allows resuming), *e.g.*,
+                to split a long run or to test resuming.
+                (default: :obj:`None`)
+
+        Returns:
+            The state: :obj:`'results'` (metrics and memory per finished
+            stage), :obj:`'history'` (per-epoch logs), :obj:`'prune'` (the
+            phase-1 outcome) and :obj:`'finished'`.
+        """
+        if resume and self.load():
+            cur = self.state['current']
+            where = (f"stage '{cur['stage']}' epoch {cur['epoch']}"
+                     if cur else 'a stage boundary')
+            self.log(f'Resumed from {self.checkpoint_path} at {where}')
+        else:
+            self.state = self._fresh_state()
+        self._budget = math.inf if stop_after is None else int(stop_after)
+        try:
+            index = 0
+            while True:
+                plan = self._stage_plan()
+                if index >= len(plan):
+                    break
+                name, epochs = plan[index]
+                if name not in self.state['results'] and not (
+                        name == 'prune' and self.state['prune'] is not None
+                        and self.state['prune'].get('done')):
+                    self._run_stage(name, index, epochs)
+                index += 1
+        except StopRequested:
+            self.state['finished'] = False
+            return self.state
+        self.state['finished'] = True
+        self.save()
+        return self.state
+
+    def _run_stage(self, name: str, index: int, epochs: int) -> None:
+        cfg = self.config
+        kind = 'full' if name == 'full' else 'cerp'
+        model = self._build(kind, index)
+        scheduler: Optional[PruningScheduler] = None
+        prune = self.state['prune']
+        if name == 'prune':
+            scheduler = self._scheduler(model)
+            if self.state['current'] is None:
+                prune = self.state['prune'] = dict(
+                    init_model=copy.deepcopy(model.state_dict()),
+                    target_models={}, done=False, reached=[])
+                for t in scheduler.on_train_start():  # Met at step 0.
+                    prune['target_models'][target_key(t)] = copy.deepcopy(
+                        model.state_dict())
+        elif name != 'full':
+            mode, key = name.split('@')
+            target = float(key)
+            snap = self._snapshot(target)
+            if mode == 'retrain':  # Two-phase: rewind (lottery ticket).
+                model.load_state_dict(prune['init_model'])
+                model.embedding.freeze_masks(
+                    snap['masks'], rewind_to=prune['scheduler']
+                    ['initial_weights'])
+            else:  # One-phase: keep the values at the snapshot.
+                model.load_state_dict(prune['target_models'][key])
+                model.embedding.freeze_masks(snap['masks'], rewind_to=None)
+        optimizer = self._optimizer(model)
+
+        start_epoch = 0
+        cur = self.state['current']
+        if cur is not None and cur['stage'] == name:
+            model.load_state_dict(cur['model'])
+            optimizer.load_state_dict(cur['optimizer'])
+            if scheduler is not None:
+                scheduler.load_state_dict(cur['scheduler'])
+            torch.set_rng_state(cur['rng'])
+            start_epoch = int(cur['epoch'])
+        else:
+            self.state['current'] = None
+
+        def on_reached(targets: List[float]) -> None:
+            sd = copy.deepcopy(model.state_dict())
+            for t in targets:
+                prune['target_models'][target_key(t)] = sd
+                self.log(f'  [prune] target {t:g} reached at step '
+                         f'{scheduler.num_steps}: '
+                         f'{self._memory_line(model.embedding)}')
+
+        epoch = start_epoch
+        start = time.perf_counter()
+        while epoch < epochs and not (scheduler is not None and
+                                      scheduler.done):
+            if self._budget <= 0:
+                raise StopRequested
+            gamma = scheduler.gamma if scheduler is not None else 0.
+            stats = train_epoch(model, optimizer, self.sampler, epoch,
+                                scheduler=scheduler,
+                                clip_grad_norm=cfg.clip_grad_norm,
+                                on_reached=on_reached if scheduler else None,
+                                progress=self.progress,
+                                desc=f'{name} {epoch + 1}/{epochs}')
+            if scheduler is not None:
+                new = scheduler.on_epoch_end()
+                if new:
+                    on_reached(new)
+            epoch += 1
+            self._budget -= 1
+            mem = memory_stats(model.embedding)
+            record = dict(stage=name, epoch=epoch, loss=stats['loss'],
+                          bpr=stats['bpr'], reg=stats['reg'], gamma=gamma,
+                          steps=stats['steps'], time=stats['time'], **mem)
+            self.state['history'].append(record)
+            self.log(f"[{name}] epoch {epoch}/{epochs} loss {stats['loss']:.4f}"
+                     f" (bpr {stats['bpr']:.4f}, reg {stats['reg']:.4g}) "
+                     f"gamma {gamma:.3g} {self._memory_line(model.embedding)}"
+                     f" {stats['time']:.1f}s")
+            if scheduler is not None:
+                prune['scheduler'] = scheduler.state_dict()
+            self.state['current'] = dict(
+                stage=name, epoch=epoch, model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=(scheduler.state_dict()
+                           if scheduler is not None else None),
+                rng=torch.get_rng_state())
+            self.save()
+
+        train_time = time.perf_counter() - start
+        if scheduler is not None:  # End of phase 1.
+            outcome = scheduler.check_complete()
+            self.log('[prune] ' + outcome.message.replace('\n', '\n[prune] '))
+            prune.update(done=True, reached=list(outcome.reached),
+                         missing=list(outcome.missing),
+                         message=outcome.message,
+                         scheduler=scheduler.state_dict())
+            self.state['current'] = None
+            self.save()
+            return
+        metrics = evaluate(model, self.data.train, self.data.test, cfg.ks)
+        result: Dict[str, Any] = dict(metrics)
+        result.update(memory_stats(model.embedding), epochs=epochs,
+                      train_time=train_time)
+        self.state['results'][name] = result
+        self.state['current'] = None
+        self.log(f"[{name}] recall@20 {metrics.get('recall@20', 0):.4f} "
+                 f"ndcg@20 {metrics.get('ndcg@20', 0):.4f} "
+                 f"{self._memory_line(model.embedding)}")
+        self.save()
+
+    def _snapshot(self, target: float) -> Dict[str, Any]:
+        sched = self.state['prune']['scheduler']
+        for snap in sched['snapshots']:
+            if float(snap['target']) == target:
+                return snap
+        raise KeyError(f'No snapshot for target {target}')
+
+    @staticmethod
+    def _memory_line(embedding: Module) -> str:
+        mem = memory_stats(embedding)
+        line = f"mem {100 * mem['full_fraction']:.3f}% of full"
+        if mem.get('meta_density') is not None:
+            line += f" (meta density {mem['meta_density']:.4f})"
+        return line
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(stages='
+                f'{[n for n, _ in self._stage_plan()]}, '
+                f'out_dir={self.out_dir!r})')
+
+
+def run_cerp(config: CERPConfig, data: Interactions,
+             build_recommender: Callable[[Module], Recommender],
+             make_sampler: Callable[[int], Any], out_dir: Optional[str] = None,
+             resume: bool = False, stop_after: Optional[int] = None,
+             **kwargs) -> Dict[str, Any]:
+    r"""Runs the CERP procedure, see :class:`CERPRunner` (:obj:`kwargs` go to
+    its constructor) and :meth:`CERPRunner.run`."""
+    runner = CERPRunner(config, data, build_recommender, make_sampler,
+                        out_dir=out_dir, **kwargs)
+    return runner.run(resume=resume, stop_after=stop_after)

@@ -1,0 +1,220 @@
+r"""Training and evaluation steps shared by the examples, the benchmark and
+(later) the distributed trainer."""
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, \
+    Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from pyg_cerp.train.recommender import Recommender
+from pyg_cerp.train.scheduler import PruningScheduler
+
+Batch = Tuple[Tensor, Tensor, Tensor]
+
+
+def split_threshold_params(module: Module) -> Tuple[List, List]:
+    r"""Splits the trainable parameters of :obj:`module` into (values,
+    thresholds), where thresholds are parameters whose name contains
+    :obj:`'threshold'` (the :math:`\mathbf{S}` of CERP/PEP)."""
+    values, thresholds = [], []
+    for name, param in module.named_parameters():
+        (thresholds if 'threshold' in name.split('.')[-1] else
+         values).append(param)
+    return values, thresholds
+
+
+def make_optimizer(
+    module: Module,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    threshold_lr: Optional[float] = None,
+    threshold_weight_decay: Optional[float] = None,
+) -> torch.optim.Adam:
+    r"""Adam with a separate parameter group for pruning thresholds.
+
+    With Adam, coupled weight decay on a threshold logit :math:`S < 0` whose
+    task gradient vanishes (:math:`\sigma'(S) \approx 0`) gives a constant
+    gradient sign, so :math:`S` rises by :math:`\approx` :obj:`threshold_lr`
+    per step *independently of the decay value*: :obj:`threshold_lr` sets
+    the pruning speed. The official code uses one group (lr
+    :math:`10^{-3}`, weight decay :math:`10^{-5}`, :math:`S_0 = -100`).
+
+    Args:
+        module (torch.nn.Module): The model.
+        lr (float, optional): Learning rate of the values.
+            (default: :obj:`1e-3`)
+        weight_decay (float, optional): L2 penalty of the values.
+            (default: :obj:`1e-5`)
+        threshold_lr (float, optional): Learning rate of the thresholds
+            (:obj:`None`: :obj:`lr`). (default: :obj:`None`)
+        threshold_weight_decay (float, optional): L2 penalty of the
+            thresholds (:obj:`None`: :obj:`weight_decay`).
+            (default: :obj:`None`)
+    """
+    values, thresholds = split_threshold_params(module)
+    groups: List[Dict[str, Any]] = [dict(params=values)]
+    if thresholds:
+        groups.append(
+            dict(params=thresholds,
+                 lr=lr if threshold_lr is None else threshold_lr,
+                 weight_decay=(weight_decay if threshold_weight_decay is None
+                               else threshold_weight_decay)))
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+
+
+def train_step(
+    recommender: Recommender,
+    optimizer: Optimizer,
+    batch: Batch,
+    scheduler: Optional[PruningScheduler] = None,
+    clip_grad_norm: Optional[float] = 100.,
+) -> Dict[str, float]:
+    r"""One optimisation step on :math:`\mathcal{L} = \mathcal{L}_{\textrm{BPR}}
+    + \gamma_t \mathcal{L}_{\textrm{prune}}` (the second term only with a
+    :obj:`scheduler`, over the entities of the batch, see
+    :meth:`Recommender.entities`).
+
+    Args:
+        recommender (Recommender): The model (in training mode).
+        optimizer (torch.optim.Optimizer): The optimiser.
+        batch ((torch.Tensor, torch.Tensor, torch.Tensor)): Users
+            :obj:`[B]`, positive items :obj:`[B]` and negative items
+            :obj:`[B, n]` (local ids).
+        scheduler (PruningScheduler, optional): The pruning schedule; its
+            :meth:`~PruningScheduler.step` is called after the update.
+        clip_grad_norm (float, optional): Clip the gradient norm to this
+            value (:obj:`None`: no clipping). (default: :obj:`100.`)
+
+    Returns:
+        A dictionary with :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` and
+        :obj:`'reached'` (targets newly reached, a list).
+    """
+    users, pos, neg = batch
+    if neg.dim() == 1:
+        neg = neg.unsqueeze(-1)
+    bpr = recommender.loss(users, pos, neg)
+    loss = bpr
+    reg = None
+    if scheduler is not None:
+        reg = scheduler.regularizer(recommender.entities(users, pos, neg))
+        if reg is not None:
+            loss = loss + reg
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(recommender.parameters(),
+                                       clip_grad_norm)
+    optimizer.step()
+    reached = scheduler.step() if scheduler is not None else []
+    return dict(loss=float(loss.detach()), bpr=float(bpr.detach()),
+                reg=0. if reg is None else float(reg.detach()),
+                reached=reached)
+
+
+def train_epoch(
+    recommender: Recommender,
+    optimizer: Optimizer,
+    sampler: Iterable[Batch],
+    epoch: int,
+    scheduler: Optional[PruningScheduler] = None,
+    clip_grad_norm: Optional[float] = 100.,
+    stop_when_done: bool = True,
+    on_reached: Optional[Callable[[List[float]], None]] = None,
+    progress: bool = False,
+    desc: str = '',
+) -> Dict[str, Any]:
+    r"""Trains one epoch over :obj:`sampler` (which is told the epoch through
+    :obj:`set_epoch` if it has it, so that a sharded, seeded sampler yields a
+    reproducible and, across ranks, disjoint stream).
+
+    Args:
+        recommender (Recommender): The model.
+        optimizer (torch.optim.Optimizer): The optimiser.
+        sampler (Iterable): Yields :obj:`(users, pos, neg)` batches.
+        epoch (int): The epoch number (passed to :obj:`sampler.set_epoch`).
+        scheduler (PruningScheduler, optional): The pruning schedule (phase
+            1). Its :meth:`~PruningScheduler.on_epoch_end` is *not* called
+            here. (default: :obj:`None`)
+        clip_grad_norm (float, optional): See :func:`train_step`.
+        stop_when_done (bool, optional): Stop the epoch as soon as the
+            scheduler reports every target reached. (default: :obj:`True`)
+        on_reached (Callable, optional): Called with the list of targets
+            reached at a step, right after it (*e.g.*, to save a copy of the
+            model). (default: :obj:`None`)
+        progress (bool, optional): Show a :obj:`tqdm` progress bar.
+        desc (str, optional): The progress bar description.
+
+    Returns:
+        The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,
+        :obj:`'steps'`, :obj:`'time'` (seconds), :obj:`'reached'` and
+        :obj:`'stopped_early'`.
+    """
+    if hasattr(sampler, 'set_epoch'):
+        sampler.set_epoch(epoch)
+    recommender.train()
+    iterator = sampler
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        total = len(sampler) if hasattr(sampler, '__len__') else None
+        iterator = bar = tqdm(sampler, total=total, desc=desc, leave=False,
+                              dynamic_ncols=True)
+    sums = dict(loss=0., bpr=0., reg=0.)
+    steps, reached, stopped = 0, [], False
+    start = time.perf_counter()
+    for batch in iterator:
+        out = train_step(recommender, optimizer, batch, scheduler,
+                         clip_grad_norm)
+        steps += 1
+        for key in sums:
+            sums[key] += out[key]
+        if out['reached']:
+            reached.extend(out['reached'])
+            if on_reached is not None:
+                on_reached(out['reached'])
+        if bar is not None:
+            bar.set_postfix(loss=f"{out['loss']:.4f}", refresh=False)
+        if stop_when_done and scheduler is not None and scheduler.done:
+            stopped = True
+            break
+    if bar is not None:
+        bar.close()
+    stats: Dict[str, Any] = {k: v / max(steps, 1) for k, v in sums.items()}
+    stats.update(steps=steps, time=time.perf_counter() - start,
+                 reached=reached, stopped_early=stopped)
+    return stats
+
+
+@torch.no_grad()
+def evaluate(
+    recommender: Recommender,
+    train_edge_index: Tensor,
+    test_edge_index: Tensor,
+    ks: Sequence[int] = (5, 10, 20, 50),
+) -> Dict[str, float]:
+    r"""Full-ranking evaluation: Recall@k and NDCG@k over every item, with the
+    training positives of each user masked, averaged over the users with test
+    items (see :mod:`pyg_cerp.metrics`).
+
+    Args:
+        recommender (Recommender): The model.
+        train_edge_index (torch.Tensor): Training (user, item) pairs
+            :obj:`[2, E]`, masked from the ranking.
+        test_edge_index (torch.Tensor): Test pairs :obj:`[2, E']`.
+        ks (Sequence[int], optional): The cut-offs.
+            (default: :obj:`(5, 10, 20, 50)`)
+    """
+    from pyg_cerp.train._compat import ranking_metrics_from_scores
+    was_training = recommender.training
+    recommender.eval()
+    try:
+        score_fn = recommender.score_function()
+        return ranking_metrics_from_scores(score_fn, train_edge_index,
+                                           test_edge_index,
+                                           recommender.num_users,
+                                           recommender.num_items, ks=ks)
+    finally:
+        recommender.train(was_training)

@@ -1,0 +1,193 @@
+r"""Backbones trained by the CERP pipeline behind one small interface."""
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Module
+
+ScoreFn = Callable[[Tensor], Tensor]
+
+
+def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
+    r"""The Bayesian personalised ranking loss with several negatives per
+    positive,
+
+    .. math::
+        \mathcal{L}_{\textrm{BPR}} = \frac{1}{Bn} \sum_{b=1}^{B}
+        \sum_{j=1}^{n} \mathrm{softplus}(\hat{y}_{b,j}^{-} - \hat{y}_b^{+})
+        = -\frac{1}{Bn} \sum_{b,j} \log \sigma(\hat{y}_b^{+} -
+        \hat{y}_{b,j}^{-}),
+
+    *i.e.*, BPR over each (positive, negative) pair.
+
+    Args:
+        pos_score (torch.Tensor): Scores of the positives, shape :obj:`[B]`.
+        neg_score (torch.Tensor): Scores of the negatives, shape
+            :obj:`[B, n]` (or :obj:`[B]` for one negative).
+    """
+    if neg_score.dim() == 1:
+        neg_score = neg_score.unsqueeze(-1)
+    if neg_score.size(0) != pos_score.size(0):
+        raise ValueError(f"'neg_score' has {neg_score.size(0)} rows but "
+                         f"'pos_score' has {pos_score.size(0)}")
+    return F.softplus(neg_score - pos_score.unsqueeze(-1)).mean()
+
+
+class Recommender(Module):
+    r"""A user-item recommender trained with BPR: the interface that
+    :func:`~pyg_cerp.train.train_epoch`, :func:`~pyg_cerp.train.evaluate`
+    and :func:`~pyg_cerp.train.run_cerp` rely on.
+
+    Users are entities :math:`0, \ldots, N_U - 1` of :attr:`embedding` and
+    item :math:`i` is entity :math:`N_U + i`.
+
+    Subclasses implement :meth:`scores` (training scores of
+    (user, item) pairs) and :meth:`score_function` (full ranking).
+
+    Args:
+        num_users (int): The number of users :math:`N_U`.
+        num_items (int): The number of items :math:`N_I`.
+    """
+    def __init__(self, num_users: int, num_items: int) -> None:
+        super().__init__()
+        if num_users < 1 or num_items < 1:
+            raise ValueError(f"'num_users' and 'num_items' must be positive "
+                             f"(got {num_users}, {num_items})")
+        self.num_users = int(num_users)
+        self.num_items = int(num_items)
+
+    @property
+    def embedding(self) -> Module:
+        r"""The (possibly prunable) embedding module over
+        :math:`N_U + N_I` entities."""
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        r"""Resets all learnable parameters."""
+        raise NotImplementedError
+
+    def scores(self, users: Tensor, pos: Tensor,
+               neg: Tensor) -> 'tuple[Tensor, Tensor]':
+        r"""Returns the scores of the positive pairs :obj:`[B]` and of the
+        negative pairs :obj:`[B, n]`."""
+        raise NotImplementedError
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        r"""The BPR loss (see :func:`bpr_loss`) of a batch.
+
+        Args:
+            users (torch.Tensor): User ids, shape :obj:`[B]`.
+            pos (torch.Tensor): Positive item ids (local), shape :obj:`[B]`.
+            neg (torch.Tensor): Negative item ids (local), shape
+                :obj:`[B, n]`.
+        """
+        if neg.dim() == 1:
+            neg = neg.unsqueeze(-1)
+        pos_score, neg_score = self.scores(users, pos, neg)
+        return bpr_loss(pos_score, neg_score)
+
+    def entities(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        r"""The global entity ids a batch touches (the unique users, every
+        positive and negative item), on which the pruning regulariser is
+        computed."""
+        return torch.cat([
+            torch.unique(users), pos + self.num_users,
+            neg.reshape(-1) + self.num_users
+        ])
+
+    def score_function(self) -> ScoreFn:
+        r"""Returns a function mapping user ids :obj:`[U]` to the scores of
+        every item :obj:`[U, N_I]`; called under :obj:`torch.no_grad()` in
+        evaluation mode."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_users={self.num_users}, '
+                f'num_items={self.num_items}, embedding={self.embedding})')
+
+
+class LightGCNRecommender(Recommender):
+    r"""PyG's :class:`~torch_geometric.nn.models.LightGCN` over a fixed,
+    pre-normalised adjacency,
+
+    .. math::
+        \mathbf{E}^{(l+1)} = \hat{\mathbf{A}} \mathbf{E}^{(l)}, \quad
+        \mathbf{E} = \sum_{l=0}^{L} \alpha_l \mathbf{E}^{(l)}, \quad
+        \hat{y}_{ui} = \mathbf{e}_u^\top \mathbf{e}_{N_U + i},
+
+    where :math:`\mathbf{E}^{(0)}` is :obj:`model.embedding.weight`
+    (a :class:`torch.nn.Embedding` or a
+    :class:`~pyg_cerp.nn.CompositionalEmbedding`).
+
+    Args:
+        model (torch_geometric.nn.models.LightGCN): The model over
+            :math:`N_U + N_I` nodes; its :obj:`convs` must accept
+            :obj:`adj` (for a normalised adjacency, build it with
+            :obj:`normalize=False` or use the symmetric propagation of
+            :mod:`pyg_cerp.nn.propagation`).
+        adj (torch.Tensor or SparseTensor): The normalised
+            :math:`(N_U + N_I) \times (N_U + N_I)` adjacency of the training
+            graph.
+        num_users (int): The number of users :math:`N_U`.
+        num_items (int): The number of items :math:`N_I`.
+    """
+    def __init__(self, model: Module, adj, num_users: int,
+                 num_items: int) -> None:
+        super().__init__(num_users, num_items)
+        if model.num_nodes != num_users + num_items:
+            raise ValueError(
+                f"'model' has {model.num_nodes} nodes, but num_users + "
+                f"num_items = {num_users + num_items}")
+        self.model = model
+        self.adj = adj
+
+    @property
+    def embedding(self) -> Module:
+        return self.model.embedding
+
+    def reset_parameters(self) -> None:
+        self.model.reset_parameters()
+
+    def propagate(self) -> Tensor:
+        r"""The final node embeddings :math:`\mathbf{E}`, shape
+        :obj:`[N_U + N_I, d]`."""
+        return self.model.get_embedding(self.adj)
+
+    def scores(self, users: Tensor, pos: Tensor, neg: Tensor):
+        out = self.propagate()
+        e_u = out[users]
+        e_p = out[pos + self.num_users]
+        e_n = out[neg + self.num_users]
+        return (e_u * e_p).sum(-1), (e_u.unsqueeze(1) * e_n).sum(-1)
+
+    def score_function(self) -> ScoreFn:
+        out = self.propagate()
+        item = out[self.num_users:]
+        return lambda users: out[users] @ item.t()
+
+
+class MLPRecommender(Recommender):
+    r"""An MLP scorer (:class:`~pyg_cerp.nn.MLPScorer`) as a recommender,
+    :math:`\hat{y}_{ui} = \mathrm{MLP}([\mathbf{e}_u \,\|\,
+    \mathbf{e}_{N_U + i}])`.
+
+    Args:
+        scorer (pyg_cerp.nn.MLPScorer): The scorer.
+    """
+    def __init__(self, scorer: Module) -> None:
+        super().__init__(scorer.num_users, scorer.num_items)
+        self.scorer = scorer
+
+    @property
+    def embedding(self) -> Module:
+        return self.scorer.embedding
+
+    def reset_parameters(self) -> None:
+        self.scorer.reset_parameters()
+
+    def scores(self, users: Tensor, pos: Tensor, neg: Tensor):
+        return self.scorer(users, pos), self.scorer(users.unsqueeze(-1), neg)
+
+    def score_function(self) -> ScoreFn:
+        return self.scorer.score_all

@@ -1,0 +1,473 @@
+r"""The pruning schedule of CERP: the regulariser weight :math:`\gamma` and
+mask snapshots at memory targets."""
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+Masks = Union[Tensor, Sequence[Tensor]]
+
+
+class TargetNotReachedWarning(UserWarning):
+    r"""Raised (as a warning) when phase 1 ends before a memory target was
+    reached."""
+
+
+class TargetNotReachedError(RuntimeError):
+    r"""Raised by :meth:`PruningScheduler.check_complete` with
+    :obj:`strict=True` when a memory target was not reached."""
+
+
+@dataclass
+class MaskSnapshot:
+    r"""The non-zero pattern of the embedding the first time a memory target
+    was reached.
+
+    Args:
+        target (float): The target, in the scheduler's unit.
+        masks (torch.Tensor or Sequence[torch.Tensor]): What
+            :meth:`embedding.masks()` returned.
+        step (int): The number of optimisation steps taken when it was taken.
+        epoch (int): The (0-based) epoch it was taken in.
+        density (float): The density (in the scheduler's unit) at that point,
+            :math:`\leq` :obj:`target`.
+        full_fraction (float): The non-zeros over :math:`Nd` at that point.
+    """
+    target: float
+    masks: Masks
+    step: int
+    epoch: int
+    density: float
+    full_fraction: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        masks = (self.masks if isinstance(self.masks, Tensor) else list(
+            self.masks))
+        return dict(target=self.target, masks=masks, step=self.step,
+                    epoch=self.epoch, density=self.density,
+                    full_fraction=self.full_fraction)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> 'MaskSnapshot':
+        masks = d['masks']
+        masks = masks if isinstance(masks, Tensor) else tuple(masks)
+        return cls(float(d['target']), masks, int(d['step']), int(d['epoch']),
+                   float(d['density']), float(d['full_fraction']))
+
+
+@dataclass
+class PruningOutcome:
+    r"""What phase 1 achieved (see :meth:`PruningScheduler.outcome`).
+
+    Args:
+        reached (List[float]): The targets with a snapshot.
+        missing (List[float]): The targets never reached.
+        density (float): The current density (scheduler unit).
+        min_density (float): The lowest density seen.
+        steps (int): Optimisation steps taken.
+        epochs (int): Epochs completed.
+        message (str): A human-readable summary with advice for missing
+            targets.
+    """
+    reached: List[float]
+    missing: List[float]
+    density: float
+    min_density: float
+    steps: int
+    epochs: int
+    message: str = field(default='')
+
+    @property
+    def complete(self) -> bool:
+        r"""Whether every target was reached."""
+        return not self.missing
+
+
+class PruningScheduler:
+    r"""Drives the pruning phase (phase 1) of CERP for any *prunable*
+    embedding.
+
+    The training loop calls :meth:`on_train_start` once, :meth:`step` after
+    every optimiser step and :meth:`on_epoch_end` after every epoch, and adds
+    :meth:`regularizer` to its loss. The scheduler
+
+    * weights the pruning regulariser with
+
+      .. math::
+          \gamma_t = \gamma_0 \cdot \rho^{\lfloor t / T \rfloor}
+
+      for epoch :math:`t`, initial weight :math:`\gamma_0`
+      (:obj:`gamma_init`), decay :math:`\rho` (:obj:`gamma_decay`,
+      :obj:`1.0` for a constant weight) and period :math:`T`
+      (:obj:`gamma_decay_every`);
+    * measures the memory of the embedding every :obj:`check_every` steps (it
+      falls *within* epochs) and, the first time it is at or below a target,
+      snapshots the non-zero masks (:class:`MaskSnapshot`); the weights to
+      rewind to in phase 2 (lottery ticket) are captured in
+      :meth:`on_train_start`;
+    * reports :attr:`done` once every target is reached, so that pruning can
+      stop, and :meth:`outcome` / :meth:`check_complete` otherwise.
+
+    The density is measured in :obj:`target_unit`:
+
+    * :obj:`'full'`: non-zeros over :math:`Nd`, the size of the full
+      embedding table (:obj:`0.1` means "10% of the memory of
+      :class:`torch.nn.Embedding`");
+    * :obj:`'meta'`: non-zeros over the prunable parameters (:math:`2bd` for
+      CERP), *i.e.*, :math:`1 - \textrm{sparsity}` in the paper.
+
+    A *prunable* embedding provides :meth:`num_nonzero`,
+    :attr:`num_full_params`, :meth:`masks`, :meth:`freeze_masks` and
+    :meth:`initial_state`, and optionally :attr:`num_meta_params` (needed for
+    :obj:`target_unit='meta'`) and :meth:`pruning_loss` (without it,
+    :meth:`regularizer` returns :obj:`None`), *e.g.*,
+    :class:`~pyg_cerp.nn.CompositionalEmbedding`.
+
+    Args:
+        embedding (torch.nn.Module): The prunable embedding.
+        targets (Sequence[float]): The memory targets in :math:`(0, 1)`, in
+            any order (sorted from largest to smallest internally).
+            (default: :obj:`(0.10, 0.05, 0.01)`)
+        target_unit (str, optional): :obj:`'full'` or :obj:`'meta'`.
+            (default: :obj:`'full'`)
+        gamma_init (float, optional): :math:`\gamma_0`. (default: :obj:`1.0`)
+        gamma_decay (float, optional): :math:`\rho \in [0, 1]`.
+            (default: :obj:`0.5`)
+        gamma_decay_every (int, optional): :math:`T`, in epochs.
+            (default: :obj:`1`)
+        check_every (int, optional): Measure the density every this many
+            steps. (default: :obj:`1`)
+        capture_initial_state (bool, optional): Capture the rewind weights at
+            construction already (they are re-captured by
+            :meth:`on_train_start` before the first step).
+            (default: :obj:`True`)
+        threshold_drive (float, optional): If positive, :meth:`regularizer`
+            also adds :math:`-c \sum \mathbf{S}` over the embedding's
+            threshold parameters (names containing :obj:`'threshold'`): a
+            constant push that, under Adam, raises every threshold logit by
+            about its learning rate per step *without* the saturation at
+            :math:`\sigma(0) = 0.5` that weight decay on :math:`\mathbf{S}`
+            has. (default: :obj:`0.`)
+    """
+    def __init__(
+        self,
+        embedding: Module,
+        targets: Sequence[float] = (0.10, 0.05, 0.01),
+        target_unit: str = 'full',
+        gamma_init: float = 1.0,
+        gamma_decay: float = 0.5,
+        gamma_decay_every: int = 1,
+        check_every: int = 1,
+        capture_initial_state: bool = True,
+        threshold_drive: float = 0.,
+    ) -> None:
+        for name in ('num_nonzero', 'masks', 'freeze_masks', 'initial_state'):
+            if not callable(getattr(embedding, name, None)):
+                raise TypeError(
+                    f"'{type(embedding).__name__}' is not prunable: it lacks "
+                    f"the method '{name}()'")
+        if not hasattr(embedding, 'num_full_params'):
+            raise TypeError(f"'{type(embedding).__name__}' is not prunable: "
+                            f"it lacks 'num_full_params'")
+        if target_unit not in ('full', 'meta'):
+            raise ValueError(f"'target_unit' must be 'full' or 'meta' "
+                             f"(got {target_unit!r})")
+        if target_unit == 'meta' and not hasattr(embedding, 'num_meta_params'):
+            raise ValueError(
+                f"target_unit='meta' needs 'num_meta_params', which "
+                f"'{type(embedding).__name__}' lacks; use target_unit='full'")
+        if isinstance(targets, (int, float)):
+            targets = [targets]
+        targets = [float(t) for t in targets]
+        if len(targets) == 0:
+            raise ValueError("'targets' must not be empty")
+        for t in targets:
+            if not (0. < t < 1.) or math.isnan(t):
+                raise ValueError(
+                    f"Memory target {t} is not in (0, 1): targets are "
+                    f"fractions ({target_unit!r} unit), e.g. 0.1 for 10%")
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"'targets' holds duplicates (got {targets})")
+        if gamma_init < 0:
+            raise ValueError(f"'gamma_init' must be >= 0 (got {gamma_init})")
+        if not 0. <= gamma_decay <= 1.:
+            raise ValueError(f"'gamma_decay' must be in [0, 1] "
+                             f"(got {gamma_decay})")
+        if int(gamma_decay_every) < 1:
+            raise ValueError(f"'gamma_decay_every' must be >= 1 "
+                             f"(got {gamma_decay_every})")
+        if threshold_drive < 0:
+            raise ValueError(f"'threshold_drive' must be >= 0 "
+                             f"(got {threshold_drive})")
+        if int(check_every) < 1:
+            raise ValueError(f"'check_every' must be >= 1 "
+                             f"(got {check_every})")
+
+        self.embedding = embedding
+        self.targets: List[float] = sorted(targets, reverse=True)
+        self.target_unit = target_unit
+        self.gamma_init = float(gamma_init)
+        self.gamma_decay = float(gamma_decay)
+        self.gamma_decay_every = int(gamma_decay_every)
+        self.check_every = int(check_every)
+        self.threshold_drive = float(threshold_drive)
+        self._thresholds = [
+            p for n, p in embedding.named_parameters()
+            if 'threshold' in n.split('.')[-1]
+        ]
+
+        self.num_steps = 0
+        self.epoch = 0
+        self.snapshots: Dict[float, MaskSnapshot] = {}
+        self.initial_weights: Optional[Dict[str, Tensor]] = None
+        self.start_density: Optional[float] = None
+        self.min_density = float('inf')
+        self.last_density = float('nan')
+        if capture_initial_state:
+            self.initial_weights = self._capture()
+
+    # Measuring ###############################################################
+
+    def _capture(self) -> Dict[str, Tensor]:
+        return {k: v.detach().clone()
+                for k, v in self.embedding.initial_state().items()}
+
+    @property
+    def denominator(self) -> int:
+        r"""The number of values a density of :obj:`1.0` stands for."""
+        if self.target_unit == 'meta':
+            return int(self.embedding.num_meta_params)
+        return int(self.embedding.num_full_params)
+
+    def density(self) -> float:
+        r"""The current non-zeros of the embedding in :obj:`target_unit`."""
+        return int(self.embedding.num_nonzero()) / self.denominator
+
+    def full_fraction(self) -> float:
+        r"""The current non-zeros over the full-table size :math:`Nd`."""
+        return int(self.embedding.num_nonzero()) / int(
+            self.embedding.num_full_params)
+
+    def to_full(self, density: float) -> float:
+        r"""Converts a density in :obj:`target_unit` to a full-table
+        fraction."""
+        return density * self.denominator / int(self.embedding.num_full_params)
+
+    @property
+    def gamma(self) -> float:
+        r"""The regulariser weight :math:`\gamma` of the current epoch."""
+        return self.gamma_init * self.gamma_decay**(self.epoch //
+                                                    self.gamma_decay_every)
+
+    @property
+    def pending(self) -> List[float]:
+        r"""The targets not reached yet, largest first."""
+        return [t for t in self.targets if t not in self.snapshots]
+
+    @property
+    def done(self) -> bool:
+        r"""Whether every target has a snapshot (pruning can stop)."""
+        return not self.pending
+
+    # Hooks ###################################################################
+
+    def on_train_start(self) -> List[float]:
+        r"""Captures the rewind weights (unless resuming after some steps)
+        and snapshots, with a warning, the targets the embedding already meets
+        before training (*e.g.*, a 10% full-table target when the meta tables
+        hold less than 10% of :math:`Nd` from the start).
+
+        Returns:
+            The targets reached at step 0.
+        """
+        if self.num_steps == 0:
+            self.initial_weights = self._capture()
+            self.start_density = self.density()
+            new = self._check()
+            if new:
+                warnings.warn(
+                    f"Memory target(s) {new} ({self.target_unit!r} unit) are "
+                    f"already met before training: the embedding starts at a "
+                    f"density of {self.start_density:.4g}. They are "
+                    f"snapshot at step 0 (the unpruned masks); choose "
+                    f"targets below {self.start_density:.4g} or a larger "
+                    f"bucket size to actually prune.", UserWarning,
+                    stacklevel=2)
+            return new
+        return []
+
+    @torch.no_grad()
+    def _check(self) -> List[float]:
+        density = self.density()
+        self.last_density = density
+        self.min_density = min(self.min_density, density)
+        new = [t for t in self.pending if density <= t]
+        if new:
+            masks = self.embedding.masks()
+            masks = (masks.clone() if isinstance(masks, Tensor) else tuple(
+                m.clone() for m in masks))
+            full = self.full_fraction()
+            for t in new:
+                self.snapshots[t] = MaskSnapshot(t, masks, self.num_steps,
+                                                 self.epoch, density, full)
+        return new
+
+    def step(self) -> List[float]:
+        r"""Call after every optimiser step of phase 1.
+
+        Returns:
+            The targets newly reached at this step (usually empty).
+        """
+        self.num_steps += 1
+        if self.done or self.num_steps % self.check_every != 0:
+            return []
+        return self._check()
+
+    def on_epoch_end(self) -> List[float]:
+        r"""Call after every epoch of phase 1: checks the density (even if
+        :obj:`check_every` does not divide the step count) and advances the
+        :math:`\gamma` schedule.
+
+        Returns:
+            The targets newly reached.
+        """
+        new = [] if self.done else self._check()
+        self.epoch += 1
+        return new
+
+    def regularizer(self, index: Optional[Tensor] = None) -> Optional[Tensor]:
+        r"""The weighted regulariser :math:`\gamma_t \cdot
+        \mathcal{L}_{\textrm{prune}}` over the entities in :obj:`index`
+        (plus the threshold drive, if any), or :obj:`None` if there is
+        nothing to add (:math:`\gamma_t = 0` or no :meth:`pruning_loss`,
+        and no drive) or every target is reached.
+
+        Args:
+            index (torch.Tensor, optional): Global entity ids of the batch.
+        """
+        if self.done:
+            return None
+        out = None
+        gamma = self.gamma
+        fn = getattr(self.embedding, 'pruning_loss', None)
+        if gamma != 0. and fn is not None:
+            out = gamma * fn(index)
+        if self.threshold_drive > 0 and self._thresholds:
+            drive = -self.threshold_drive * sum(
+                p.sum() for p in self._thresholds if p.requires_grad)
+            out = drive if out is None else out + drive
+        return out
+
+    # Results #################################################################
+
+    def outcome(self) -> PruningOutcome:
+        r"""Summarises phase 1: which targets were reached (with any
+        overshoot) and, for the missing ones, how far the density got and what
+        to try."""
+        reached = [t for t in self.targets if t in self.snapshots]
+        missing = self.pending
+        unit = 'of the full table' if self.target_unit == 'full' else \
+            'meta-table density'
+        lines = []
+        for t in reached:
+            s = self.snapshots[t]
+            lines.append(f"target {t:.4g} ({unit}) reached at step {s.step} "
+                         f"(epoch {s.epoch}) with density {s.density:.4g}")
+        density = self.last_density
+        if math.isnan(density):
+            density = self.density()
+        for t in missing:
+            lines.append(
+                f"target {t:.4g} ({unit}) NOT reached in {self.epoch} epochs"
+                f" ({self.num_steps} steps): the density only fell to "
+                f"{self.min_density:.4g} (now {density:.4g}). Try a larger "
+                f"threshold learning rate, a less negative 'threshold_init' "
+                f"or more pruning epochs.")
+        return PruningOutcome(reached, missing, density, self.min_density,
+                              self.num_steps, self.epoch, '\n'.join(lines))
+
+    def check_complete(self, strict: bool = False) -> PruningOutcome:
+        r"""Returns :meth:`outcome` and warns
+        (:class:`TargetNotReachedWarning`), or raises
+        (:class:`TargetNotReachedError`) if :obj:`strict`, when a target is
+        missing."""
+        out = self.outcome()
+        if not out.complete:
+            if strict:
+                raise TargetNotReachedError(out.message)
+            warnings.warn(out.message, TargetNotReachedWarning, stacklevel=2)
+        return out
+
+    def freeze(self, target: float, rewind: bool = True) -> None:
+        r"""Freezes the embedding to the snapshot of :obj:`target`.
+
+        Args:
+            target (float): A reached target.
+            rewind (bool, optional): Rewind the values to the initial weights
+                (lottery ticket, two-phase CERP); otherwise keep the current
+                values (one-phase variant). (default: :obj:`True`)
+        """
+        target = float(target)
+        if target not in self.snapshots:
+            raise KeyError(f"Target {target} has no snapshot (reached: "
+                           f"{sorted(self.snapshots, reverse=True)})")
+        rewind_to = self.initial_weights if rewind else None
+        if rewind and rewind_to is None:
+            raise RuntimeError("No initial weights were captured to rewind "
+                               "to; call 'on_train_start()' first")
+        self.embedding.freeze_masks(self.snapshots[target].masks,
+                                    rewind_to=rewind_to)
+
+    # Serialisation ###########################################################
+
+    def state_dict(self) -> Dict[str, Any]:
+        r"""The schedule state as plain numbers, strings, lists and tensors
+        (loadable with :obj:`torch.load(..., weights_only=True)`)."""
+        return dict(
+            targets=list(self.targets),
+            target_unit=self.target_unit,
+            gamma_init=self.gamma_init,
+            gamma_decay=self.gamma_decay,
+            gamma_decay_every=self.gamma_decay_every,
+            check_every=self.check_every,
+            threshold_drive=self.threshold_drive,
+            num_steps=self.num_steps,
+            epoch=self.epoch,
+            start_density=self.start_density,
+            min_density=self.min_density,
+            last_density=self.last_density,
+            initial_weights=self.initial_weights,
+            snapshots=[s.to_dict() for s in self.snapshots.values()],
+        )
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        r"""Restores a :meth:`state_dict` (the targets and unit must match)."""
+        targets = sorted((float(t) for t in state['targets']), reverse=True)
+        if targets != self.targets or state['target_unit'] != \
+                self.target_unit:
+            raise ValueError(
+                f"Cannot load a schedule for targets {targets} "
+                f"({state['target_unit']!r}) into one for {self.targets} "
+                f"({self.target_unit!r})")
+        for key in ('gamma_init', 'gamma_decay', 'min_density',
+                    'last_density', 'threshold_drive'):
+            setattr(self, key, float(state[key]))
+        for key in ('gamma_decay_every', 'check_every', 'num_steps', 'epoch'):
+            setattr(self, key, int(state[key]))
+        self.start_density = (None if state['start_density'] is None else
+                              float(state['start_density']))
+        self.initial_weights = state['initial_weights']
+        self.snapshots = {}
+        for d in state['snapshots']:
+            s = MaskSnapshot.from_dict(d)
+            self.snapshots[s.target] = s
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(targets={self.targets}, '
+                f'unit={self.target_unit!r}, gamma={self.gamma:.4g}, '
+                f'epoch={self.epoch}, steps={self.num_steps}, '
+                f'reached={sorted(self.snapshots, reverse=True)})')

@@ -1,0 +1,171 @@
+import pytest
+import torch
+from torch_geometric.nn.models import LightGCN
+
+from pyg_cerp.nn import CompositionalEmbedding, MLPScorer
+from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
+                            LightGCNRecommender, MLPRecommender, bpr_loss,
+                            evaluate, make_optimizer, make_sampler,
+                            train_epoch)
+from pyg_cerp.train._compat import lightgcn_adjacency, \
+    use_symmetric_propagation
+
+
+def block_data(num_users=60, num_items=80, groups=4, seed=0) -> Interactions:
+    r"""Users of group g like (a random half of) the items of group g."""
+    gen = torch.Generator().manual_seed(seed)
+    train, test = [], []
+    for u in range(num_users):
+        g = u % groups
+        items = torch.arange(g, num_items, groups)
+        items = items[torch.randperm(items.numel(), generator=gen)]
+        liked = items[:items.numel() // 2]
+        for k, i in enumerate(liked.tolist()):
+            (test if k % 4 == 0 else train).append((u, i))
+    return Interactions(torch.tensor(train).t(), torch.tensor(test).t(),
+                        num_users, num_items)
+
+
+def lightgcn_builder(data: Interactions, dim: int):
+    adj = lightgcn_adjacency(data.train, data.num_users, data.num_items)
+
+    def build(embedding):
+        model = LightGCN(data.num_users + data.num_items, dim, 2,
+                         normalize=False)
+        use_symmetric_propagation(model)
+        model.embedding = embedding
+        model.reset_parameters()
+        return LightGCNRecommender(model, adj, data.num_users, data.num_items)
+
+    return build
+
+
+def test_bpr_loss():
+    pos = torch.tensor([2.0, 0.0])
+    neg = torch.tensor([[0.0, 2.0], [0.0, 0.0]])
+    expected = torch.nn.functional.softplus(
+        torch.tensor([-2.0, 0.0, 0.0, 0.0])).mean()
+    assert torch.allclose(bpr_loss(pos, neg), expected)
+    assert torch.allclose(bpr_loss(pos, neg[:, 0]),
+                          torch.nn.functional.softplus(-pos).mean())
+    with pytest.raises(ValueError, match='rows'):
+        bpr_loss(pos, neg[:1])
+
+
+def test_make_optimizer_groups():
+    emb = CompositionalEmbedding(50, 4, 10)
+    opt = make_optimizer(emb, lr=1e-3, weight_decay=1e-5, threshold_lr=0.1,
+                         threshold_weight_decay=1e-3)
+    assert len(opt.param_groups) == 2
+    values, thresholds = opt.param_groups
+    assert {id(p) for p in thresholds['params']} == {
+        id(emb.threshold_P), id(emb.threshold_Q)}
+    assert thresholds['lr'] == 0.1 and thresholds['weight_decay'] == 1e-3
+    assert values['lr'] == 1e-3 and values['weight_decay'] == 1e-5
+    # Threshold-lr sets the pruning speed: S rises by ~lr per step.
+    emb.P.requires_grad_(False)
+    emb.Q.requires_grad_(False)
+    for _ in range(5):
+        opt.zero_grad()
+        emb.pruning_loss(torch.arange(50)).backward()
+        opt.step()
+    assert float(emb.threshold_P.detach().mean()) == pytest.approx(-100 + 0.5,
+                                                          abs=1e-3)
+
+
+@pytest.mark.parametrize('backbone', ['lightgcn', 'mlp'])
+def test_training_learns(backbone):
+    torch.manual_seed(0)
+    data = block_data()
+    n = data.num_users + data.num_items
+    if backbone == 'lightgcn':
+        model = lightgcn_builder(data, 16)(torch.nn.Embedding(n, 16))
+    else:
+        model = MLPRecommender(
+            MLPScorer(data.num_users, data.num_items,
+                      torch.nn.Embedding(n, 16), hidden_channels=[32]))
+    before = evaluate(model, data.train, data.test, ks=(5, 10))
+    sampler = make_sampler(data.train, data.num_users, data.num_items, 5,
+                           64, seed=0)
+    opt = make_optimizer(model, lr=2e-2)
+    losses = [train_epoch(model, opt, sampler, e)['loss'] for e in range(8)]
+    after = evaluate(model, data.train, data.test, ks=(5, 10))
+    assert losses[-1] < losses[0] - 0.1
+    assert after['recall@10'] > before['recall@10'] + 0.1
+    assert set(after) == {'recall@5', 'recall@10', 'ndcg@5', 'ndcg@10'}
+
+
+def small_config(**kwargs) -> CERPConfig:
+    values = dict(dim=8, bucket_size=20, threshold_init=-4.,
+                  targets=(0.2, 0.1), baseline_epochs=2, prune_epochs=8,
+                  retrain_epochs=2, finetune_epochs=1, batch_size=64,
+                  lr=1e-2, threshold_lr=0.2, threshold_weight_decay=1e-2,
+                  gamma_init=0.1, ks=(10, ))
+    values.update(kwargs)
+    return CERPConfig(**values)
+
+
+def make_runner(config, data, out_dir=None, logs=None):
+    return CERPRunner(
+        config, data, lightgcn_builder(data, config.dim),
+        lambda seed: make_sampler(data.train, data.num_users, data.num_items,
+                                  config.num_negatives, config.batch_size,
+                                  seed), out_dir=out_dir,
+        log=(logs.append if logs is not None else lambda s: None))
+
+
+def test_runner_two_phase_procedure():
+    data = block_data()
+    logs = []
+    state = make_runner(small_config(), data, logs=logs).run()
+    assert state['finished']
+    prune = state['prune']
+    assert prune['reached'] == [0.2, 0.1] and prune['missing'] == []
+    assert set(state['results']) == {
+        'full', 'retrain@0.2', 'retrain@0.1', 'finetune@0.2',
+        'finetune@0.1'
+    }
+    # The retrained models keep the snapshot's memory: at most the target.
+    for t in (0.2, 0.1):
+        for mode in ('retrain', 'finetune'):
+            res = state['results'][f'{mode}@{t:g}']
+            assert res['full_fraction'] <= t
+            assert 0 <= res['recall@10'] <= 1
+    assert state['results']['full']['full_fraction'] == 1.0
+    # Phase 1 stopped as soon as the last target was reached.
+    prune_epochs = [h for h in state['history'] if h['stage'] == 'prune']
+    assert len(prune_epochs) < 8
+    assert any('target 0.1 reached' in line for line in logs)
+
+
+def test_runner_reports_unreached_targets():
+    data = block_data()
+    config = small_config(threshold_lr=1e-4, prune_epochs=1,
+                          baseline_epochs=0, retrain_epochs=1,
+                          finetune_epochs=0, targets=(0.5, 0.01))
+    with pytest.warns(UserWarning, match='0.01.*NOT reached'):
+        state = make_runner(config, data).run()
+    assert state['prune']['missing'] == [0.01]
+    assert list(state['results']) == ['retrain@0.5']
+
+
+def test_runner_resume_is_exact(tmp_path):
+    data = block_data()
+    config = small_config(finetune_epochs=0)
+    straight = make_runner(config, data).run()
+    # Interrupt twice: inside the baseline and inside phase 1.
+    part = make_runner(config, data, out_dir=str(tmp_path)).run(stop_after=1)
+    assert not part['finished']
+    part = make_runner(config, data, out_dir=str(tmp_path)).run(
+        resume=True, stop_after=2)
+    assert not part['finished'] and part['current']['stage'] == 'prune'
+    resumed = make_runner(config, data, out_dir=str(tmp_path)).run(
+        resume=True)
+    assert resumed['finished']
+    assert resumed['results'].keys() == straight['results'].keys()
+    for name, res in straight['results'].items():
+        for key in ('recall@10', 'ndcg@10', 'nonzero'):
+            assert resumed['results'][name][key] == res[key], (name, key)
+    with pytest.raises(ValueError, match='another configuration'):
+        make_runner(small_config(lr=0.5), data,
+                    out_dir=str(tmp_path)).run(resume=True)
