@@ -901,6 +901,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='Overwrite the CSV instead of resuming')
     parser.add_argument('--progress', action='store_true',
                         help='Per-epoch tqdm bars of the pipeline')
+    parser.add_argument('--report-only', action='store_true',
+                        help='Train nothing: rewrite the markdown table and '
+                        'the plot from the CSV (e.g. after an interrupted '
+                        'run)')
     args = parser.parse_args(argv)
     base = PROFILES[args.profile]
     overrides = {k: v for k, v in dict(
@@ -948,6 +952,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         bench = Benchmark(args, profile, backbone, data, commit)
         log_path = osp.join(args.out, stem + '.log')
         todo = [j for j in jobs if not table.done(j, profile.name)]
+        if args.report_only:
+            todo = []
         if len(todo) < len(jobs):
             print(f'{backbone}: {len(jobs) - len(todo)} job(s) already in '
                   f'{csv_path}, skipped', flush=True)
