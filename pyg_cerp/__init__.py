@@ -1,17 +1,20 @@
 r"""pyg-cerp: compact compositional embeddings via regularized pruning (CERP)
 for PyTorch Geometric recommenders."""
-from .nn import (CompositionalEmbedding, MLPScorer, SymmetricLGConv,
+from .nn import (CompactEmbedding, CompositionalEmbedding, MLPScorer, SymmetricLGConv,
                  use_symmetric_propagation)
 
 from .datasets import Gowalla, LightGCNDataset, Yelp2020
 from .metrics import RankingEvaluator, ranking_metrics, ranking_metrics_from_scores
 from .sampling import BPRSampler
 
+from . import serving
+
 __version__ = '0.1.0'
 
 __all__ = [
     'CompositionalEmbedding',
     'MLPScorer',
+    'CompactEmbedding',
     'SymmetricLGConv',
     'use_symmetric_propagation',
     'LightGCNDataset',

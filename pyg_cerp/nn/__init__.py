@@ -1,6 +1,7 @@
 r"""Embedding modules and scorers."""
 from .compositional import (ComposedWeight, CompositionalEmbedding,
                             soft_threshold)
+from .compact import CompactEmbedding, CompressedTable, DenseTable, FormatError
 from .mlp import MLPScorer
 from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
                           is_symmetric, symmetric_lightgcn_propagation,
@@ -11,6 +12,10 @@ __all__ = [
     'ComposedWeight',
     'soft_threshold',
     'MLPScorer',
+    'CompactEmbedding',
+    'CompressedTable',
+    'DenseTable',
+    'FormatError',
     'SymmetricLGConv',
     'SymmetricSpMM',
     'symmetric_spmm',

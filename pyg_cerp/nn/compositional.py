@@ -2,13 +2,16 @@ r"""Compositional embeddings with learnable soft-threshold pruning (CERP)."""
 import math
 import warnings
 import weakref
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pyg_cerp.utils.validation import check_index
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyg_cerp.nn.compact import CompactEmbedding
 
 # In-place initialisers that mean "re-initialise this embedding". PyG's
 # ``LightGCN.reset_parameters()`` calls ``xavier_uniform_(embedding.weight)``,
@@ -466,6 +469,33 @@ class CompositionalEmbedding(Module):
         r"""Non-zeros over :math:`Nd`: the memory (in values) relative to the
         full :math:`N \times d` table, as users budget it."""
         return self.num_nonzero() / self.num_full_params
+
+    # Export ##################################################################
+
+    def to_compact(self, dtype: torch.dtype = torch.float32,
+                   layout: str = 'auto',
+                   decode: str = 'cache') -> 'CompactEmbedding':
+        r"""Exports the pruned embedding to an inference-only
+        :class:`~pyg_cerp.nn.compact.CompactEmbedding` that stores only the
+        non-zero values of :math:`\hat{\mathbf{P}}` and of the used rows of
+        :math:`\hat{\mathbf{Q}}` (see there for the layouts and precisions).
+
+        Args:
+            dtype (torch.dtype or str, optional): The value precision:
+                :obj:`torch.float32`, :obj:`torch.float16` or
+                :obj:`torch.int8` (per-row absmax scales).
+                (default: :obj:`torch.float32`)
+            layout (str, optional): :obj:`'csr'`, :obj:`'bitmap'` or
+                :obj:`'auto'` (the smaller one, per table).
+                (default: :obj:`'auto'`)
+            decode (str, optional): :obj:`'cache'` (decode to dense tables
+                once) or :obj:`'lookup'` (decode per call).
+                (default: :obj:`'cache'`)
+        """
+        from pyg_cerp.nn.compact import CompactEmbedding
+        return CompactEmbedding.from_compositional(self, dtype=dtype,
+                                                   layout=layout,
+                                                   decode=decode)
 
     # Serialisation ###########################################################
 
