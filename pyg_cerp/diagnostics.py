@@ -1,0 +1,193 @@
+r"""Diagnostics of compositional embeddings: how often the two pruned meta
+rows of an entity are zero at the same dimension (overlap), and how evenly
+the hash functions spread the entities over the meta rows (balance)."""
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from pyg_cerp.utils.validation import check_index
+
+
+@dataclass(frozen=True)
+class OverlapStats:
+    r"""The overlap of the zero patterns of the two pruned meta tables.
+
+    Args:
+        mean (float): The mean over entities of the fraction of dimensions
+            at which *both* meta rows of the entity are zero (such a
+            dimension is zero in the composed embedding: the two tables
+            failed to complement each other there).
+        zero_p (float): The fraction of zeros of :math:`\hat{\mathbf{P}}`,
+            averaged over the entities' rows (rows weighted by use).
+        zero_q (float): Likewise for :math:`\hat{\mathbf{Q}}`.
+        independent (float): The overlap expected if the two zero patterns
+            were independent, the mean over entities of the product of the
+            row zero fractions; :obj:`mean` below it means the patterns are
+            complementary.
+        composed_zero (float): The fraction of exact zeros in the composed
+            embeddings (at least :obj:`mean`; equal unless a non-zero
+            :math:`P` entry cancels a non-zero :math:`Q` entry exactly).
+    """
+    mean: float
+    zero_p: float
+    zero_q: float
+    independent: float
+    composed_zero: float
+
+
+def _pruned_pair(module: Module) -> Tuple[Tensor, Tensor]:
+    if not hasattr(module, 'pruned_tables') or \
+            not hasattr(module, 'hash_index'):
+        raise TypeError(f"Overlap needs a compositional embedding with "
+                        f"'pruned_tables()' and 'hash_index()' (got "
+                        f"{type(module).__name__})")
+    p_hat, q_hat = module.pruned_tables()
+    return p_hat.detach(), q_hat.detach()
+
+
+@torch.no_grad()
+def overlap_per_entity(module: Module,
+                       index: Optional[Tensor] = None) -> Tensor:
+    r"""The per-entity overlap rate
+
+    .. math::
+        o_k = \frac{1}{d} \sum_{j=1}^d
+        \mathbb{1}[\hat{P}_{h_P(k), j} = 0 \,\wedge\, \hat{Q}_{h_Q(k), j} = 0]
+
+    of a :class:`~pyg_cerp.nn.CompositionalEmbedding`.
+
+    Args:
+        module (torch.nn.Module): The compositional embedding.
+        index (torch.Tensor, optional): The entity ids. If :obj:`None`, all
+            :math:`N`. (default: :obj:`None`)
+
+    Returns:
+        A float tensor of the shape of :obj:`index` (or :obj:`[N]`).
+    """
+    p_hat, q_hat = _pruned_pair(module)
+    if index is None:
+        index = torch.arange(module.num_embeddings, device=p_hat.device)
+    else:
+        check_index(index, module.num_embeddings, 'index')
+    p_row, q_row = module.hash_index(index)
+    both = (p_hat[p_row] == 0) & (q_hat[q_row] == 0)
+    return both.float().mean(dim=-1)
+
+
+@torch.no_grad()
+def overlap_rate(module: Module) -> OverlapStats:
+    r"""The overlap statistics of a compositional embedding over all its
+    entities (see :class:`OverlapStats` and :func:`overlap_per_entity`).
+
+    Args:
+        module (torch.nn.Module): The compositional embedding.
+    """
+    p_hat, q_hat = _pruned_pair(module)
+    index = torch.arange(module.num_embeddings, device=p_hat.device)
+    p_row, q_row = module.hash_index(index)
+    zp = (p_hat == 0).float()[p_row]
+    zq = (q_hat == 0).float()[q_row]
+    composed = p_hat[p_row] + q_hat[q_row]
+    return OverlapStats(
+        mean=float((zp * zq).mean()),
+        zero_p=float(zp.mean()),
+        zero_q=float(zq.mean()),
+        independent=float((zp.mean(dim=1) * zq.mean(dim=1)).mean()),
+        composed_zero=float((composed == 0).float().mean()),
+    )
+
+
+@dataclass(frozen=True)
+class TableBalance:
+    r"""How often each row of one hashed table is used.
+
+    Args:
+        name (str): The table.
+        rows (int): The number of rows of the table.
+        histogram (Dict[int, int]): Reuse count :math:`\to` number of rows
+            with that count (count :obj:`0` = unused rows).
+        expected (Tuple[int, int]): :math:`(\lfloor N/r \rfloor,
+            \lceil N/r \rceil)`, the counts of a perfectly balanced hash.
+        balanced (bool): Whether every row is used
+            :math:`\lfloor N/r \rfloor` or :math:`\lceil N/r \rceil` times.
+    """
+    name: str
+    rows: int
+    histogram: Dict[int, int]
+    expected: Tuple[int, int]
+    balanced: bool
+
+    @property
+    def unused(self) -> int:
+        r"""The number of rows no entity uses."""
+        return self.histogram.get(0, 0)
+
+    @property
+    def max_count(self) -> int:
+        r"""The largest reuse count."""
+        return max(self.histogram)
+
+    @property
+    def min_used_count(self) -> int:
+        r"""The smallest reuse count among used rows."""
+        return min(c for c in self.histogram if c > 0)
+
+    def summary(self) -> str:
+        r"""A one-line description."""
+        hist = ', '.join(f'{c}x:{r}' for c, r in sorted(self.histogram.items()))
+        return (f'{self.name}: {self.rows} rows, expected counts '
+                f'{self.expected[0]}/{self.expected[1]}, '
+                f'{"balanced" if self.balanced else "NOT balanced"} '
+                f'(count:rows {hist})')
+
+
+def _table_rows(module: Module) -> List[Tuple[str, int]]:
+    name = type(module).__name__
+    if hasattr(module, 'bucket_size') and hasattr(module, 'rows_per_q'):
+        return [('P', module.bucket_size), ('Q', module.bucket_size)]
+    if hasattr(module, 'num_remainder'):
+        return [('R', module.num_remainder), ('Q', module.num_quotient)]
+    if hasattr(module, 'num_buckets'):
+        return [('W', module.num_buckets)]
+    raise TypeError(f"Hash balance needs a hashed embedding "
+                    f"(CompositionalEmbedding, QREmbedding or HashEmbedding; "
+                    f"got {name})")
+
+
+@torch.no_grad()
+def hash_balance(module: Module) -> List[TableBalance]:
+    r"""The reuse counts of the rows of each hashed table of
+    :obj:`module`, computed from its actual :meth:`hash_index` over all
+    :math:`N` entities.
+
+    For :class:`~pyg_cerp.nn.CompositionalEmbedding`, :math:`h_P(k) = k
+    \bmod b` uses every row :math:`\lfloor N/b \rfloor` or
+    :math:`\lceil N/b \rceil` times, but :math:`h_Q(k) = \lfloor k /
+    \lceil N/b \rceil \rfloor` fills rows with :math:`\lceil N/b \rceil`
+    consecutive entities each, so the last used row can hold fewer and the
+    rows after it stay unused (:math:`b - \lceil N / \lceil N/b \rceil
+    \rceil` of them): :obj:`balanced` reports which is the case.
+
+    Args:
+        module (torch.nn.Module): A :class:`CompositionalEmbedding`,
+            :class:`QREmbedding` or :class:`HashEmbedding`.
+    """
+    tables = _table_rows(module)
+    n = module.num_embeddings
+    index = torch.arange(n)
+    rows = module.hash_index(index)
+    if isinstance(rows, Tensor):
+        rows = (rows, )
+    out = []
+    for (name, size), row in zip(tables, rows):
+        counts = torch.bincount(row.cpu(), minlength=size)
+        histogram = dict(sorted(Counter(counts.tolist()).items()))
+        lo, hi = n // size, math.ceil(n / size)
+        balanced = set(histogram) <= {lo, hi}
+        out.append(TableBalance(name, size, histogram, (lo, hi), balanced))
+    return out

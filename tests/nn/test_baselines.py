@@ -1,0 +1,249 @@
+import math
+
+import pytest
+import torch
+from torch_geometric.nn.models import LightGCN
+
+from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
+                                   PEPEmbedding, QREmbedding, budget_rows)
+from pyg_cerp.nn.mlp import MLPScorer
+
+
+def make(kind, n=100, d=8, fraction=0.2, **kwargs):
+    torch.manual_seed(0)
+    if kind == 'full':
+        return FullEmbedding(n, d, **kwargs)
+    if kind == 'pep':
+        return PEPEmbedding(n, d, threshold_init=kwargs.pop('s', -5.),
+                            **kwargs)
+    if kind == 'qr':
+        return QREmbedding.for_budget(n, d, fraction, **kwargs)
+    if kind == 'hash':
+        return HashEmbedding.for_budget(n, d, fraction, **kwargs)
+    if kind == 'hash-mod':
+        return HashEmbedding.for_budget(n, d, fraction, hash='mod', **kwargs)
+    raise ValueError(kind)
+
+
+KINDS = ['full', 'pep', 'qr', 'hash', 'hash-mod']
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_shapes_and_weight_equals_forward(kind):
+    emb = make(kind)
+    assert emb.weight.shape == (100, 8)
+    assert torch.equal(emb.weight, emb(torch.arange(100)))
+    assert emb(torch.tensor([[3, 4, 5]])).shape == (1, 3, 8)
+    assert emb(torch.empty(0, dtype=torch.long)).shape == (0, 8)
+    assert emb.num_full_params == 800
+    assert 0 < emb.full_table_fraction() <= 1
+    assert emb.nbytes() > 0
+    assert str(100) in repr(emb)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_bad_ids(kind):
+    emb = make(kind)
+    with pytest.raises(IndexError, match='100'):
+        emb(torch.tensor([0, 100]))
+    with pytest.raises(IndexError, match='-1'):
+        emb(torch.tensor([-1]))
+    with pytest.raises(TypeError, match='float'):
+        emb(torch.tensor([1.]))
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_gradients_flow_through_weight_and_forward(kind):
+    emb = make(kind)
+    (emb.weight.pow(2).sum() + emb(torch.tensor([1, 2])).sum()).backward()
+    grads = [p.grad for p in emb.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('kind', ['pep', 'qr', 'hash'])
+def test_inplace_init_on_weight_resets_for_real(kind):
+    emb = make(kind)
+    before = [p.detach().clone() for p in emb.parameters()]
+    torch.nn.init.xavier_uniform_(emb.weight)
+    after = list(emb.parameters())
+    assert any(not torch.equal(b, a) for b, a in zip(before, after))
+    with pytest.raises(RuntimeError, match=type(emb).__name__):
+        emb.weight.add_(1.)
+    assert type(emb.weight * 2) is torch.Tensor
+
+
+@pytest.mark.parametrize('n,fraction', [(100, 0.2), (70839, 0.1),
+                                        (70839, 0.05), (70839, 0.01),
+                                        (12345, 0.033)])
+def test_parameter_count_fits_budget(n, fraction):
+    d = 4
+    budget = fraction * n * d
+    qr = QREmbedding.for_budget(n, d, fraction)
+    n_qr = sum(p.numel() for p in qr.parameters())
+    assert n_qr == qr.num_nonzero() <= budget + 1e-6
+    # The largest m that fits: one more remainder row would not fit.
+    if qr.num_remainder < n:
+        assert QREmbedding.num_rows(n, qr.num_remainder + 1) * d > budget
+    # Unique pairs of rows for every entity.
+    r_row, q_row = qr.hash_index(torch.arange(n))
+    assert (q_row * qr.num_remainder + r_row).unique().numel() == n
+    assert int(q_row.max()) < qr.num_quotient
+
+    hs = HashEmbedding.for_budget(n, d, fraction)
+    n_hs = sum(p.numel() for p in hs.parameters())
+    assert n_hs == hs.num_nonzero() <= budget + 1e-6
+    assert (hs.num_buckets + 1) * d > budget
+    rows = hs.hash_index(torch.arange(n))
+    assert int(rows.min()) >= 0 and int(rows.max()) < hs.num_buckets
+
+
+def test_budget_errors():
+    with pytest.raises(ValueError, match='at least'):
+        QREmbedding.for_budget(70839, 64, 0.005)  # needs ~2 sqrt(N) rows
+    with pytest.raises(ValueError, match='fraction'):
+        HashEmbedding.for_budget(100, 4, 0.)
+    with pytest.raises(ValueError, match='fraction'):
+        budget_rows(100, 1.5)
+    assert budget_rows(100, 0.1) == 10
+    with pytest.raises(ValueError, match='num_remainder'):
+        QREmbedding(10, 4, 11)
+    with pytest.raises(ValueError, match='num_buckets'):
+        HashEmbedding(10, 4, 0)
+    with pytest.raises(ValueError, match='hash'):
+        HashEmbedding(10, 4, 3, hash='md5')
+    with pytest.raises(TypeError, match='embedding_dim'):
+        PEPEmbedding(10, 4.0)
+
+
+def test_qr_composes_rows_by_hand():
+    emb = QREmbedding(10, 2, 4)  # m = 4, ceil(10/4) = 3 quotient rows
+    assert emb.num_quotient == 3
+    assert torch.equal(emb(torch.tensor(7)), emb.R[3] + emb.Q[1])
+
+
+def test_hash_mod_and_universal():
+    emb = HashEmbedding(10, 2, 4, hash='mod')
+    assert emb.hash_index(torch.arange(10)).tolist() == [
+        0, 1, 2, 3, 0, 1, 2, 3, 0, 1
+    ]
+    uni = HashEmbedding(1000, 2, 17, seed=3)
+    a, c = int(uni.hash_a), int(uni.hash_c)
+    k = torch.arange(1000)
+    expected = ((a * k + c) % (2**31 - 1)) % 17
+    assert torch.equal(uni.hash_index(k), expected)
+    # Deterministic in the seed, stored in the state dict.
+    assert int(HashEmbedding(1000, 2, 17, seed=3).hash_a) == a
+    assert 'hash_a' in uni.state_dict()
+
+
+def test_pep_prunes_and_freezes_with_rewind():
+    emb = make('pep', s=-4.6)  # tau ~ 0.01, about half of xavier(100, 8)
+    init = emb.initial_state()
+    (mask, ) = emb.masks()
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert emb.num_nonzero() == int(mask.sum())
+    assert emb.full_table_fraction() == pytest.approx(mask.float().mean())
+    assert not hasattr(emb, 'pruning_loss')
+
+    with torch.no_grad():
+        emb.V.add_(0.5)
+    emb.freeze_masks((mask, ), rewind_to=init)
+    assert emb.is_retraining and not emb.threshold.requires_grad
+    assert torch.equal(emb.weight, init['V'] * mask)
+
+    opt = torch.optim.SGD(emb.parameters(), lr=1.)
+    emb.weight.sum().backward()
+    opt.step()
+    assert not bool((emb.weight[~mask] != 0).any())
+    assert emb.num_nonzero() <= int(mask.sum())
+
+    with pytest.raises(KeyError, match='V'):
+        emb.freeze_masks(rewind_to={'P': init['V']})
+    with pytest.raises(ValueError, match='shape'):
+        emb.freeze_masks((mask[:3], ))
+
+    # Without rewind, the pruned values are kept at the switch.
+    other = make('pep', s=-4.6)
+    before = other.weight.detach().clone()
+    other.freeze_masks()
+    assert torch.allclose(other.weight, before)
+
+    # The state dict carries mask and mode.
+    fresh = make('pep')
+    fresh.load_state_dict(emb.state_dict())
+    assert fresh.is_retraining and not fresh.threshold.requires_grad
+    assert torch.equal(fresh.weight, emb.weight)
+
+    emb.reset_parameters()
+    assert not emb.is_retraining and bool(emb.mask.all())
+
+
+def test_full_embedding_is_an_embedding():
+    emb = make('full')
+    assert isinstance(emb, torch.nn.Embedding)
+    assert emb.num_nonzero() == 800 and emb.full_table_fraction() == 1.
+    assert emb.nbytes() == 800 * 4
+    bound = math.sqrt(6 / (100 + 8))  # Xavier, not N(0, 1)
+    assert float(emb.weight.detach().abs().max()) <= bound
+
+
+def random_bipartite(num_users=30, num_items=40, num_edges=200, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.randint(num_users, (num_edges, ), generator=gen)
+    i = torch.randint(num_items, (num_edges, ), generator=gen) + num_users
+    edge_index = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
+    return edge_index, num_users, num_items
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_inside_pyg_lightgcn(kind):
+    edge_index, nu, ni = random_bipartite()
+    n = nu + ni
+    model = LightGCN(n, 8, num_layers=2)
+    model.embedding = make(kind, n=n, fraction=0.3)
+    model.reset_parameters()
+    pred = model(edge_index, edge_index[:, :10])
+    assert pred.shape == (10, )
+    top = model.recommend(edge_index, src_index=torch.arange(nu),
+                          dst_index=torch.arange(nu, n), k=5)
+    assert top.shape == (nu, 5)
+
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(30):
+        pos = edge_index[:, :200]
+        neg = torch.stack([pos[0], torch.randint(nu, n, (200, ),
+                                                 generator=gen)])
+        out = model(edge_index, torch.cat([pos, neg], dim=1))
+        loss = model.recommendation_loss(out[:200], out[200:],
+                                         node_id=pos.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.9 * losses[0]
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_inside_mlp_scorer(kind):
+    nu, ni = 20, 30
+    emb = make(kind, n=nu + ni, fraction=0.3)
+    model = MLPScorer(nu, ni, emb, hidden_channels=(16, ))
+    user = torch.randint(nu, (100, ), generator=torch.Generator().manual_seed(0))
+    pos = torch.randint(ni, (100, ), generator=torch.Generator().manual_seed(1))
+    neg = torch.randint(ni, (100, ), generator=torch.Generator().manual_seed(2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    first = None
+    for _ in range(40):
+        loss = -torch.nn.functional.logsigmoid(
+            model(user, pos) - model(user, neg)).mean()
+        first = float(loss) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < first
+    model.eval()
+    assert torch.allclose(model.score_all(user[:3]),
+                          model(user[:3].view(3, 1), torch.arange(ni)),
+                          atol=1e-5)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from pyg_cerp.memory import (bitmap_nbytes, csr_nbytes, dense_nbytes,
+                             memory_report, stored_nbytes, table_nbytes)
+from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
+                                   PEPEmbedding, QREmbedding)
+from pyg_cerp.nn.compositional import CompositionalEmbedding
+
+
+def test_format_formulas_by_hand():
+    assert dense_nbytes(10, 64) == 2560
+    # 100 non-zeros, d = 64: uint8 column indices, 11 int32 row pointers.
+    assert csr_nbytes(10, 64, 100) == 100 * 5 + 11 * 4
+    # d = 300 needs int16 column indices.
+    assert csr_nbytes(10, 300, 100) == 100 * 6 + 11 * 4
+    assert bitmap_nbytes(10, 64, 100) == 10 * 8 + 400
+    assert bitmap_nbytes(10, 65, 100) == 10 * 9 + 400
+
+
+def test_table_picks_the_smallest_format():
+    dense = torch.randn(10, 64)
+    # A fully dense pruned table is stored as a bitmap, as in
+    # pyg_cerp.nn.compact (3% above the dense size for d = 64).
+    assert table_nbytes(dense).format == 'bitmap'
+    assert table_nbytes(dense).nbytes == 2560 + 80
+    assert table_nbytes(dense, pruned=False).format == 'dense'
+    sparse = torch.zeros(10, 64)
+    sparse[0, :3] = 1.
+    info = table_nbytes(sparse)
+    assert info.format == 'csr' and info.nonzero == 3
+    assert info.nbytes == 3 * 5 + 11 * 4
+    half = torch.randn(10, 64) * (torch.rand(10, 64) < 0.5)
+    info = table_nbytes(half)
+    assert info.format == 'bitmap'
+    assert info.nbytes == 80 + 4 * info.nonzero
+    # Never more than dense; unpruned tables are always dense.
+    assert table_nbytes(sparse, pruned=False).nbytes == 2560
+    with pytest.raises(ValueError, match='2-D'):
+        table_nbytes(torch.zeros(3))
+
+
+def test_module_bytes():
+    n, d = 1000, 16
+    assert stored_nbytes(torch.nn.Embedding(n, d)) == n * d * 4
+    assert stored_nbytes(FullEmbedding(n, d)) == n * d * 4
+    qr = QREmbedding.for_budget(n, d, 0.1)
+    assert stored_nbytes(qr) == 4 * d * (qr.num_remainder + qr.num_quotient)
+    hs = HashEmbedding.for_budget(n, d, 0.1)
+    assert stored_nbytes(hs) == 4 * d * 100
+    cerp = CompositionalEmbedding(n, d, 100, threshold_init=-100.)
+    report = memory_report(cerp, use_compact=False)
+    # Unpruned: both tables as bitmaps (16 values + 2 bitmap bytes per row).
+    assert report.nbytes == 2 * 100 * (d * 4 + 2) and report.nonzero == 3200
+    assert report.formats() == 'P:bitmap,Q:bitmap'
+    # Only the used rows of Q are stored: N = 1000, b = 300 uses
+    # ceil(1000 / ceil(1000/300)) = 250 rows of Q.
+    cerp = CompositionalEmbedding(n, d, 300, threshold_init=-100.)
+    report = memory_report(cerp, use_compact=False)
+    assert report.tables['Q'].rows == 250 and report.tables['P'].rows == 300
+    cerp = CompositionalEmbedding(n, d, 100, threshold_init=-100.)
+    with torch.no_grad():
+        cerp.threshold_P.fill_(100.)  # prune all of P
+    report = memory_report(cerp, use_compact=False)
+    # Empty: CSR needs 101 row pointers (404 B), the bitmap 100 * 2 B.
+    assert report.tables['P'].format == 'bitmap'
+    assert report.tables['P'].nbytes == 200
+    pep = PEPEmbedding(n, d, threshold_init=100.)
+    assert stored_nbytes(pep) == min((n + 1) * 4, n * 2)
+    with pytest.raises(TypeError, match='Linear'):
+        stored_nbytes(torch.nn.Linear(2, 2))
+
+
+def test_agrees_with_compact_export_when_available():
+    cerp = CompositionalEmbedding(1000, 16, 300, threshold_init=-3.)
+    if not hasattr(cerp, 'to_compact'):
+        pytest.skip('CompositionalEmbedding.to_compact (branch compact) is '
+                    'not merged yet')
+    ours = memory_report(cerp, use_compact=False)
+    theirs = memory_report(cerp, use_compact=True)
+    assert theirs.source == 'to_compact'
+    assert ours.nbytes == theirs.nbytes
