@@ -193,7 +193,7 @@ def _adjacency(edge_index: Tensor, num_users: int, num_items: int):
     try:
         from pyg_cerp.utils.adjacency import lightgcn_adjacency
     except ImportError:
-        from pyg_cerp.train._compat import lightgcn_adjacency
+        from pyg_cerp.utils import lightgcn_adjacency
     return lightgcn_adjacency(edge_index, num_users, num_items)
 
 
@@ -201,7 +201,7 @@ def _symmetric(model: torch.nn.Module) -> torch.nn.Module:
     try:
         from pyg_cerp.nn.propagation import use_symmetric_propagation
     except ImportError:
-        from pyg_cerp.train._compat import use_symmetric_propagation
+        from pyg_cerp.nn import use_symmetric_propagation
     return use_symmetric_propagation(model)
 
 

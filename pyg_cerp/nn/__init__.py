@@ -1,6 +1,8 @@
 r"""Embedding modules and scorers."""
 from .compositional import (ComposedWeight, CompositionalEmbedding,
                             soft_threshold)
+from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
+                        QREmbedding)
 from .compact import CompactEmbedding, CompressedTable, DenseTable, FormatError
 from .mlp import MLPScorer
 from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
@@ -12,6 +14,10 @@ __all__ = [
     'ComposedWeight',
     'soft_threshold',
     'MLPScorer',
+    'FullEmbedding',
+    'PEPEmbedding',
+    'QREmbedding',
+    'HashEmbedding',
     'CompactEmbedding',
     'CompressedTable',
     'DenseTable',
