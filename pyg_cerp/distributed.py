@@ -1004,15 +1004,10 @@ def sharded_evaluate(
         seed (int, optional): The seed of that sample. (default: :obj:`0`)
     """
     from pyg_cerp.metrics import ranking_metrics_from_scores
-    if max_users is not None and max_users < recommender.num_users:
-        # The sample of pyg_cerp.train.evaluate: the users outside it lose
-        # their edges, so they count as users without test items.
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.zeros(recommender.num_users, dtype=torch.bool)
-        keep[torch.randperm(recommender.num_users,
-                            generator=gen)[:max_users]] = True
-        train_edge_index = train_edge_index[:, keep[train_edge_index[0]]]
-        test_edge_index = test_edge_index[:, keep[test_edge_index[0]]]
+    from pyg_cerp.train.loop import sample_eval_users
+    train_edge_index, test_edge_index = sample_eval_users(
+        train_edge_index, test_edge_index, recommender.num_users, max_users,
+        seed)
     was_training = recommender.training
     recommender.eval()
     try:

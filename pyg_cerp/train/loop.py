@@ -193,6 +193,31 @@ def train_epoch(
     return stats
 
 
+def sample_eval_users(train_edge_index: Tensor, test_edge_index: Tensor,
+                      num_users: int, max_users: Optional[int],
+                      seed: int = 0) -> Tuple[Tensor, Tensor]:
+    r"""Keeps the edges of a seeded random sample of :obj:`max_users` users
+    (all users if :obj:`max_users` is :obj:`None` or not smaller than
+    :obj:`num_users`). Users outside the sample lose their edges, so the
+    metrics skip them as users without test items. The single-process and
+    the sharded evaluation draw the same sample.
+
+    Args:
+        train_edge_index (torch.Tensor): Training (user, item) pairs.
+        test_edge_index (torch.Tensor): Test (user, item) pairs.
+        num_users (int): :math:`N_U`.
+        max_users (int, optional): The sample size.
+        seed (int, optional): The seed of the sample. (default: :obj:`0`)
+    """
+    if max_users is None or max_users >= num_users:
+        return train_edge_index, test_edge_index
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.zeros(num_users, dtype=torch.bool)
+    keep[torch.randperm(num_users, generator=gen)[:max_users]] = True
+    return (train_edge_index[:, keep[train_edge_index[0]]],
+            test_edge_index[:, keep[test_edge_index[0]]])
+
+
 @torch.no_grad()
 def evaluate(
     recommender: Recommender,
@@ -218,13 +243,9 @@ def evaluate(
             *e.g.*, an MLP on a CPU). (default: :obj:`None`: all users)
         seed (int, optional): The seed of that sample. (default: :obj:`0`)
     """
-    if max_users is not None and max_users < recommender.num_users:
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.zeros(recommender.num_users, dtype=torch.bool)
-        keep[torch.randperm(recommender.num_users,
-                            generator=gen)[:max_users]] = True
-        train_edge_index = train_edge_index[:, keep[train_edge_index[0]]]
-        test_edge_index = test_edge_index[:, keep[test_edge_index[0]]]
+    train_edge_index, test_edge_index = sample_eval_users(
+        train_edge_index, test_edge_index, recommender.num_users, max_users,
+        seed)
     was_training = recommender.training
     recommender.eval()
     try:

@@ -175,3 +175,20 @@ def test_runner_resume_is_exact(tmp_path):
     with pytest.raises(ValueError, match='another configuration'):
         make_runner(small_config(lr=0.5), data,
                     out_dir=str(tmp_path)).run(resume=True)
+
+
+def test_sample_eval_users_keeps_whole_users_and_is_seeded():
+    from pyg_cerp.train.loop import sample_eval_users
+    gen = torch.Generator().manual_seed(0)
+    train = torch.stack([torch.randint(50, (400, ), generator=gen),
+                         torch.randint(30, (400, ), generator=gen)])
+    test = torch.stack([torch.arange(50), torch.zeros(50, dtype=torch.long)])
+    tr, te = sample_eval_users(train, test, 50, 10, seed=3)
+    users = te[0].unique()
+    assert users.numel() == 10
+    assert bool(torch.isin(tr[0], users).all())
+    # Every training edge of a sampled user is kept.
+    assert tr.size(1) == int(torch.isin(train[0], users).sum())
+    tr2, te2 = sample_eval_users(train, test, 50, 10, seed=3)
+    assert torch.equal(te, te2)
+    assert sample_eval_users(train, test, 50, None)[0] is train
