@@ -7,7 +7,7 @@ from .datasets import Gowalla, LightGCNDataset, Yelp2020
 from .metrics import RankingEvaluator, ranking_metrics, ranking_metrics_from_scores
 from .sampling import BPRSampler
 
-from . import serving
+from . import serving  # noqa: F401 (pyg_cerp.serving as a submodule)
 
 __version__ = '0.1.0'
 

@@ -4,6 +4,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from pyg_cerp.utils.validation import check_edge_ids
+
 __all__ = ['BPRSampler']
 
 Triple = Tuple[Tensor, Tensor, Tensor]
@@ -112,17 +114,7 @@ class BPRSampler:
             raise ValueError(f"'rank' must be in [0, {world_size}) "
                              f"(got {rank})")
         edge_index = edge_index.to(torch.long).cpu()
-        if int(edge_index.min()) < 0:
-            raise ValueError(f"'edge_index' has a negative id "
-                             f"{int(edge_index.min())}")
-        if int(edge_index[0].max()) >= num_users:
-            raise ValueError(f"'edge_index' has user id "
-                             f"{int(edge_index[0].max())} >= num_users "
-                             f"({num_users})")
-        if int(edge_index[1].max()) >= num_items:
-            raise ValueError(f"'edge_index' has item id "
-                             f"{int(edge_index[1].max())} >= num_items "
-                             f"({num_items})")
+        check_edge_ids(edge_index, num_users, num_items)
 
         self.edge_index = edge_index
         self.num_users = num_users

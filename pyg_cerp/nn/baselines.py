@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pyg_cerp.nn.compositional import ComposedWeight, soft_threshold
-from pyg_cerp.utils.validation import check_index
+from pyg_cerp.utils.validation import check_index, check_int
 
 __all__ = [
     'FullEmbedding',
@@ -73,14 +73,6 @@ def _computed_weight(tensor: Tensor, owner: Module) -> Tensor:
     return out
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{name}' must be an int (got "
-                        f"{type(value).__name__} {value!r})")
-    if value < minimum:
-        raise ValueError(f"'{name}' must be at least {minimum} (got {value})")
-
-
 def budget_rows(num_embeddings: int, fraction: float) -> int:
     r"""The number of :math:`d`-dimensional rows a budget of
     :obj:`fraction` :math:`\cdot N d` values buys: :math:`\lfloor f N
@@ -91,7 +83,7 @@ def budget_rows(num_embeddings: int, fraction: float) -> int:
         fraction (float): The budget :math:`f \in (0, 1]` as a fraction of
             the full table.
     """
-    _check_int('num_embeddings', num_embeddings)
+    check_int('num_embeddings', num_embeddings)
     if not 0. < float(fraction) <= 1.:
         raise ValueError(f"'fraction' must be in (0, 1] (got {fraction})")
     # The small epsilon protects against 0.1 * 100 = 10.000000000000002.
@@ -153,8 +145,8 @@ class FullEmbedding(_CountingMixin, torch.nn.Embedding):
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
     ) -> None:
-        _check_int('num_embeddings', num_embeddings)
-        _check_int('embedding_dim', embedding_dim)
+        check_int('num_embeddings', num_embeddings)
+        check_int('embedding_dim', embedding_dim)
         self.check_index = check_index
         super().__init__(num_embeddings, embedding_dim, device=device,
                          dtype=dtype)
@@ -230,8 +222,8 @@ class PEPEmbedding(_CountingMixin, Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        _check_int('num_embeddings', num_embeddings)
-        _check_int('embedding_dim', embedding_dim)
+        check_int('num_embeddings', num_embeddings)
+        check_int('embedding_dim', embedding_dim)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.threshold_init = float(threshold_init)
@@ -388,9 +380,9 @@ class QREmbedding(_CountingMixin, Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        _check_int('num_embeddings', num_embeddings)
-        _check_int('embedding_dim', embedding_dim)
-        _check_int('num_remainder', num_remainder)
+        check_int('num_embeddings', num_embeddings)
+        check_int('embedding_dim', embedding_dim)
+        check_int('num_remainder', num_remainder)
         if num_remainder > num_embeddings:
             raise ValueError(f"'num_remainder' must be in [1, num_embeddings="
                              f"{num_embeddings}] (got {num_remainder})")
@@ -549,9 +541,9 @@ class HashEmbedding(_CountingMixin, Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        _check_int('num_embeddings', num_embeddings)
-        _check_int('embedding_dim', embedding_dim)
-        _check_int('num_buckets', num_buckets)
+        check_int('num_embeddings', num_embeddings)
+        check_int('embedding_dim', embedding_dim)
+        check_int('num_buckets', num_buckets)
         if num_buckets > num_embeddings:
             raise ValueError(f"'num_buckets' must be in [1, num_embeddings="
                              f"{num_embeddings}] (got {num_buckets})")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from pyg_cerp.utils.validation import check_index
+from pyg_cerp.utils.validation import check_index, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyg_cerp.nn.compact import CompactEmbedding
@@ -211,19 +211,10 @@ class CompositionalEmbedding(Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        for name, value in (('num_embeddings', num_embeddings),
-                            ('embedding_dim', embedding_dim),
-                            ('bucket_size', bucket_size)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"'{name}' must be an int (got "
-                                f"{type(value).__name__} {value!r})")
-        if num_embeddings < 1:
-            raise ValueError(f"'num_embeddings' must be positive "
-                             f"(got {num_embeddings})")
-        if embedding_dim < 1:
-            raise ValueError(f"'embedding_dim' must be positive "
-                             f"(got {embedding_dim})")
-        if not 1 <= bucket_size <= num_embeddings:
+        check_int('num_embeddings', num_embeddings)
+        check_int('embedding_dim', embedding_dim)
+        check_int('bucket_size', bucket_size)
+        if bucket_size > num_embeddings:
             raise ValueError(
                 f"'bucket_size' must be in [1, num_embeddings={num_embeddings}]"
                 f" (got {bucket_size})")

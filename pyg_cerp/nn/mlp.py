@@ -1,5 +1,5 @@
 r"""An NCF-style MLP scorer over any embedding module."""
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 from torch import Tensor

@@ -85,6 +85,18 @@ def _check_sparse_matrix(adj: Any, name: str = 'adj') -> None:
                          f"(got shape {tuple(adj.size())})")
 
 
+def _check_operands(adj: Any, x: Tensor, caller: str, hint: str = '') -> None:
+    _check_sparse_matrix(adj)
+    if adj.requires_grad:
+        raise ValueError(f"'{caller}' does not compute gradients with "
+                         f"respect to the sparse matrix, but 'adj' requires "
+                         f"gradients{hint}")
+    if x.dim() != 2 or x.size(0) != adj.size(1):
+        raise ValueError(f"Expected 'x' of shape ({adj.size(1)}, F) to match "
+                         f"'adj' of shape {tuple(adj.size())} (got "
+                         f"{tuple(x.size())})")
+
+
 def _max_asymmetry(adj: Tensor) -> Tuple[float, float, Tensor]:
     r"""Returns :math:`\max |a_{ij} - a_{ji}|`, :math:`\max |a_{ij}|` and the
     vector of all :math:`|a_{ij} - a_{ji}|` of a square sparse matrix."""
@@ -233,15 +245,8 @@ def symmetric_spmm(adj: Tensor, x: Tensor, check: bool = False,
 
     :rtype: :class:`torch.Tensor`
     """
-    _check_sparse_matrix(adj)
-    if adj.requires_grad:
-        raise ValueError("'symmetric_spmm' does not compute gradients with "
-                         "respect to the sparse matrix, but 'adj' requires "
-                         "gradients; use 'torch.sparse.mm' instead")
-    if x.dim() != 2 or x.size(0) != adj.size(1):
-        raise ValueError(f"Expected 'x' of shape ({adj.size(1)}, F) to match "
-                         f"'adj' of shape {tuple(adj.size())} (got "
-                         f"{tuple(x.size())})")
+    _check_operands(adj, x, 'symmetric_spmm',
+                    hint="; use 'torch.sparse.mm' instead")
     if check:
         _check_symmetric_once(adj, rtol=rtol, atol=atol)
     return SymmetricSpMM.apply(adj, x)
@@ -440,15 +445,7 @@ def symmetric_lightgcn_propagation(adj: Tensor, x: Tensor, alpha: Tensor,
 
     :rtype: :class:`torch.Tensor`
     """
-    _check_sparse_matrix(adj)
-    if adj.requires_grad:
-        raise ValueError("'symmetric_lightgcn_propagation' does not compute "
-                         "gradients with respect to the sparse matrix, but "
-                         "'adj' requires gradients")
-    if x.dim() != 2 or x.size(0) != adj.size(1):
-        raise ValueError(f"Expected 'x' of shape ({adj.size(1)}, F) to match "
-                         f"'adj' of shape {tuple(adj.size())} (got "
-                         f"{tuple(x.size())})")
+    _check_operands(adj, x, 'symmetric_lightgcn_propagation')
     if alpha.dim() != 1 or alpha.numel() < 1:
         raise ValueError(f"Expected 'alpha' to be a non-empty vector of the "
                          f"L + 1 layer weights (got shape "

@@ -4,7 +4,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch

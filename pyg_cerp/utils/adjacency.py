@@ -6,6 +6,8 @@ from torch import Tensor
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor, to_undirected
 
+from pyg_cerp.utils.validation import check_edge_ids
+
 
 def lightgcn_adjacency(
     edge_index: Tensor,
@@ -42,18 +44,7 @@ def lightgcn_adjacency(
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"'edge_index' must have shape [2, num_edges] "
                          f"(got {list(edge_index.size())})")
-    if edge_index.numel() > 0:
-        if int(edge_index.min()) < 0:
-            raise ValueError(f"'edge_index' has a negative id "
-                             f"{int(edge_index.min())}")
-        if int(edge_index[0].max()) >= num_users:
-            raise ValueError(f"'edge_index' has user id "
-                             f"{int(edge_index[0].max())} >= num_users "
-                             f"({num_users})")
-        if int(edge_index[1].max()) >= num_items:
-            raise ValueError(f"'edge_index' has item id "
-                             f"{int(edge_index[1].max())} >= num_items "
-                             f"({num_items})")
+    check_edge_ids(edge_index, num_users, num_items)
     num_nodes = num_users + num_items
     edge_index = edge_index.to(torch.long)
     homo = torch.stack([edge_index[0], edge_index[1] + num_users])
