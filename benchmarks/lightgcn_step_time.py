@@ -1,37 +1,39 @@
-r"""Training-step time of PyG's ``LightGCN`` on Gowalla: stock vs. symmetric
-propagation vs. symmetric propagation + ``CompositionalEmbedding``.
+r"""Training-step time of PyG's ``LightGCN`` on Gowalla against the floor of
+its sparse products.
 
-One training step is: propagation forward (``num_layers`` sparse products and
-the ``alpha``-weighted layer sum) on the full symmetric-normalised adjacency,
-scores of a batch of (user, positive item, negative item) triples through
-``LightGCN.forward(adj, edge_label_index)``, ``LightGCN.recommendation_loss``
-(BPR + L2), backward, and an Adam step.
-All variants run on the same adjacency and the same pre-sampled batches, and
-their repeats are interleaved, so they see the same machine noise.
+One training step of the README's path: ``rank = model(adj,
+edge_label_index)`` (PyG's unmodified ``LightGCN.forward``: propagation of
+the whole graph, then the scores of the batch), BPR over every (positive,
+negative) pair, for CERP in phase 1 plus ``gamma * pruning_loss`` over the
+batch's entities, backward, Adam step. The batch is ``--batch-size``
+(user, positive) pairs with ``--num-negatives`` negatives each.
 
-Variants:
+Variants (same adjacency, same pre-sampled batches, repeats interleaved
+round-robin so that every variant sees the same machine noise):
 
-* ``stock``: PyG ``LightGCN(normalize=False)`` + ``nn.Embedding`` on a torch
-  CSR adjacency (``torch.sparse.mm`` transposes the matrix in every backward);
-* ``symmetric``: the same model after
-  ``pyg_cerp.nn.propagation.use_symmetric_propagation`` (backward re-uses the
-  forward matrix);
-* ``symmetric + CERP``: the same with
-  ``pyg_cerp.CompositionalEmbedding(N, d, bucket_size)`` as ``model.embedding``
-  (skipped with a message if it cannot be imported).
+* ``floor: 6 CSR spmm``: ``2 * num_layers`` calls of
+  ``torch.sparse.mm(adj, x)`` on an ``N x d`` matrix, the sparse work that
+  any exact step must do (forward and backward propagation), on the
+  adjacency as PyG builds it (int64 indices) and with int32 indices (what
+  the fused propagation hands to MKL);
+* ``stock PyG``: ``LightGCN(normalize=False)`` + ``nn.Embedding`` +
+  ``torch.optim.Adam`` on the same torch CSR adjacency;
+* ``ours, full table``: after ``use_symmetric_propagation(model)`` (fused
+  propagation) with fused Adam;
+* ``ours, CERP retrain``: the same with ``CompositionalEmbedding`` (masks
+  frozen, BPR only);
+* ``ours, CERP prune``: phase 1, BPR + ``gamma * pruning_loss``;
+* ``runner, CERP prune``: ``pyg_cerp.train.train_step`` on a
+  ``LightGCNRecommender`` with a ``PruningScheduler`` (what the pipeline
+  runs, including its checks).
 
-``--ablations`` adds: the same variants on a COO adjacency, the propagation
-alone (forward + backward of ``get_embedding``), and a breakdown of the
-remaining step components (layer sum, score gather + BPR loss, Adam step).
+The table prints the median and the paired ratio (median over rounds of
+variant / floor). ``--ablations`` adds the components of a step.
 
-Example (with the package installed, ``pip install -e .``, or with
-``PYTHONPATH=.`` from the repository root)::
+Example::
 
-    python benchmarks/lightgcn_step_time.py --root /work/shared/data \
-        --dim 64 --layers 3 --batch-size 2048 --repeats 15 --threads 2
-
-On a busy machine, prefer ``--threads 1``: with more threads than free cores,
-every parallel kernel waits for its slowest (descheduled) thread.
+    python benchmarks/lightgcn_step_time.py --root ../shared/data \
+        --batch-size 8192 --num-negatives 5 --repeats 20
 """
 import argparse
 import json
@@ -39,78 +41,50 @@ import os
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor
 from torch_geometric.nn.models import LightGCN
 
-import pyg_cerp.nn.propagation as propagation
+from pyg_cerp import CompositionalEmbedding
 from pyg_cerp.datasets import Gowalla
+from pyg_cerp.nn.propagation import RowGatherTensor, \
+    symmetric_lightgcn_propagation
+from pyg_cerp.train import LightGCNRecommender, PruningScheduler, bpr_loss, \
+    make_optimizer, train_step
 from pyg_cerp.utils import lightgcn_adjacency
-from pyg_cerp.nn.propagation import (
-    symmetric_lightgcn_propagation,
-    use_symmetric_propagation,
-)
+from pyg_cerp.nn import use_symmetric_propagation
 
 warnings.filterwarnings('ignore', message='.*[Ss]parse.*')
 
-
-# Data ########################################################################
-def load_gowalla(root: str) -> Tuple[Tensor, int, int]:
-    data = Gowalla(os.path.join(root, 'gowalla'))[0]
-    store = data['user', 'rates', 'item']
-    return (store.edge_index, int(data['user'].num_nodes),
-            int(data['item'].num_nodes))
+Step = Callable[[int], None]
 
 
 def sample_batches(edge_index: Tensor, num_users: int, num_items: int,
-                   batch_size: int, num_batches: int,
-                   seed: int = 0) -> List[Tensor]:
-    r"""Uniformly samples ``(user, pos, neg)`` triples and returns them as
-    ``edge_label_index`` tensors ``[[u, u], [pos, neg]]`` of shape
-    ``[2, 2 * batch_size]`` (node ids, items shifted by ``num_users``)."""
+                   batch_size: int, num_negatives: int, num_batches: int,
+                   seed: int = 0) -> List[Dict[str, Tensor]]:
+    r"""Uniform (user, positive, negatives) batches, as local ids and as
+    the ``edge_label_index`` ``[[u, u, ...], [pos, neg_1, ...]]`` (node ids)
+    that ``LightGCN.forward`` takes."""
     gen = torch.Generator().manual_seed(seed)
     batches = []
     for _ in range(num_batches):
         idx = torch.randint(edge_index.size(1), (batch_size, ), generator=gen)
-        user, pos = edge_index[0, idx], edge_index[1, idx] + num_users
-        neg = torch.randint(num_items, (batch_size, ),
-                            generator=gen) + num_users
-        batches.append(torch.stack([user.repeat(2), torch.cat([pos, neg])]))
+        user, pos = edge_index[0, idx], edge_index[1, idx]
+        neg = torch.randint(num_items, (batch_size, num_negatives),
+                            generator=gen)
+        eli = torch.stack([
+            user.repeat(num_negatives + 1),
+            torch.cat([pos, neg.t().reshape(-1)]) + num_users
+        ])
+        entities = torch.cat([user.unique(), eli[1]])
+        batches.append(dict(user=user, pos=pos, neg=neg, eli=eli,
+                            entities=entities))
     return batches
 
 
-# Timing ######################################################################
-def train_step(model: LightGCN, optimizer: torch.optim.Optimizer, adj: Tensor,
-               edge_label_index: Tensor, fused: bool = False) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    if fused:  # Reference only: bypasses `LightGCN.get_embedding`.
-        out = symmetric_lightgcn_propagation(adj, model.embedding.weight,
-                                             model.alpha)
-        rank = (out[edge_label_index[0]] * out[edge_label_index[1]]).sum(-1)
-    else:
-        rank = model(adj, edge_label_index)
-    pos_rank, neg_rank = rank.chunk(2)
-    loss = model.recommendation_loss(pos_rank, neg_rank,
-                                     node_id=edge_label_index.unique())
-    loss.backward()
-    optimizer.step()
-
-
-def propagation_step(model: LightGCN, adj: Tensor, grad: Tensor,
-                     addmm_kernel: bool = False) -> None:
-    model.zero_grad(set_to_none=True)
-    spmm = propagation._spmm
-    if addmm_kernel:  # Ablation: plain `torch.sparse.mm` (addmm/MKL path).
-        propagation._spmm = torch.sparse.mm
-    try:
-        model.get_embedding(adj).backward(grad)
-    finally:
-        propagation._spmm = spmm
-
-
-def interleaved(fns: Dict[str, Callable[[int], None]], repeats: int,
+def interleaved(fns: Dict[str, Step], repeats: int,
                 warmup: int) -> Dict[str, List[float]]:
     r"""Calls every ``fn(i)`` ``warmup + repeats`` times, round-robin, and
     returns the wall times (ms) after warm-up."""
@@ -125,138 +99,134 @@ def interleaved(fns: Dict[str, Callable[[int], None]], repeats: int,
     return times
 
 
-def make_model(num_nodes: int, args: argparse.Namespace, symmetric: bool,
-               cerp: bool) -> LightGCN:
-    torch.manual_seed(0)
-    model = LightGCN(num_nodes, args.dim, args.layers, normalize=False)
-    if symmetric:
-        use_symmetric_propagation(model)
-    if cerp:
-        from pyg_cerp import CompositionalEmbedding
-        model.embedding = CompositionalEmbedding(num_nodes, args.dim,
-                                                 args.bucket_size)
-    return model
-
-
-def make_optimizer(model: torch.nn.Module,
-                   args: argparse.Namespace) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=1e-3,
-                            fused=True if args.fused_adam else None)
-
-
 def markdown(times: Dict[str, List[float]], base: str, title: str) -> str:
-    r"""Markdown table: median and min wall time, ratio of medians and the
-    median of per-round ratios (rounds are interleaved, so the paired ratio
-    cancels slow drifts in machine load)."""
+    r"""Median and min wall time, and the median over rounds of the ratio to
+    ``base`` (rounds are interleaved, so the paired ratio cancels slow drifts
+    of the machine load)."""
     ref = times[base]
     lines = [
-        f'| {title} | median ms | min ms | ratio vs {base} | '
-        f'paired ratio |', '|---|---:|---:|---:|---:|'
+        f'| {title} | median ms | min ms | paired ratio vs {base} |',
+        '|---|---:|---:|---:|'
     ]
     for name, ts in times.items():
-        med = statistics.median(ts)
         paired = statistics.median(t / r for t, r in zip(ts, ref))
-        lines.append(f'| {name} | {med:.1f} | {min(ts):.1f} | '
-                     f'{med / statistics.median(ref):.2f}x | {paired:.2f}x |')
+        lines.append(f'| {name} | {statistics.median(ts):.1f} | '
+                     f'{min(ts):.1f} | {paired:.2f}x |')
     return '\n'.join(lines)
 
 
-def run(args: argparse.Namespace, adj: Tensor, batches: List[Tensor],
-        num_nodes: int) -> Dict[str, Dict[str, List[float]]]:
-    results: Dict[str, Dict[str, List[float]]] = {}
-    n_batches = len(batches)
+def readme_step(model: LightGCN, opt: torch.optim.Optimizer, adj: Tensor,
+                batch: Dict[str, Tensor], gamma: Optional[float]) -> None:
+    r"""The README's loop body."""
+    opt.zero_grad(set_to_none=True)
+    rank = model(adj, batch['eli'])
+    size = batch['pos'].numel()
+    loss = bpr_loss(rank[:size], rank[size:].view(-1, size).t())
+    if gamma is not None:
+        loss = loss + gamma * model.embedding.pruning_loss(batch['entities'])
+    loss.backward()
+    opt.step()
 
-    # Training steps ##########################################################
-    specs = {'stock': (False, False), 'symmetric': (True, False)}
-    if not args.skip_cerp:
-        try:
-            from pyg_cerp import CompositionalEmbedding  # noqa: F401
-            specs['symmetric + CERP'] = (True, True)
-        except ImportError as e:
-            print(f'> Skipping "symmetric + CERP": cannot import '
-                  f'pyg_cerp.CompositionalEmbedding ({e})\n')
-    layouts = {'csr': adj}
-    if args.ablations:
-        layouts['coo'] = adj.to_sparse_coo().coalesce()
 
-    fns: Dict[str, Callable[[int], None]] = {}
-    for layout, a in layouts.items():
-        for name, (symmetric, cerp) in specs.items():
-            if layout == 'coo' and cerp:
-                continue
-            model = make_model(num_nodes, args, symmetric, cerp)
-            opt = make_optimizer(model, args)
-            label = name if layout == 'csr' else f'{name} (COO)'
-            fns[label] = (lambda i, m=model, o=opt, a=a: train_step(
-                m, o, a, batches[i % n_batches]))
-    if args.ablations:
-        for name, (symmetric, cerp) in specs.items():
-            if symmetric:
-                model = make_model(num_nodes, args, symmetric, cerp)
-                opt = make_optimizer(model, args)
-                fns[f'{name}, fused propagation (reference)'] = (
-                    lambda i, m=model, o=opt: train_step(
-                        m, o, adj, batches[i % n_batches], fused=True))
-    results['training step'] = interleaved(fns, args.repeats, args.warmup)
+def build(num_nodes: int, args: argparse.Namespace, ours: bool,
+          embedding: str) -> LightGCN:
+    torch.manual_seed(0)
+    model = LightGCN(num_nodes, args.dim, args.layers, normalize=False)
+    if ours:
+        use_symmetric_propagation(model)
+    if embedding != 'full':
+        model.embedding = CompositionalEmbedding(
+            num_nodes, args.dim, args.bucket_size, threshold_init=-6.)
+        if embedding == 'retrain':
+            model.embedding.freeze_masks()
+    return model
 
+
+def run(args: argparse.Namespace, adj: Tensor, batches: List[Dict[str, Tensor]],
+        num_users: int, num_items: int) -> Dict[str, Dict[str, List[float]]]:
+    num_nodes = num_users + num_items
+    nb = len(batches)
+    x = torch.randn(num_nodes, args.dim)
+
+    def floor(i: int) -> None:
+        for _ in range(2 * args.layers):
+            torch.sparse.mm(adj, x)
+
+    adj32 = torch.sparse_csr_tensor(adj.crow_indices().int(),
+                                    adj.col_indices().int(), adj.values(),
+                                    adj.size())
+
+    def floor32(i: int) -> None:
+        for _ in range(2 * args.layers):
+            torch.sparse.mm(adj32, x)
+
+    fns: Dict[str, Step] = {
+        f'floor: {2 * args.layers} CSR spmm': floor,
+        f'floor: {2 * args.layers} CSR spmm, int32 indices': floor32,
+    }
+    specs = [('stock PyG, full table', False, 'full', None),
+             ('ours, full table', True, 'full', None),
+             ('ours, CERP retrain', True, 'retrain', None),
+             ('ours, CERP prune', True, 'prune', args.gamma)]
+    for name, ours, emb, gamma in specs:
+        model = build(num_nodes, args, ours, emb)
+        opt = (make_optimizer(model, lr=1e-3, weight_decay=0.) if ours else
+               torch.optim.Adam(model.parameters(), lr=1e-3))
+        fns[name] = (lambda i, m=model, o=opt, g=gamma: readme_step(
+            m, o, adj, batches[i % nb], g))
+
+    model = build(num_nodes, args, True, 'prune')
+    rec = LightGCNRecommender(model, adj, num_users, num_items)
+    opt = make_optimizer(rec, lr=1e-3, weight_decay=0.)
+    sched = PruningScheduler(model.embedding, targets=(1e-9, ),
+                             gamma_init=args.gamma)
+
+    def runner_step(i: int) -> None:
+        b = batches[i % nb]
+        train_step(rec, opt, (b['user'], b['pos'], b['neg']), sched)
+
+    fns['runner train_step, CERP prune'] = runner_step
+    results = {'training step': interleaved(fns, args.repeats, args.warmup)}
     if not args.ablations:
         return results
 
-    # Propagation only (forward + backward of `get_embedding`) ###############
+    # Components of the CERP step #############################################
+    emb = CompositionalEmbedding(num_nodes, args.dim, args.bucket_size,
+                                 threshold_init=-6.)
+    xl = torch.randn(num_nodes, args.dim, requires_grad=True)
+    out = torch.randn(num_nodes, args.dim, requires_grad=True)
     grad = torch.randn(num_nodes, args.dim)
-    fns = {}
-    for layout, a in layouts.items():
-        for symmetric in (False, True):
-            model = make_model(num_nodes, args, symmetric, cerp=False)
-            label = ('symmetric' if symmetric else 'stock') + f' ({layout})'
-            fns[label] = (lambda i, m=model, a=a: propagation_step(m, a, grad))
-    model = make_model(num_nodes, args, True, cerp=False)
-    fns['symmetric (csr), torch.sparse.mm without reduce'] = (
-        lambda i, m=model: propagation_step(m, adj, grad, addmm_kernel=True))
-    results['propagation fwd+bwd'] = interleaved(fns, args.repeats,
-                                                 args.warmup)
+    alpha = torch.full((args.layers + 1, ), 1. / (args.layers + 1))
 
-    # Remaining components of a step ##########################################
-    model = make_model(num_nodes, args, True, False)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    layers = [
-        torch.randn(num_nodes, args.dim, requires_grad=True)
-        for _ in range(args.layers + 1)
-    ]
-    emb = torch.randn(num_nodes, args.dim, requires_grad=True)
-
-    def layer_sum(i: int) -> None:
-        out = layers[0] * model.alpha[0]
-        for k in range(1, len(layers)):
-            out = out + layers[k] * model.alpha[k]
-        out.backward(grad)
+    def propagation(i: int) -> None:
+        symmetric_lightgcn_propagation(adj, xl, alpha).backward(grad)
+        xl.grad = None
 
     def gather_bpr(i: int) -> None:
-        eli = batches[i % n_batches]
-        out = emb * 1.0  # Stands in for the propagated embedding.
-        rank = (out[eli[0]] * out[eli[1]]).sum(dim=-1)
-        pos_rank, neg_rank = rank.chunk(2)
-        model.recommendation_loss(pos_rank, neg_rank,
-                                  node_id=eli.unique()).backward()
+        b = batches[i % nb]
+        e = (out * 1.).as_subclass(RowGatherTensor)
+        rank = (e[b['eli'][0]] * e[b['eli'][1]]).sum(-1)
+        size = b['pos'].numel()
+        bpr_loss(rank[:size], rank[size:].view(-1, size).t()).backward()
+        out.grad = None
 
-    fused_opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    def compose(i: int) -> None:
+        emb.weight.backward(grad)
 
-    def adam_step(i: int, opt: torch.optim.Optimizer = opt) -> None:
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
-        opt.step()
+    def prune_loss(i: int) -> None:
+        emb.pruning_loss(batches[i % nb]['entities']).backward()
 
-    def one_spmm(i: int) -> None:
-        torch.sparse.mm(adj, grad)
-
-    results['step components'] = interleaved(
+    opt = make_optimizer(emb, lr=1e-3)
+    for p in emb.parameters():
+        p.grad = torch.zeros_like(p)
+    results['components of a step'] = interleaved(
         {
-            'one CSR spmm (N x d)': one_spmm,
-            'alpha-weighted layer sum fwd+bwd': layer_sum,
-            'score gather + BPR loss fwd+bwd': gather_bpr,
-            'Adam step (N x d)': adam_step,
-            'Adam(fused=True) step (N x d)':
-            lambda i: adam_step(i, fused_opt),
+            'one CSR spmm (N x d)': lambda i: torch.sparse.mm(adj, x),
+            'fused propagation fwd+bwd': propagation,
+            'CERP .weight fwd+bwd': compose,
+            'row gathers + BPR fwd+bwd (incl. one N x d mul)': gather_bpr,
+            'pruning_loss over the batch fwd+bwd': prune_loss,
+            'fused Adam on the meta tables': lambda i: opt.step(),
         }, args.repeats, args.warmup)
     return results
 
@@ -266,64 +236,52 @@ def main(argv: Optional[List[str]] = None) -> None:
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--root', default=os.environ.get('PYG_CERP_DATA'),
-                        help='data folder holding gowalla/raw/train.txt '
+                        help='data folder holding gowalla/raw/ '
                         '(default: $PYG_CERP_DATA)')
     parser.add_argument('--dim', type=int, default=64, help='embedding size')
     parser.add_argument('--layers', type=int, default=3,
                         help='number of LGConv layers')
-    parser.add_argument('--batch-size', type=int, default=2048,
-                        help='BPR triples per step')
+    parser.add_argument('--batch-size', type=int, default=8192,
+                        help='(user, positive) pairs per step')
+    parser.add_argument('--num-negatives', type=int, default=5,
+                        help='negatives per positive')
     parser.add_argument('--bucket-size', type=int, default=5000,
                         help='meta-table rows b of CompositionalEmbedding')
-    parser.add_argument('--repeats', type=int, default=15,
+    parser.add_argument('--gamma', type=float, default=1.,
+                        help='weight of pruning_loss in the prune step')
+    parser.add_argument('--repeats', type=int, default=20,
                         help='timed steps per variant')
     parser.add_argument('--warmup', type=int, default=3,
                         help='untimed steps per variant')
-    parser.add_argument('--threads', type=str, default=None,
-                        help='comma-separated torch thread counts to run, '
-                        'e.g. "1,2" (default: torch default)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads (default: torch default)')
     parser.add_argument('--ablations', action='store_true',
-                        help='also time COO layout, propagation alone and the '
-                        'other step components')
-    parser.add_argument('--fused-adam', action='store_true',
-                        help='use torch.optim.Adam(fused=True) in all '
-                        'training-step variants')
-    parser.add_argument('--skip-cerp', action='store_true',
-                        help='skip the CompositionalEmbedding variant')
+                        help='also time the components of a step')
     parser.add_argument('--json', default=None,
                         help='also write all raw timings to this JSON file')
     args = parser.parse_args(argv)
     if args.root is None:
         parser.error('pass --root or set PYG_CERP_DATA')
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
-    edge_index, num_users, num_items = load_gowalla(args.root)
-    num_nodes = num_users + num_items
+    data = Gowalla(os.path.join(args.root, 'gowalla'))[0]
+    edge_index = data['user', 'rates', 'item'].edge_index
+    num_users, num_items = data['user'].num_nodes, data['item'].num_nodes
     adj = lightgcn_adjacency(edge_index, num_users, num_items)
     batches = sample_batches(edge_index, num_users, num_items,
-                             args.batch_size, num_batches=16)
-
-    threads = ([int(t) for t in args.threads.split(',')]
-               if args.threads else [torch.get_num_threads()])
-    report = dict(config=dict(vars(args), num_users=num_users,
-                              num_items=num_items,
-                              num_train=edge_index.size(1),
-                              nnz=adj._nnz(), torch=torch.__version__),
-                  runs={})
-    for t in threads:
-        torch.set_num_threads(t)
-        print(f'## Gowalla: {num_users} users, {num_items} items, '
-              f'{edge_index.size(1)} train interactions (nnz={adj._nnz()}); '
-              f'd={args.dim}, layers={args.layers}, batch={args.batch_size}, '
-              f'threads={t}, repeats={args.repeats}\n')
-        results = run(args, adj, batches, num_nodes)
-        for title, times in results.items():
-            base = next(iter(times))
-            print(markdown(times, base, title) + '\n')
-        report['runs'][str(t)] = results
-
+                             args.batch_size, args.num_negatives, 8)
+    print(f'## Gowalla: {num_users} users, {num_items} items, nnz='
+          f'{adj._nnz()}; d={args.dim}, layers={args.layers}, batch='
+          f'{args.batch_size} x {args.num_negatives} negatives, threads='
+          f'{torch.get_num_threads()}, repeats={args.repeats}, torch '
+          f'{torch.__version__}, load average {os.getloadavg()[0]:.2f}\n')
+    results = run(args, adj, batches, num_users, num_items)
+    for title, times in results.items():
+        print(markdown(times, next(iter(times)), title) + '\n')
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
+            json.dump(dict(config=vars(args), results=results), f, indent=1)
 
 
 if __name__ == '__main__':

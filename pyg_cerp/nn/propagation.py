@@ -43,8 +43,9 @@ Example:
     >>> # `adj` is the pre-normalised symmetric torch CSR adjacency:
     >>> out = model.get_embedding(adj)
 """
+import types
 import weakref
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -59,6 +60,7 @@ __all__ = [
     'is_symmetric',
     'check_symmetric',
     'SymmetricLGConv',
+    'RowGatherTensor',
     'use_symmetric_propagation',
     'symmetric_lightgcn_propagation',
 ]
@@ -170,17 +172,51 @@ def check_symmetric(adj: Tensor, rtol: float = 1e-5,
     return adj
 
 
+# int32-indexed copies of int64 CSR matrices, keyed by `id()` of the original:
+# (weak reference to the original, the copy). An entry disappears together
+# with its original.
+_INT32_CSR: Dict[int, Tuple['weakref.ref[Tensor]', Tensor]] = {}
+
+
+def _kernel_matrix(adj: Tensor) -> Tensor:
+    r"""The matrix handed to the sparse kernel. On CPU, MKL takes 32-bit
+    indices, and :obj:`torch.sparse.mm` converts int64 CSR indices on every
+    call (measured 5 ms of an 80 ms Gowalla step), so the indices are
+    converted once per matrix object and the copy is reused."""
+    if (adj.layout != torch.sparse_csr or adj.device.type != 'cpu'
+            or adj.crow_indices().dtype == torch.int32
+            or adj._nnz() >= 2**31 - 1):
+        return adj
+    key = id(adj)
+    entry = _INT32_CSR.get(key)
+    if entry is not None and entry[0]() is adj:
+        return entry[1]
+    # The values are shared; `.detach()` keeps the copy from holding the
+    # original (and so its cache entry) alive.
+    converted = torch.sparse_csr_tensor(adj.crow_indices().int(),
+                                        adj.col_indices().int(),
+                                        adj.values().detach(), adj.size())
+    ref = weakref.ref(adj, lambda _, key=key: _INT32_CSR.pop(key, None))
+    _INT32_CSR[key] = (ref, converted)
+    return converted
+
+
 def _spmm(adj: Tensor, x: Tensor) -> Tensor:
     r"""Sparse-dense product without autograd bookkeeping.
 
-    On CPU with CSR layout, :obj:`torch.sparse.mm(adj, x, 'sum')` dispatches
-    to a native row-parallel kernel; the default :obj:`torch.sparse.mm` path
-    goes through :obj:`addmm`, which converts the int64 index arrays and copies
-    the output on every call (measured about 1.3x slower on Gowalla, d=64).
+    :obj:`torch.sparse.mm` (the :obj:`addmm` path, MKL on CPU, cuSPARSE on
+    CUDA) is the fastest kernel measured here: on Gowalla (:math:`N = 70{,}839`,
+    1.6M non-zeros, :math:`d = 64`, 2 idle cores) 7.0-7.4 ms against 9.2-9.3
+    ms for the row-parallel :obj:`torch.sparse.mm(adj, x, 'sum')`.
     """
-    if adj.layout == torch.sparse_csr and adj.device.type == 'cpu':
-        return torch.sparse.mm(adj, x, 'sum')
-    return torch.sparse.mm(adj, x)
+    return torch.sparse.mm(_kernel_matrix(adj), x)
+
+
+def _spmm_add(adj: Tensor, x: Tensor, y: Tensor, beta: float = 1.,
+              alpha: float = 1.) -> Tensor:
+    r"""Returns :math:`\beta \mathbf{Y} + \alpha \mathbf{A} \mathbf{X}` in
+    one kernel call (no separate pass over the :math:`N \times d` output)."""
+    return torch.addmm(y, _kernel_matrix(adj), x, beta=beta, alpha=alpha)
 
 
 def _check_symmetric_once(adj: Tensor, rtol: float, atol: float) -> None:
@@ -320,19 +356,89 @@ class SymmetricLGConv(LGConv):
         return f'{self.__class__.__name__}()'
 
 
-def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
-                              rtol: float = 1e-5,
-                              atol: float = 1e-8) -> LightGCN:
-    r"""Replaces every :class:`~torch_geometric.nn.conv.LGConv` in
-    :obj:`model.convs` by an equivalent :class:`SymmetricLGConv`, in place.
+class RowGatherTensor(Tensor):
+    r"""The node embeddings returned by a fused :meth:`LightGCN.get_embedding`
+    (see :func:`use_symmetric_propagation`).
 
-    The model keeps its class and its :meth:`forward`, :meth:`get_embedding`,
-    :meth:`recommend`, :meth:`recommendation_loss` and :obj:`embedding`
-    untouched: only the backward pass of the sparse propagation changes when
-    the model is called with a symmetric :class:`torch.sparse.Tensor`
-    adjacency (inputs in other formats behave exactly as before).
+    A plain :class:`torch.Tensor` in every respect (every operation on it
+    returns plain tensors), except that gathering rows by an integer tensor,
+    :obj:`out[index]` (what :meth:`LightGCN.forward` and
+    :meth:`LightGCN.recommend` do), runs :func:`torch.index_select`. The
+    values are the same; the backward pass is an :obj:`index_add_` instead of
+    the :obj:`index_put_(accumulate=True)` of advanced indexing, measured 7x
+    faster on CPU (1.7 ms against 11.5 ms for 49,152 rows of
+    :math:`70{,}839 \times 64`). Ids must lie in :math:`[0, N)`:
+    :func:`torch.index_select` raises an :class:`IndexError` for negative
+    ones.
+    """
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is Tensor.__getitem__ and len(args) == 2:
+            self, index = args
+            if (isinstance(index, Tensor) and index.dim() >= 1
+                    and index.dtype in (torch.long, torch.int)
+                    and self.dim() == 2):
+                with torch._C.DisableTorchFunctionSubclass():
+                    out = torch.index_select(self, 0, index.reshape(-1))
+                    return out.view(*index.shape, self.size(1))
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _can_fuse(model: LightGCN, edge_index: Any, edge_weight: Any) -> bool:
+    return (edge_weight is None and isinstance(edge_index, Tensor)
+            and is_torch_sparse_tensor(edge_index)
+            and not edge_index.requires_grad
+            and all(isinstance(conv, SymmetricLGConv) and not conv.normalize
+                    and conv.aggr in ('add', 'sum') for conv in model.convs))
+
+
+def _fused_get_embedding(self: LightGCN, edge_index: Adj,
+                         edge_weight: OptTensor = None) -> Tensor:
+    r""":meth:`LightGCN.get_embedding` as one autograd node
+    (:func:`symmetric_lightgcn_propagation`) for a pre-normalised symmetric
+    :class:`torch.sparse.Tensor`; every other input goes through PyG's own
+    method."""
+    if not _can_fuse(self, edge_index, edge_weight):
+        return LightGCN.get_embedding(self, edge_index, edge_weight)
+    conv = self.convs[0] if len(self.convs) > 0 else None
+    if conv is not None and conv.check_symmetric:
+        _check_sparse_matrix(edge_index, name='edge_index')
+        _check_symmetric_once(edge_index, rtol=conv.rtol, atol=conv.atol)
+    out = symmetric_lightgcn_propagation(edge_index, self.embedding.weight,
+                                         self.alpha)
+    return out.as_subclass(RowGatherTensor)
+
+
+def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
+                              rtol: float = 1e-5, atol: float = 1e-8,
+                              fused: bool = True) -> LightGCN:
+    r"""Makes PyG's :class:`~torch_geometric.nn.models.LightGCN` propagate at
+    the speed of its sparse products, in place:
+
+    1. every :class:`~torch_geometric.nn.conv.LGConv` in :obj:`model.convs`
+       is replaced by an equivalent :class:`SymmetricLGConv` (the backward
+       pass re-uses the symmetric matrix instead of transposing it);
+    2. with :obj:`fused=True`, :meth:`get_embedding` of *this instance*
+       computes the whole propagation and the layer combination
+       :math:`\sum_{l=0}^{L} \alpha_l \mathbf{\hat{A}}^l \mathbf{X}` as one
+       autograd node (:func:`symmetric_lightgcn_propagation`: :math:`L`
+       sparse products forward, :math:`L` fused product-and-add kernels
+       backward, no per-layer temporaries in the graph), and returns a
+       :class:`RowGatherTensor`, whose row gathers in :meth:`forward` and
+       :meth:`recommend` back-propagate through :obj:`index_add_`.
+
+    The fused path is taken for a :class:`torch.sparse.Tensor` adjacency
+    without :obj:`edge_weight`, with :obj:`normalize=False` layers (a
+    pre-normalised :math:`\mathbf{D}^{-1/2} \mathbf{A} \mathbf{D}^{-1/2}`);
+    every other input goes through PyG's own :meth:`get_embedding`.
+    The class and its :meth:`forward`, :meth:`recommend`,
+    :meth:`recommendation_loss` and :obj:`embedding` stay PyG's, and outputs
+    and gradients equal the stock model's (up to float rounding).
     :class:`LGConv` has no parameters, so nothing is copied and optimizers
-    built before the call remain valid.
+    built before the call remain valid. :obj:`del model.get_embedding`
+    undoes step 2.
 
     Args:
         model (torch_geometric.nn.models.LightGCN): The model to modify.
@@ -343,6 +449,8 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
             (default: :obj:`1e-5`)
         atol (float, optional): Absolute tolerance of the symmetry check.
             (default: :obj:`1e-8`)
+        fused (bool, optional): Fuse the propagation and the layer
+            combination (step 2). (default: :obj:`True`)
 
     Returns:
         The same :obj:`model` object, for chaining.
@@ -369,22 +477,70 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
         )
         new_conv.train(conv.training)
         model.convs[i] = new_conv
+    if fused:
+        model.get_embedding = types.MethodType(_fused_get_embedding, model)
+    elif 'get_embedding' in vars(model):
+        del model.get_embedding
     return model
+
+
+# Layer weights read from a tensor, keyed by `id()`: (weak reference to the
+# tensor, its in-place version when read, the values). An entry disappears
+# together with its tensor.
+_COEFFICIENTS: Dict[int, Tuple['weakref.ref[Tensor]', int, List[float]]] = {}
+
+
+def _layer_coefficients(alpha: Tensor) -> List[float]:
+    r"""The layer weights :math:`\alpha_l` as python floats.
+
+    Reading a CUDA tensor synchronises the device, so there the values of a
+    tensor that does not require gradients (PyG's default buffer) are cached
+    per tensor and in-place version counter (writes through :obj:`.data`
+    bypass that counter: use in-place operations on the tensor itself).
+    CPU tensors and trained weights are read on every call.
+    """
+    if alpha.device.type == 'cpu' or alpha.requires_grad:
+        return [float(a) for a in alpha.detach().cpu()]
+    key = id(alpha)
+    cached = _COEFFICIENTS.get(key)
+    if (cached is not None and cached[0]() is alpha
+            and cached[1] == alpha._version):
+        return cached[2]
+    coeffs = [float(a) for a in alpha.detach().cpu()]
+    ref = weakref.ref(alpha, lambda _, key=key: _COEFFICIENTS.pop(key, None))
+    _COEFFICIENTS[key] = (ref, alpha._version, coeffs)
+    return coeffs
+
+
+def _horner(adj: Tensor, x: Tensor, coeffs: List[float]) -> Tensor:
+    r""":math:`\sum_{l=0}^{L} c_l \mathbf{A}^l \mathbf{X} = c_0 \mathbf{X} +
+    \mathbf{A}(c_1 \mathbf{X} + \mathbf{A}(\ldots + \mathbf{A}(c_{L-1}
+    \mathbf{X} + c_L \mathbf{A} \mathbf{X})))`: :math:`L` fused
+    product-and-add kernels and no other pass over :math:`N \times d`
+    memory."""
+    if len(coeffs) == 1:
+        return x * coeffs[0]
+    out = _spmm_add(adj, x, x, beta=coeffs[-2], alpha=coeffs[-1])
+    for coeff in reversed(coeffs[:-2]):
+        out = _spmm_add(adj, out, x, beta=coeff)
+    return out
 
 
 class _SymmetricLightGCNPropagation(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, adj: Tensor, x: Tensor, alpha: Tensor) -> Tensor:
-        coeffs = [float(a) for a in alpha.detach().cpu()]
-        out = x * coeffs[0]
+        coeffs = _layer_coefficients(alpha)
+        ctx.adj, ctx.coeffs = adj, coeffs
+        if not ctx.needs_input_grad[2]:
+            return _horner(adj, x, coeffs)
+        # A trainable alpha needs every layer for its gradient:
         xs = [x]
+        out = x * coeffs[0]
         for coeff in coeffs[1:]:
             x = _spmm(adj, x)
             out.add_(x, alpha=coeff)
             xs.append(x)
-        ctx.adj, ctx.coeffs = adj, coeffs
-        if ctx.needs_input_grad[2]:
-            ctx.save_for_backward(*xs)
+        ctx.save_for_backward(*xs)
         return out
 
     @staticmethod
@@ -392,14 +548,10 @@ class _SymmetricLightGCNPropagation(torch.autograd.Function):
     def backward(ctx: Any, grad_out: Tensor) -> Tuple[None, Optional[Tensor],
                                                       Optional[Tensor]]:
         grad_out = grad_out.contiguous()
-        adj, coeffs = ctx.adj, ctx.coeffs
         grad_x = grad_alpha = None
         if ctx.needs_input_grad[1]:
-            # Horner scheme: sum_l alpha_l A^l G = alpha_0 G + A (alpha_1 G +
-            # A (alpha_2 G + ...)), one sparse product per layer.
-            grad_x = grad_out * coeffs[-1]
-            for coeff in reversed(coeffs[:-1]):
-                grad_x = _spmm(adj, grad_x).add_(grad_out, alpha=coeff)
+            # The symmetric A is its own transpose: the same Horner scheme.
+            grad_x = _horner(ctx.adj, grad_out, ctx.coeffs)
         if ctx.needs_input_grad[2]:
             grad_alpha = torch.stack([(grad_out * x).sum()
                                       for x in ctx.saved_tensors])

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from pyg_cerp.nn.propagation import RowGatherTensor
+
 ScoreFn = Callable[[Tensor], Tensor]
 
 
@@ -152,7 +154,10 @@ class LightGCNRecommender(Recommender):
     def propagate(self) -> Tensor:
         r"""The final node embeddings :math:`\mathbf{E}`, shape
         :obj:`[N_U + N_I, d]`."""
-        return self.model.get_embedding(self.adj)
+        out = self.model.get_embedding(self.adj)
+        # Row gathers back-propagate through `index_add_` (see
+        # `RowGatherTensor`), also for models without the fused propagation.
+        return out.as_subclass(RowGatherTensor)
 
     def scores(self, users: Tensor, pos: Tensor, neg: Tensor):
         out = self.propagate()

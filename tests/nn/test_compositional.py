@@ -287,3 +287,22 @@ def test_composed_weight_gradcheck(n, b):
     assert torch.equal(out, ref)
     assert torch.autograd.gradcheck(lambda P, Q: _ComposeAll.apply(P, Q, n, m),
                                     (P, Q))
+
+
+def test_soft_threshold_gradients_match_operator_chain():
+    torch.manual_seed(0)
+    value = torch.randn(40, 6, dtype=torch.double, requires_grad=True)
+    for shape in [(40, 6), (1, 6), (40, 1)]:
+        s = torch.randn(*shape, dtype=torch.double, requires_grad=True)
+        assert torch.autograd.gradcheck(soft_threshold, (value, s))
+        ref = torch.sign(value) * torch.relu(value.abs() - torch.sigmoid(s))
+        assert torch.allclose(soft_threshold(value, s), ref)
+
+
+def test_pruning_loss_gradient():
+    emb = CompositionalEmbedding(50, 4, 8, threshold_init=-3.).double()
+    index = torch.tensor([0, 3, 3, 49, 17])
+    assert torch.autograd.gradcheck(
+        lambda p: emb.pruning_loss(index, K=3.) + 0 * p.sum(), (emb.P, ))
+    ref = -torch.tanh(3. * emb(index)).pow(2).sum() / index.numel()
+    assert torch.allclose(emb.pruning_loss(index, K=3.), ref)

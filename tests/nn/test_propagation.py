@@ -259,3 +259,76 @@ def test_symmetric_lightgcn_propagation():
     alpha = torch.rand(4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda x, a: symmetric_lightgcn_propagation(adj, x, a), (x, alpha))
+
+
+def test_fused_get_embedding_is_one_node_and_matches_stock():
+    from pyg_cerp.nn.propagation import RowGatherTensor
+    edge_index = random_bipartite_edge_index()
+    adj = normalized_adj(edge_index)
+    stock, fast = model_pair(normalize=False)
+    assert 'get_embedding' in vars(fast)
+    out = fast.get_embedding(adj)
+    assert isinstance(out, RowGatherTensor)
+    node = out.grad_fn.next_functions[0][0]  # Behind the subclass alias.
+    assert type(node).__name__.startswith('_SymmetricLightGCN')
+    assert torch.allclose(out, stock.get_embedding(adj), atol=1e-6)
+
+    # Integer-tensor row gathers (1-D and 2-D) equal advanced indexing, and
+    # their gradients too; other keys keep their meaning.
+    index = torch.tensor([[3, 0, 3], [23, 5, 5]])
+    ref = out.detach().clone().requires_grad_()
+    view = ref.as_subclass(RowGatherTensor)
+    for key in [index, index[0], index.int()]:
+        assert torch.equal(view[key], ref.detach()[key.long()])
+        grad = torch.randn(*key.shape, 8)
+        g1, = torch.autograd.grad(view[key], ref, grad)
+        g2, = torch.autograd.grad(ref[key.long()], ref, grad)
+        assert torch.allclose(g1, g2)
+    assert torch.equal(view[1:3], ref.detach()[1:3])
+    assert torch.equal(view[view[:, 0] > 0], ref.detach()[ref[:, 0] > 0])
+    assert type(view * 2) is torch.Tensor
+
+    # Edge-index input and edge weights go through PyG's own method.
+    e1 = fast.get_embedding(edge_index)
+    assert not isinstance(e1, RowGatherTensor)
+    assert torch.allclose(e1, stock.get_embedding(edge_index), atol=1e-6)
+
+    # A deep copy keeps the fused path bound to the copy.
+    twin = copy.deepcopy(fast)
+    assert twin.get_embedding.__self__ is twin
+    assert isinstance(twin.get_embedding(adj), RowGatherTensor)
+
+    use_symmetric_propagation(fast, fused=False)
+    assert 'get_embedding' not in vars(fast)
+    assert not isinstance(fast.get_embedding(adj), RowGatherTensor)
+
+
+def test_fused_get_embedding_with_compositional_embedding():
+    from pyg_cerp.nn import CompositionalEmbedding
+    adj = normalized_adj(random_bipartite_edge_index())
+    stock, fast = model_pair(normalize=False)
+    torch.manual_seed(1)
+    stock.embedding = CompositionalEmbedding(NUM_NODES, 8, 6,
+                                             threshold_init=-3.)
+    fast.embedding = copy.deepcopy(stock.embedding)
+    eli = torch.tensor([[0, 1, 2, 3, 0], [NUM_USERS, 12, 15, 20, 21]])
+    grads = []
+    for model in (stock, fast):
+        model.zero_grad()
+        (model(adj, eli) * torch.arange(5.)).sum().backward()
+        grads.append([p.grad.clone() for p in model.embedding.parameters()])
+    for g1, g2 in zip(*grads):
+        assert torch.allclose(g1, g2, atol=1e-6)
+
+
+def test_int32_kernel_matrix_is_cached_and_exact():
+    from pyg_cerp.nn import propagation
+    adj = normalized_adj(random_bipartite_edge_index())
+    k1 = propagation._kernel_matrix(adj)
+    assert k1.crow_indices().dtype == torch.int32
+    assert propagation._kernel_matrix(adj) is k1
+    x = torch.randn(NUM_NODES, 5)
+    assert torch.allclose(torch.sparse.mm(k1, x), torch.sparse.mm(adj, x))
+    key = id(adj)
+    del adj, k1
+    assert key not in propagation._INT32_CSR
