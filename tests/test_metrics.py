@@ -275,7 +275,7 @@ def test_non_integer_k_and_empty_test_set():
         ranking_metrics_from_scores(score_fn, 3, 5, train, test[:, :0])
     with pytest.raises(ValueError, match='No evaluated user'):
         ranking_metrics_from_scores(score_fn, 3, 5, train, test,
-                                    user_ids=torch.tensor([], dtype=torch.long))
+                                    user_ids=torch.zeros(0, dtype=torch.long))
 
 
 def test_test_pairs_in_train_warn():
