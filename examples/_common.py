@@ -1,5 +1,6 @@
 r"""Shared command-line plumbing of the CERP examples (not a library)."""
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -11,7 +12,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyg_cerp.train import CERPConfig, CERPRunner, Interactions  # noqa: E402
-from pyg_cerp.train import load_interactions, make_sampler  # noqa: E402
+from pyg_cerp.train import interactions_from_dataset  # noqa: E402
+from pyg_cerp.train import make_sampler  # noqa: E402
+from pyg_cerp.train.cerp import ResumeError  # noqa: E402
+from pyg_cerp.datasets import ChecksumError, open_folder  # noqa: E402
+from pyg_cerp.utils.io import CheckpointError, FolderLock  # noqa: E402
 from pyg_cerp.distributed import (DistributedCERPRunner,  # noqa: E402
                                   destroy_distributed, init_distributed)
 
@@ -116,10 +121,44 @@ def add_common_arguments(parser: argparse.ArgumentParser,
                         'fastest on a shared 2-core machine)')
     parser.add_argument('--no-progress', action='store_true',
                         help='No tqdm progress bars')
+    parser.add_argument(
+        '--no-verify-checksums', action='store_true',
+        help='Use the raw files of a known dataset (gowalla, yelp2020, '
+        'yelp2020-lightgcn-pr16) even if they do not match its checksums')
 
 
 def config_from_args(args: argparse.Namespace, defaults: CERPConfig,
+                     parser: Optional[argparse.ArgumentParser] = None,
+                     minimums: Optional[Dict[str, int]] = None,
                      **overrides) -> CERPConfig:
+    r"""The configuration of the command-line arguments; every argument is
+    validated here, before any data is read or model trained (with a
+    :obj:`parser`, an invalid one exits through :meth:`parser.error`).
+    :obj:`minimums` gives the smallest value of script-specific integer
+    arguments (*e.g.*, :obj:`{'num_layers': 0}`)."""
+    try:
+        return _config_from_args(args, defaults, minimums or {}, overrides)
+    except (TypeError, ValueError) as e:
+        if parser is None:
+            raise
+        parser.error(str(e))
+        raise  # pragma: no cover (parser.error exits)
+
+
+def _config_from_args(args: argparse.Namespace, defaults: CERPConfig,
+                      minimums: Dict[str, int],
+                      overrides: Dict[str, Any]) -> CERPConfig:
+    checks = dict(threads=1, stop_after=1, **minimums)
+    for name, minimum in checks.items():
+        value = getattr(args, name, None)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is not None and v < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be at "
+                                 f"least {minimum} (got {v})")
+    if args.subset is not None and min(args.subset) < 1:
+        raise ValueError(f"--subset needs positive MAX_USERS MAX_ITEMS "
+                         f"(got {args.subset})")
     epochs = defaults.baseline_epochs if args.epochs is None else args.epochs
     retrain = (args.retrain_epochs if args.retrain_epochs is not None else
                (defaults.retrain_epochs if args.epochs is None else epochs))
@@ -172,14 +211,30 @@ def slice_interactions(data: Interactions, max_users: int,
 
 
 def load_data(args: argparse.Namespace) -> Interactions:
+    r"""Reads the split through the dataset classes (checksummed for the known
+    datasets, see :func:`pyg_cerp.datasets.open_folder`), or exits with a
+    clear error; sets :obj:`args.data_info` (name, subset, raw-file SHA-256)
+    for the checkpoint's data identity."""
     # Under torchrun, rank 0 reads (and caches) the data first.
     world = init_distributed()
     if not world.is_main:
         world.barrier()
     folder = resolve_dataset(args.dataset, args.root)
-    data = Interactions(*load_interactions(folder))
+    try:
+        dataset = open_folder(
+            folder, verify_checksums=not getattr(args, 'no_verify_checksums',
+                                                 False))
+    except ChecksumError as e:
+        sys.exit(f'error: {e} (on the command line: --no-verify-checksums)')
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f'error: {e}')
+    data = interactions_from_dataset(dataset)
     if args.subset is not None:
         data = slice_interactions(data, *args.subset)
+    args.data_info = dict(
+        name=os.path.basename(os.path.normpath(folder)),
+        subset=list(args.subset) if args.subset is not None else None,
+        files={f: h['sha256'] for f, h in dataset.raw_hashes.items()})
     if world.is_main:
         world.barrier()
     return data
@@ -222,16 +277,36 @@ def main_loop(args: argparse.Namespace, config: CERPConfig,
                             config.num_negatives, config.batch_size, seed)
 
     kwargs: Dict[str, Any] = dict(out_dir=out,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress,
+                                  data_info=getattr(args, 'data_info', None))
     if world.is_distributed:
         runner = DistributedCERPRunner(config, data, build_recommender,
                                        sampler, world=world, **kwargs)
     else:
         runner = CERPRunner(config, data, build_recommender, sampler,
                             **kwargs)
+    # Only rank 0 writes: it holds the lock on `out` until the results are
+    # written, so a second run on the same folder fails at once.
+    lock = FolderLock(out) if world.is_main else contextlib.nullcontext()
+    try:
+        with lock:
+            return _run_and_write(args, config, data, runner, world, out,
+                                  log)
+    except RuntimeError as e:
+        if 'is in use by another run' not in str(e):
+            raise
+        sys.exit(f'error: {e}')
+
+
+def _run_and_write(args: argparse.Namespace, config: CERPConfig,
+                   data: Interactions, runner: CERPRunner, world: Any,
+                   out: str, log: Callable) -> Dict[str, Any]:
     start = time.perf_counter()
     # A failing rank raises (non-zero exit); torchrun then stops the others.
-    state = runner.run(resume=args.resume, stop_after=args.stop_after)
+    try:
+        state = runner.run(resume=args.resume, stop_after=args.stop_after)
+    except (CheckpointError, ResumeError, FloatingPointError) as e:
+        sys.exit(f'error: {e}')
     destroy_distributed(world)
     elapsed = time.perf_counter() - start
     if not world.is_main:

@@ -31,8 +31,8 @@ def main(argv=None):
     parser.add_argument('--hidden', type=int, nargs='+', default=[128, 64],
                         help='MLP hidden sizes (default: 128 64)')
     args = parser.parse_args(argv)
+    config = config_from_args(args, DEFAULTS, parser, {'hidden': 1})
     torch.set_num_threads(args.threads)
-    config = config_from_args(args, DEFAULTS)
     data = load_data(args)
 
     def build(embedding: torch.nn.Module) -> MLPRecommender:

@@ -1124,8 +1124,12 @@ class DistributedCERPRunner(CERPRunner):
                 payload = ('error', type(e).__name__, str(e))
         payload = self.world.broadcast_object(payload)
         if payload[0] == 'error':
+            from pyg_cerp.train.cerp import ResumeError
+            from pyg_cerp.utils.io import CheckpointError
             error = {'ValueError': ValueError, 'KeyError': KeyError,
-                     'FileNotFoundError': FileNotFoundError}.get(
+                     'FileNotFoundError': FileNotFoundError,
+                     'ResumeError': ResumeError,
+                     'CheckpointError': CheckpointError}.get(
                          payload[1], RuntimeError)
             raise error(f'Rank 0 could not load the checkpoint: '
                         f'{payload[2]}')

@@ -1,5 +1,7 @@
 r"""Full-ranking top-:math:`k` evaluation (Recall@k and NDCG@k) with training
 positives excluded, as in LightGCN and CERP."""
+import operator
+import warnings
 from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import torch
@@ -56,6 +58,27 @@ def deterministic_topk(scores: Tensor, k: int) -> Tensor:
     return idx
 
 
+def _check_ks(ks: Union[int, Sequence[int]]) -> list:
+    # Sorted, unique, positive integer cut-offs (k=2.5 is an error, not 2).
+    if isinstance(ks, (int, float)) or (isinstance(ks, Tensor)
+                                        and ks.dim() == 0):
+        ks = (ks, )
+    out = []
+    for k in ks:
+        try:
+            if isinstance(k, bool):
+                raise TypeError
+            out.append(operator.index(k))
+        except TypeError:
+            raise TypeError(f"'ks' must be positive integers (got "
+                            f"{type(k).__name__} {k!r} in {list(ks)})") \
+                from None
+    out = sorted(set(out))
+    if len(out) == 0 or out[0] <= 0:
+        raise ValueError(f"'ks' must be positive integers (got {out})")
+    return out
+
+
 def _sorted_unique(key: Tensor) -> Tensor:
     # Edge indices of `LightGCNDataset` are already sorted by (user, item):
     # an O(E) check then skips the O(E log E) `torch.unique`.
@@ -98,11 +121,7 @@ class RankingEvaluator:
         test_edge_index: Tensor,
         ks: Union[int, Sequence[int]] = (20, ),
     ) -> None:
-        if isinstance(ks, int):
-            ks = (ks, )
-        ks = sorted(set(int(k) for k in ks))
-        if len(ks) == 0 or ks[0] <= 0:
-            raise ValueError(f"'ks' must be positive integers (got {ks})")
+        ks = _check_ks(ks)
         for name, ei in (('train_edge_index', train_edge_index),
                          ('test_edge_index', test_edge_index)):
             if ei.dim() != 2 or ei.size(0) != 2:
@@ -125,6 +144,17 @@ class RankingEvaluator:
                                        test_edge_index[1].long())
         self.test_count = torch.bincount(self.test_key // n,
                                          minlength=num_users)
+        pos = torch.searchsorted(train_key, self.test_key)
+        pos.clamp_(max=max(train_key.numel() - 1, 0))
+        overlap = int((train_key[pos] == self.test_key).sum()) \
+            if train_key.numel() > 0 else 0
+        if overlap > 0:
+            warnings.warn(
+                f"{overlap} test (user, item) pair(s) are also training "
+                f"pairs: they are excluded from the ranking but still count "
+                f"in the Recall/NDCG denominators, so the metrics are biased "
+                f"low (a perfect scorer cannot reach 1). Remove them from "
+                f"the test set.", UserWarning, stacklevel=3)
         kmax = min(ks[-1], num_items)
         discount = 1.0 / torch.arange(2, kmax + 2, dtype=torch.float64).log2()
         self.discount = discount
@@ -193,7 +223,16 @@ class RankingEvaluator:
                     torch.tensor(float('-inf'), dtype=scores.dtype,
                                  device=device))
             top = deterministic_topk(scores, kmax)
-            excluded = scores.gather(1, top) == float('-inf')
+            picked = scores.gather(1, top)
+            # topk ranks nan above everything: a nan anywhere in a row's
+            # candidates shows up in its top-k (an O(B k) check).
+            if bool(picked.isnan().any()):
+                bad = batch[picked.isnan().any(1).cpu()][:5].tolist()
+                raise ValueError(
+                    f"'score_fn' returned nan scores (e.g. for users {bad}): "
+                    f"the model diverged or its inputs hold nan, and the "
+                    f"ranking would be arbitrary")
+            excluded = picked == float('-inf')
             top, excluded = top.cpu(), excluded.cpu()
             key = batch.view(-1, 1) * self.num_items + top
             pos = torch.searchsorted(self.test_key, key)
@@ -228,8 +267,12 @@ def combine_ranking_sums(parts: Iterable[Metrics]) -> Metrics:
     if not total:
         raise ValueError("'parts' is empty")
     count = total.pop('num_users')
-    return {key: (value / count if count > 0 else 0.0)
-            for key, value in total.items()}
+    if count <= 0:
+        raise ValueError(
+            "No evaluated user has a test item, so Recall/NDCG are "
+            "undefined: the test set is empty, or the evaluated users (e.g. "
+            "'user_ids' or an 'eval_users' sample) have no test pairs")
+    return {key: value / count for key, value in total.items()}
 
 
 def ranking_metrics_from_scores(

@@ -4,7 +4,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
-from pyg_cerp.utils.validation import check_edge_ids
+from pyg_cerp.utils.validation import check_edge_ids, check_int
 
 __all__ = ['BPRSampler']
 
@@ -38,8 +38,10 @@ class BPRSampler:
     the user are redrawn (vectorised: pairs are encoded as
     :math:`u \cdot I + i` and looked up with :func:`torch.searchsorted` in
     the sorted training keys; only hits are redrawn) for at most
-    :obj:`max_rounds` rounds; hits left after that (probability
-    :math:`\le (\deg(u) / I)^{\textrm{max\_rounds}+1}`) are kept.
+    :obj:`max_rounds` rounds; the few hits left after that (probability
+    :math:`\le (\deg(u) / I)^{\textrm{max\_rounds}+1}`, large only for
+    users with almost every item) are drawn exactly from the user's
+    non-positive items.
 
     All triples of an epoch are drawn at once when iteration starts (memory
     :math:`O(|\mathcal{E}| \cdot \textrm{num\_negatives})` integers).
@@ -96,6 +98,9 @@ class BPRSampler:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
+        if not isinstance(edge_index, Tensor):
+            raise TypeError(f"'edge_index' must be a torch.Tensor "
+                            f"(got {type(edge_index).__name__})")
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"'edge_index' must have shape [2, num_edges] "
                              f"(got {list(edge_index.size())})")
@@ -106,15 +111,16 @@ class BPRSampler:
                            ('num_negatives', num_negatives),
                            ('batch_size', batch_size),
                            ('world_size', world_size)):
-            if value <= 0:
-                raise ValueError(f"'{arg}' must be positive (got {value})")
-        if max_rounds < 0:
-            raise ValueError(f"'max_rounds' must be >= 0 (got {max_rounds})")
+            check_int(arg, value, minimum=1)
+        check_int('max_rounds', max_rounds, minimum=0)
+        check_int('seed', seed, minimum=None)
+        check_int('rank', rank, minimum=0)
         if not 0 <= rank < world_size:
             raise ValueError(f"'rank' must be in [0, {world_size}) "
                              f"(got {rank})")
-        edge_index = edge_index.to(torch.long).cpu()
+        # Before the cast: float ids must not be truncated silently.
         check_edge_ids(edge_index, num_users, num_items)
+        edge_index = edge_index.to(torch.long).cpu()
 
         self.edge_index = edge_index
         self.num_users = num_users
@@ -225,7 +231,35 @@ class BPRSampler:
             neg[hit] = new
             still = self.is_positive(users[hit], new)
             hit = (hit[0][still], hit[1][still])
+        if hit[0].numel() > 0:  # Users with almost every item: draw exactly.
+            neg[hit] = self._sample_non_positive(users[hit], generator)
         return neg
+
+    def _sample_non_positive(
+        self,
+        users: Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> Tensor:
+        # Uniform over the items that are *not* training positives of each
+        # user: draw a rank r in [0, I - deg(u)) and map it to the r-th
+        # non-positive item, r + #{positives p_j with p_j - j <= r}, where
+        # p_0 < p_1 < ... are the user's positives (p_j - j is
+        # non-decreasing). Used for the few draws left after `max_rounds`.
+        num_items = self.num_items
+        keys = self.pos_keys
+        key_user = keys // num_items
+        if not hasattr(self, '_adjusted_keys'):
+            deg = torch.bincount(key_user, minlength=self.num_users)
+            start = torch.cumsum(deg, 0) - deg
+            local = torch.arange(keys.numel()) - start[key_user]
+            self._deg, self._start = deg, start
+            self._adjusted_keys = keys - local  # u * I + (p_j - j)
+        deg, start = self._deg[users], self._start[users]
+        rank = (torch.rand(users.numel(), generator=generator) *
+                (num_items - deg)).long().clamp_(max=num_items - deg - 1)
+        found = torch.searchsorted(self._adjusted_keys,
+                                   users * num_items + rank, right=True)
+        return rank + (found - start)
 
     def __iter__(self) -> Iterator[Triple]:
         epoch = self.epoch

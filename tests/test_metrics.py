@@ -237,3 +237,51 @@ def test_ranking_evaluator_reuse():
         out = evaluator(score_fn, batch_size=5)
         assert out == pytest.approx(ranking_metrics(u, item_emb, train, test,
                                                     ks=10))
+
+
+def _toy_split():
+    train = torch.tensor([[0, 1, 2], [0, 1, 2]])
+    test = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    return train, test
+
+
+@pytest.mark.parametrize('where', ['all', 'one'])
+def test_nan_scores_raise(where):
+    from pyg_cerp.metrics import ranking_metrics_from_scores
+    train, test = _toy_split()
+
+    def score_fn(users):
+        scores = torch.randn(users.numel(), 5)
+        if where == 'all':
+            return scores.fill_(float('nan'))
+        scores[-1, 4] = float('nan')
+        return scores
+
+    with pytest.raises(ValueError, match="'score_fn' returned nan scores"):
+        ranking_metrics_from_scores(score_fn, 3, 5, train, test, ks=2)
+
+
+def test_non_integer_k_and_empty_test_set():
+    from pyg_cerp.metrics import ranking_metrics_from_scores
+    train, test = _toy_split()
+
+    def score_fn(users):
+        return torch.randn(users.numel(), 5)
+
+    with pytest.raises(TypeError, match="'ks' must be positive integers "
+                       "\\(got float 2.5"):
+        ranking_metrics_from_scores(score_fn, 3, 5, train, test, ks=2.5)
+    with pytest.raises(ValueError, match='No evaluated user has a test item'):
+        ranking_metrics_from_scores(score_fn, 3, 5, train, test[:, :0])
+    with pytest.raises(ValueError, match='No evaluated user'):
+        ranking_metrics_from_scores(score_fn, 3, 5, train, test,
+                                    user_ids=torch.zeros(0, dtype=torch.long))
+
+
+def test_test_pairs_in_train_warn():
+    from pyg_cerp.metrics import ranking_metrics_from_scores
+    train, _ = _toy_split()
+    test = torch.tensor([[0, 1], [0, 2]])  # (0, 0) is a training pair
+    with pytest.warns(UserWarning, match='1 test .* also training pairs'):
+        ranking_metrics_from_scores(lambda u: torch.randn(u.numel(), 5), 3,
+                                    5, train, test, ks=2)

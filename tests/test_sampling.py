@@ -132,3 +132,32 @@ def test_validation():
     with pytest.raises(ValueError, match="'num_negatives' must be positive"):
         BPRSampler(ei, 1, 3, num_negatives=0)
     assert 'num_negatives=1' in repr(BPRSampler(ei, 1, 3))
+
+
+def test_argument_types_are_checked():
+    ei = torch.tensor([[0, 1], [0, 1]])
+    with pytest.raises(TypeError, match='float ids would be truncated'):
+        BPRSampler(ei.float() + 0.5, 2, 3)
+    with pytest.raises(TypeError, match="'num_users' must be an int"):
+        BPRSampler(ei, 2.0, 3)
+    with pytest.raises(TypeError, match="'batch_size' must be an int"):
+        BPRSampler(ei, 2, 3, batch_size='8')
+
+
+def test_near_full_user_gets_no_positive_negatives():
+    # User 0 has every item but 7: rejection sampling alone leaves about a
+    # quarter of its negatives on positives after 10 rounds; the exact
+    # fallback draws from the non-positive items only.
+    num_items = 40
+    items = [i for i in range(num_items) if i != 7]
+    ei = torch.tensor([[0] * len(items) + [1] * 6, items + list(range(6))])
+    sampler = BPRSampler(ei, 2, num_items, num_negatives=20, batch_size=16)
+    for users, _, neg in sampler:
+        assert not sampler.is_positive(users.view(-1, 1).expand_as(neg),
+                                       neg).any()
+        assert bool((neg[users == 0] == 7).all())
+    # Uniform over the user's non-positive items:
+    draws = sampler._sample_non_positive(torch.ones(8000, dtype=torch.long),
+                                         torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=num_items)
+    assert counts[:6].sum() == 0 and counts[6:].min() > 150

@@ -2,6 +2,7 @@ r"""Recommendation datasets in the LightGCN text format."""
 from .lightgcn import (
     EDGE_TYPE,
     GOWALLA_CHECKSUMS,
+    KNOWN_CHECKSUMS,
     REV_EDGE_TYPE,
     YELP2020_CHECKSUMS,
     YELP2020_PR16_CHECKSUMS,
@@ -12,6 +13,7 @@ from .lightgcn import (
     count_train_test_overlap,
     file_hashes,
     load_lightgcn_split,
+    open_folder,
     read_lightgcn_file,
     verify_file,
 )
@@ -22,6 +24,7 @@ __all__ = [
     'Yelp2020',
     'ChecksumError',
     'load_lightgcn_split',
+    'open_folder',
     'read_lightgcn_file',
     'count_train_test_overlap',
     'file_hashes',
@@ -31,4 +34,5 @@ __all__ = [
     'GOWALLA_CHECKSUMS',
     'YELP2020_CHECKSUMS',
     'YELP2020_PR16_CHECKSUMS',
+    'KNOWN_CHECKSUMS',
 ]

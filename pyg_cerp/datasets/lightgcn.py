@@ -6,6 +6,7 @@ at 0).  The files are turned into a :class:`~torch_geometric.data.HeteroData`
 object in the style of :class:`torch_geometric.datasets.AmazonBook`.
 """
 import hashlib
+import json
 import os
 import os.path as osp
 import re
@@ -25,6 +26,10 @@ from torch_geometric.utils import coalesce
 EDGE_TYPE = ('user', 'rates', 'item')
 #: Reverse edge type, holding the flipped training edges only.
 REV_EDGE_TYPE = ('item', 'rated_by', 'user')
+
+#: The largest id space accepted (ids must fit in :obj:`torch.int32` for
+#: the adjacency and the embedding tables).
+MAX_IDS = 2**31 - 1
 
 Checksums = Mapping[str, Mapping[str, str]]
 
@@ -93,7 +98,8 @@ def file_hashes(path: str) -> Dict[str, str]:
 
 
 def verify_file(path: str, expected: Mapping[str, str],
-                name: Optional[str] = None) -> None:
+                name: Optional[str] = None,
+                actual: Optional[Mapping[str, str]] = None) -> None:
     r"""Checks a file against expected hashes.
 
     Args:
@@ -103,6 +109,8 @@ def verify_file(path: str, expected: Mapping[str, str],
             :class:`ValueError`.
         name (str, optional): The name to report in errors (defaults to
             :obj:`path`).
+        actual (Mapping[str, str], optional): The file's hashes if already
+            computed by :func:`file_hashes`. (default: :obj:`None`)
 
     Raises:
         ChecksumError: If any given hash differs.
@@ -113,7 +121,7 @@ def verify_file(path: str, expected: Mapping[str, str],
                          f"'{name or path}' (use 'sha256' or 'git_blob')")
     if not expected:
         return
-    actual = file_hashes(path)
+    actual = file_hashes(path) if actual is None else actual
     for kind, value in expected.items():
         if actual[kind] != value.lower():
             raise ChecksumError(
@@ -153,12 +161,19 @@ def read_lightgcn_file(path: str) -> Tuple[Tensor, Tensor]:
         file order (duplicates are *not* removed here) and the tensor of the
         user ids of all non-blank lines (including users without items).
 
+    Line endings may be LF, CRLF or CR only.
+
     Raises:
-        ValueError: On an empty file, a non-integer token or a negative id,
-            naming the file and the (1-based) line number.
+        ValueError: On an empty file, a non-integer token, a negative id or
+            an id of :obj:`2**31 - 1` or more, naming the file and the
+            (1-based) line number.
     """
     with open(path, 'rb') as f:
         raw = f.read()
+    if b'\r' in raw:
+        # CR-only (old Mac) line endings would otherwise join every line
+        # into one user; read them like Python's universal newlines do.
+        raw = raw.replace(b'\r\n', b'\n').replace(b'\r', b'\n')
     buf = np.frombuffer(raw, dtype=np.uint8)
     is_digit = (buf >= ord('0')) & (buf <= ord('9'))
     is_space = ((buf == ord(' ')) | (buf == ord('\n')) | (buf == ord('\t'))
@@ -188,6 +203,12 @@ def read_lightgcn_file(path: str) -> Tuple[Tensor, Tensor]:
         (10**power.astype(np.int64))
     first_digit = np.cumsum(lengths) - lengths  # offsets into `contrib`
     values = np.add.reduceat(contrib, first_digit)
+    if values.max() >= MAX_IDS:
+        i = int(np.argmax(values))
+        line = raw.count(b'\n', 0, int(starts[i])) + 1
+        raise ValueError(f"'{path}', line {line}: id {int(values[i])} is too "
+                         f"large (ids must be below {MAX_IDS} and should be "
+                         f"dense, 0..N-1: remap them)")
 
     # Line of every token, and the first token (user id) of every line.
     newline_before = np.cumsum(buf == ord('\n'))
@@ -210,6 +231,29 @@ def _count_in_sorted(query: Tensor, sorted_keys: Tensor) -> int:
     pos = torch.searchsorted(sorted_keys, query)
     pos.clamp_(max=sorted_keys.numel() - 1)
     return int((sorted_keys[pos] == query).sum())
+
+
+def _check_dense(path: str, kind: str, ids: Tensor, num: int) -> None:
+    # An id space far larger than the ids in use (e.g. one id of 1e9 among a
+    # thousand) would silently allocate a huge embedding table.
+    distinct = int(torch.unique(ids).numel())
+    if num > 1_000_000 and num > 10 * distinct:
+        line = _first_line_with(path, num - 1, kind == 'user')
+        raise ValueError(
+            f"'{path}', line {line}: {kind} id {num - 1} makes {num} {kind}s, "
+            f"but only {distinct} distinct {kind} ids occur: LightGCN-format "
+            f"ids must be dense (0..N-1). Remap them.")
+
+
+def _first_line_with(path: str, value: int, first_only: bool) -> int:
+    # Used for error messages only: the 1-based line holding `value` (as its
+    # first token if `first_only`).
+    with open(path, newline=None) as f:
+        for i, line in enumerate(f):
+            toks = line.split()
+            if (toks[:1] if first_only else toks[1:]).count(str(value)):
+                return i + 1
+    return -1  # pragma: no cover
 
 
 def _first_line_of_user(path: str, user: int) -> int:
@@ -260,10 +304,30 @@ def load_lightgcn_split(
         line = _first_line_of_user(test_path, bad)
         raise ValueError(
             f"'{test_path}', line {line}: test user {bad} is unknown to the "
-            f"training file (train users are 0..{num_users - 1})")
+            f"training file '{train_path}' (train users are "
+            f"0..{num_users - 1}). If the training file is truncated or "
+            f"incomplete, restore it; otherwise remove the user from the "
+            f"test file.")
     num_items = int(train[1].max()) + 1
     if test.numel() > 0:
         num_items = max(num_items, int(test[1].max()) + 1)
+    _check_dense(train_path, 'user', train_users, num_users)
+    item_path = train_path
+    if test.numel() > 0 and int(test[1].max()) + 1 == num_items and \
+            int(train[1].max()) + 1 < num_items:
+        item_path = test_path
+    _check_dense(item_path, 'item', torch.cat([train[1], test[1]]),
+                 num_items)
+    for path in (train_path, test_path):
+        if os.path.getsize(path) > 0:
+            with open(path, 'rb') as f:
+                f.seek(-1, os.SEEK_END)
+                last = f.read(1)
+            if last not in (b'\n', b'\r'):
+                warnings.warn(
+                    f"'{path}' does not end with a line break: it may be "
+                    f"truncated (its last line is read as it is). Check the "
+                    f"file against its source.", stacklevel=2)
 
     n = max(num_users, num_items)
     out = []
@@ -376,6 +440,9 @@ class LightGCNDataset(InMemoryDataset):
             (default: :obj:`True`)
     """
     raw_file_names_ = ['train.txt', 'test.txt']
+    #: The processed-folder file holding the SHA-256 of the raw files that
+    #: the processed file was built from.
+    raw_hashes_file = 'raw_hashes.json'
 
     def __init__(
         self,
@@ -401,6 +468,8 @@ class LightGCNDataset(InMemoryDataset):
         self.verify_checksums = verify_checksums
         self._processed_dir = processed_dir
         self._adjacency: Optional[Tensor] = None
+        #: The :func:`file_hashes` of the raw files (computed on every load).
+        self.raw_hashes: Dict[str, Dict[str, str]] = {}
         super().__init__(root, transform, pre_transform,
                          force_reload=force_reload, log=log)
         self.load(self.processed_paths[0], data_cls=HeteroData)
@@ -475,19 +544,47 @@ class LightGCNDataset(InMemoryDataset):
             self._missing_message([fname]) +
             ' Download failed (offline?): ' + '; '.join(errors))
 
-    def process(self) -> None:
+    def _process(self) -> None:
+        # The raw files are hashed (and verified) on every load, not only
+        # when the processed file is built, and a processed file built from
+        # other raw bytes (a file changed, truncated or replaced since) is
+        # rebuilt: the data never silently differs from the raw files.
+        self.raw_hashes = {
+            f: file_hashes(p)
+            for f, p in zip(self.raw_file_names, self.raw_paths)
+        }
         if self.verify_checksums:
             for fname, expected in self.checksums.items():
                 try:
-                    verify_file(osp.join(self.raw_dir, fname), expected)
+                    verify_file(osp.join(self.raw_dir, fname), expected,
+                                actual=self.raw_hashes[fname])
                 except ChecksumError as e:
                     raise ChecksumError(
                         f'{e}. Pass verify_checksums=False to use the file '
                         f'anyway.') from None
+        if not self.force_reload and all(
+                osp.exists(p) for p in self.processed_paths):
+            try:
+                with open(osp.join(self.processed_dir,
+                                   self.raw_hashes_file)) as f:
+                    stored = json.load(f)
+            except (OSError, ValueError):
+                stored = None
+            if stored != self._raw_sha256():
+                self.force_reload = True
+        super()._process()
+
+    def _raw_sha256(self) -> Dict[str, str]:
+        return {f: h['sha256'] for f, h in self.raw_hashes.items()}
+
+    def process(self) -> None:
         data = load_lightgcn_split(*self.raw_paths)
         if self.pre_transform is not None:
             data = self.pre_transform(data)
         self.save([data], self.processed_paths[0])
+        with open(osp.join(self.processed_dir, self.raw_hashes_file),
+                  'w') as f:
+            json.dump(self._raw_sha256(), f)
 
     @property
     def num_users(self) -> int:
@@ -616,3 +713,81 @@ class Yelp2020(_NamedLightGCNDataset):
                     "folder of the CERP README (github.com/xurong-liang/CERP) "
                     "and check it with `git hash-object train.txt`.")
         return msg
+
+
+class _FlatFolderDataset(LightGCNDataset):
+    # A folder holding train.txt/test.txt directly (no raw/ subfolder).
+    def __init__(self, folder: str, **kwargs) -> None:
+        self._folder = osp.abspath(folder)
+        super().__init__(osp.dirname(self._folder),
+                         osp.basename(self._folder), **kwargs)
+
+    @property
+    def raw_dir(self) -> str:
+        return self._folder
+
+    @property
+    def processed_dir(self) -> str:
+        if self._processed_dir is not None:
+            return self._processed_dir
+        default = osp.join(self._folder, 'processed')
+        if _writable(default):
+            return default
+        cache = os.environ.get('PYG_CERP_CACHE',
+                               osp.join('~', '.cache', 'pyg_cerp'))
+        key = hashlib.sha1(self._folder.encode()).hexdigest()
+        return osp.join(osp.expanduser(cache), f'{self.name}-{key[:10]}',
+                        'processed')
+
+
+#: Checksums of the known splits, by folder name (see :func:`open_folder`).
+KNOWN_CHECKSUMS: Dict[str, Dict[str, Dict[str, str]]] = {
+    'gowalla': GOWALLA_CHECKSUMS,
+    'yelp2020': YELP2020_CHECKSUMS,
+    'yelp2020-lightgcn-pr16': YELP2020_PR16_CHECKSUMS,
+}
+
+
+def open_folder(folder: str, verify_checksums: bool = True,
+                processed_dir: Optional[str] = None,
+                log: bool = False) -> LightGCNDataset:
+    r"""Opens the LightGCN-format split in :obj:`folder` (holding
+    :obj:`raw/{train,test}.txt`, or the two files directly) through the
+    dataset classes: :class:`Gowalla` or :class:`Yelp2020` if the folder is
+    named :obj:`gowalla` / :obj:`yelp2020`, else :class:`LightGCNDataset`,
+    with the known checksums of :obj:`KNOWN_CHECKSUMS` for its name (*e.g.*
+    :obj:`yelp2020-lightgcn-pr16`). The raw files are hashed on every call
+    (see :attr:`LightGCNDataset.raw_hashes`) and verified where known.
+
+    Args:
+        folder (str): The dataset folder.
+        verify_checksums (bool, optional): Check the raw files of a known
+            split. (default: :obj:`True`)
+        processed_dir (str, optional): See :class:`LightGCNDataset`.
+        log (bool, optional): Print processing messages.
+            (default: :obj:`False`)
+
+    Raises:
+        FileNotFoundError: If :obj:`train.txt` or :obj:`test.txt` is missing.
+        ChecksumError: If a raw file of a known split does not match.
+    """
+    folder = osp.abspath(folder)
+    name = osp.basename(osp.normpath(folder))
+    kwargs = dict(verify_checksums=verify_checksums,
+                  processed_dir=processed_dir, log=log)
+    if osp.isdir(osp.join(folder, 'raw')):
+        cls = {'gowalla': Gowalla, 'yelp2020': Yelp2020}.get(name.lower())
+        if cls is not None:
+            return cls(folder, **kwargs)
+        return LightGCNDataset(osp.dirname(folder), name,
+                               checksums=KNOWN_CHECKSUMS.get(name.lower()),
+                               **kwargs)
+    missing = [f for f in LightGCNDataset.raw_file_names_
+               if not osp.isfile(osp.join(folder, f))]
+    if missing:
+        raise FileNotFoundError(
+            f"No LightGCN-format split in '{folder}': missing {missing} (put "
+            f"'train.txt' and 'test.txt' into '{folder}/raw' or '{folder}')")
+    return _FlatFolderDataset(folder,
+                              checksums=KNOWN_CHECKSUMS.get(name.lower()),
+                              **kwargs)

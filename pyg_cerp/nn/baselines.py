@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pyg_cerp.nn.compositional import ComposedWeight, soft_threshold
-from pyg_cerp.utils.validation import check_index, check_int
+from pyg_cerp.utils.validation import (check_float, check_index,
+                                       check_index_dtype, check_int)
 
 __all__ = [
     'FullEmbedding',
@@ -98,8 +99,18 @@ class _CountingMixin:
 
     @torch.no_grad()
     def num_nonzero(self) -> int:
-        r"""The number of non-zero stored values."""
-        return sum(int(t.count_nonzero()) for _, t, _ in self.stored_tables())
+        r"""The number of non-zero stored values (a :class:`FloatingPointError`
+        if a table holds :obj:`nan`, which would count as non-zero)."""
+        nnz = nan = 0
+        for name, t, _ in self.stored_tables():
+            n, bad = torch.stack([t.count_nonzero(), t.isnan().sum()]).tolist()
+            nnz, nan = nnz + n, nan + bad
+        if nan:
+            raise FloatingPointError(
+                f"{type(self).__name__} holds {nan} nan value(s) (training "
+                f"diverged), so its memory cannot be counted. Lower the "
+                f"learning rates or check the inputs for nan/inf.")
+        return nnz
 
     @property
     def num_full_params(self) -> int:
@@ -160,6 +171,8 @@ class FullEmbedding(_CountingMixin, torch.nn.Embedding):
         any shape); returns :obj:`[*index.shape, d]`."""
         if getattr(self, 'check_index', True):
             check_index(index, self.num_embeddings, 'index')
+        else:
+            check_index_dtype(index, 'index')
         return super().forward(index)
 
     def stored_tables(self) -> List[Tuple[str, Tensor, bool]]:
@@ -224,6 +237,7 @@ class PEPEmbedding(_CountingMixin, Module):
         super().__init__()
         check_int('num_embeddings', num_embeddings)
         check_int('embedding_dim', embedding_dim)
+        check_float('threshold_init', threshold_init)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.threshold_init = float(threshold_init)
@@ -307,6 +321,9 @@ class PEPEmbedding(_CountingMixin, Module):
             if 'V' not in rewind_to:
                 raise KeyError(f"'rewind_to' lacks ['V'] (got keys "
                                f"{sorted(rewind_to)})")
+            if tuple(rewind_to['V'].shape) != shape:
+                raise ValueError(f"'rewind_to['V']' must have shape {shape} "
+                                 f"(got {tuple(rewind_to['V'].shape)})")
             self.V.copy_(rewind_to['V'])
         self.mask.copy_(mask.to(torch.bool))
         self.retraining.fill_(True)
@@ -327,6 +344,8 @@ class PEPEmbedding(_CountingMixin, Module):
         :math:`[0, N)` of any shape); returns :obj:`[*index.shape, d]`."""
         if self.check_index:
             check_index(index, self.num_embeddings, 'index')
+        else:
+            check_index_dtype(index, 'index')
         if self.is_retraining:
             return self.V[index] * self.mask[index]
         return soft_threshold(self.V[index], self.threshold[index])
@@ -469,6 +488,8 @@ class QREmbedding(_CountingMixin, Module):
         :math:`[0, N)` of any shape); returns :obj:`[*index.shape, d]`."""
         if self.check_index:
             check_index(index, self.num_embeddings, 'index')
+        else:
+            check_index_dtype(index, 'index')
         r_row, q_row = self.hash_index(index)
         return self.R[r_row] + self.Q[q_row]
 
@@ -612,6 +633,8 @@ class HashEmbedding(_CountingMixin, Module):
         :math:`[0, N)` of any shape); returns :obj:`[*index.shape, d]`."""
         if self.check_index:
             check_index(index, self.num_embeddings, 'index')
+        else:
+            check_index_dtype(index, 'index')
         return self.W[self.hash_index(index)]
 
     def stored_tables(self) -> List[Tuple[str, Tensor, bool]]:

@@ -8,7 +8,6 @@ the surviving (non-zero) values of :math:`\hat{\mathbf{P}}` and of the *used*
 rows of :math:`\hat{\mathbf{Q}}`, each table in a sparse row layout
 (:class:`CompressedTable`), optionally in reduced precision.
 """
-import hashlib
 import math
 import os
 import pickle
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from pyg_cerp.utils.io import atomic_save
+from pyg_cerp.utils.io import atomic_save, content_digest
 from pyg_cerp.utils.validation import check_index
 
 PathLike = Union[str, os.PathLike]
@@ -786,7 +785,12 @@ class CompactEmbedding(Module):
             FormatError: (a :class:`ValueError`) If the file is corrupted,
                 truncated, not a compact embedding, of an unsupported version
                 or fails validation; the message names the file.
+            ValueError: If :obj:`decode` is not a valid mode (checked before
+                the file is read, so the file is not blamed).
         """
+        if decode not in DECODES:
+            raise ValueError(f"'decode' must be one of {DECODES} "
+                             f"(got {decode!r})")
         data = read_file(path)
         return cls.from_dict(data, decode=decode, where=f"'{path}'")
 
@@ -798,28 +802,8 @@ class CompactEmbedding(Module):
                 f'decode={self.decode}')
 
 
-def _digest(obj: Any, h: Optional['hashlib._Hash'] = None) -> str:
-    r"""A SHA-256 over a nested dict of tensors and python scalars (keys in
-    sorted order; tensors by dtype, shape and raw bytes)."""
-    h = hashlib.sha256() if h is None else h
-    if isinstance(obj, dict):
-        h.update(b'{')
-        for key in sorted(obj, key=str):
-            h.update(repr(key).encode() + b':')
-            _digest(obj[key], h)
-        h.update(b'}')
-    elif isinstance(obj, (list, tuple)):
-        h.update(b'[')
-        for item in obj:
-            _digest(item, h)
-        h.update(b']')
-    elif isinstance(obj, Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f'T{t.dtype}{tuple(t.shape)}'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    else:
-        h.update(f'{type(obj).__name__}{obj!r};'.encode())
-    return h.hexdigest()
+# One digest for compact files and checkpoints (see pyg_cerp.utils.io).
+_digest = content_digest
 
 
 def write_file(data: Dict[str, Any], path: PathLike) -> None:

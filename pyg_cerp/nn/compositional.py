@@ -2,13 +2,14 @@ r"""Compositional embeddings with learnable soft-threshold pruning (CERP)."""
 import math
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from pyg_cerp.utils.validation import check_index, check_int
+from pyg_cerp.utils.validation import (check_float, check_index,
+                                       check_index_dtype, check_int)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyg_cerp.nn.compact import CompactEmbedding
@@ -266,6 +267,7 @@ class CompositionalEmbedding(Module):
         check_int('num_embeddings', num_embeddings)
         check_int('embedding_dim', embedding_dim)
         check_int('bucket_size', bucket_size)
+        check_float('threshold_init', threshold_init)
         if bucket_size > num_embeddings:
             raise ValueError(
                 f"'bucket_size' must be in [1, num_embeddings={num_embeddings}]"
@@ -399,6 +401,14 @@ class CompositionalEmbedding(Module):
             missing = {'P', 'Q'} - set(rewind_to)
             if missing:
                 raise KeyError(f"'rewind_to' lacks {sorted(missing)}")
+            for name in ('P', 'Q'):
+                value = rewind_to[name]
+                if tuple(value.shape) != shape:
+                    raise ValueError(
+                        f"'rewind_to[{name!r}]' must have shape {shape} (got "
+                        f"{tuple(value.shape)}): it must come from "
+                        f"'initial_state()' of an embedding with the same "
+                        f"bucket_size and embedding_dim")
             self.P.copy_(rewind_to['P'])
             self.Q.copy_(rewind_to['Q'])
         self.mask_P.copy_(mask_p.to(torch.bool))
@@ -480,6 +490,8 @@ class CompositionalEmbedding(Module):
         """
         if self.check_index:
             check_index(index, self.num_embeddings, 'index')
+        else:  # No synchronisation, but never a uint8 mask as ids.
+            check_index_dtype(index, 'index')
         p_hat, q_hat = self.pruned_tables()
         p_row, q_row = self.hash_index(index.reshape(-1))
         # `index_select` back-propagates through `index_add_`, several times
@@ -492,9 +504,24 @@ class CompositionalEmbedding(Module):
     @torch.no_grad()
     def num_nonzero(self) -> int:
         r"""The number of non-zero values in
-        :math:`\hat{\mathbf{P}}` and :math:`\hat{\mathbf{Q}}` together."""
+        :math:`\hat{\mathbf{P}}` and :math:`\hat{\mathbf{Q}}` together.
+
+        Raises:
+            FloatingPointError: If a table holds :obj:`nan` (diverged
+                training), which would otherwise count as non-zero.
+        """
         p_hat, q_hat = self.pruned_tables()
-        return int(p_hat.count_nonzero() + q_hat.count_nonzero())
+        nnz, nan = torch.stack([
+            p_hat.count_nonzero() + q_hat.count_nonzero(),
+            p_hat.isnan().sum() + q_hat.isnan().sum()
+        ]).tolist()
+        if nan:
+            raise FloatingPointError(
+                f"CompositionalEmbedding holds {nan} nan value(s) in its "
+                f"pruned tables (P, Q or the thresholds are nan: training "
+                f"diverged), so its memory cannot be counted. Lower the "
+                f"learning rates or check the inputs for nan/inf.")
+        return int(nnz)
 
     @property
     def num_meta_params(self) -> int:
@@ -545,6 +572,19 @@ class CompositionalEmbedding(Module):
 
     # Serialisation ###########################################################
 
+    def get_extra_state(self) -> Dict[str, int]:
+        r"""The sizes :math:`N`, :math:`d` and :math:`b`, stored in the state
+        dict (key :obj:`'_extra_state'`): the tensors alone cannot tell two
+        embeddings with another :math:`N` but the same :math:`b` and
+        :math:`d` apart, although they hash entities to other rows."""
+        return dict(num_embeddings=self.num_embeddings,
+                    embedding_dim=self.embedding_dim,
+                    bucket_size=self.bucket_size)
+
+    def set_extra_state(self, state: Any) -> None:
+        # Checked (with the key prefix) in `_check_shapes_on_load`.
+        pass
+
     def _check_shapes_on_load(self, state_dict, prefix, *args) -> None:
         shape = (self.bucket_size, self.embedding_dim)
         for name in ('P', 'Q', 'threshold_P', 'threshold_Q', 'mask_P',
@@ -554,6 +594,22 @@ class CompositionalEmbedding(Module):
                 raise RuntimeError(
                     f"Cannot load '{prefix}{name}' of shape "
                     f"{tuple(value.shape)} into {self}: expected {shape}")
+        extra = state_dict.get(prefix + '_extra_state')
+        if extra is not None:
+            mine = self.get_extra_state()
+            if not isinstance(extra, dict):
+                raise RuntimeError(f"Cannot load '{prefix}_extra_state' "
+                                   f"{extra!r} into {type(self).__name__}: "
+                                   f"expected a dict of sizes {mine}")
+            diff = {k: (extra.get(k), v) for k, v in mine.items()
+                    if extra.get(k) != v}
+            if diff:
+                raise RuntimeError(
+                    f"Cannot load the state of a CompositionalEmbedding with "
+                    f"other sizes into '{prefix or 'self'}' (differences as "
+                    f"(state dict, module): {diff}): the entities would map "
+                    f"to other meta rows. Build the module with the sizes of "
+                    f"the state dict.")
 
     @staticmethod
     def _sync_mode_on_load(module: 'CompositionalEmbedding',
@@ -562,8 +618,14 @@ class CompositionalEmbedding(Module):
 
     def extra_repr(self) -> str:
         mode = 'retrain' if self.is_retraining else 'prune'
+        try:
+            nnz = self.num_nonzero()
+        except FloatingPointError:  # printing a diverged model must work
+            return (f'{self.num_embeddings}, {self.embedding_dim}, '
+                    f'bucket_size={self.bucket_size}, mode={mode}, '
+                    f'nonzero=nan')
         return (f'{self.num_embeddings}, {self.embedding_dim}, '
                 f'bucket_size={self.bucket_size}, mode={mode}, '
-                f'nonzero={self.num_nonzero()}, '
-                f'meta_density={self.meta_density():.4f}, '
-                f'full_table_fraction={self.full_table_fraction():.4f}')
+                f'nonzero={nnz}, '
+                f'meta_density={nnz / self.num_meta_params:.4f}, '
+                f'full_table_fraction={nnz / self.num_full_params:.4f}')

@@ -9,7 +9,7 @@ from .loop import (evaluate, make_optimizer, split_threshold_params,
                    train_epoch, train_step)
 from .cerp import (CERPConfig, CERPRunner, Interactions, memory_stats,
                    run_cerp)
-from .data import load_interactions, make_sampler
+from .data import interactions_from_dataset, load_interactions, make_sampler
 
 __all__ = [
     'PruningScheduler',
@@ -32,5 +32,6 @@ __all__ = [
     'memory_stats',
     'run_cerp',
     'load_interactions',
+    'interactions_from_dataset',
     'make_sampler',
 ]

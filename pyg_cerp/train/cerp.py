@@ -4,6 +4,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -11,11 +12,15 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from pyg_cerp.metrics import _check_ks
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.train.loop import evaluate, make_optimizer, train_epoch
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
-from pyg_cerp.utils.io import atomic_save, safe_load
+from pyg_cerp.utils.io import (FolderLock, atomic_save, content_digest,
+                               safe_load)
+from pyg_cerp.utils.validation import (check_edge_ids, check_finite_loss,
+                                       check_float, check_int)
 
 
 class Interactions(NamedTuple):
@@ -148,18 +153,44 @@ class CERPConfig:
     eval_users: Optional[int] = None
 
     def __post_init__(self) -> None:
-        self.targets = tuple(sorted((float(t) for t in self.targets),
+        # Every value is checked here, before any training, so that a bad
+        # one never surfaces after the baseline has trained.
+        targets = self.targets
+        if isinstance(targets, (int, float)):
+            targets = (targets, )
+        if len(targets) == 0:
+            raise ValueError("'targets' must not be empty")
+        for t in targets:
+            check_float('targets', t, 0., 1., low_open=True, high_open=True)
+        self.targets = tuple(sorted((float(t) for t in targets),
                                     reverse=True))
-        self.ks = tuple(int(k) for k in self.ks)
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"'targets' holds duplicates (got "
+                             f"{list(targets)})")
+        if self.target_unit not in ('full', 'meta'):
+            raise ValueError(f"'target_unit' must be 'full' or 'meta' "
+                             f"(got {self.target_unit!r})")
+        self.ks = tuple(_check_ks(self.ks))
         for name in ('baseline_epochs', 'prune_epochs', 'retrain_epochs',
                      'finetune_epochs'):
-            if getattr(self, name) < 0:
-                raise ValueError(f"'{name}' must be >= 0 "
-                                 f"(got {getattr(self, name)})")
-        for name in ('dim', 'bucket_size', 'batch_size', 'num_negatives'):
-            if getattr(self, name) < 1:
-                raise ValueError(f"'{name}' must be positive "
-                                 f"(got {getattr(self, name)})")
+            check_int(name, getattr(self, name), minimum=0)
+        for name in ('dim', 'bucket_size', 'batch_size', 'num_negatives',
+                     'gamma_decay_every', 'check_every'):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int('seed', self.seed, minimum=None)
+        if self.eval_users is not None:
+            check_int('eval_users', self.eval_users, minimum=1)
+        check_float('lr', self.lr, 0., low_open=True)
+        check_float('threshold_lr', self.threshold_lr, 0.)
+        check_float('weight_decay', self.weight_decay, 0.)
+        if self.threshold_weight_decay is not None:
+            check_float('threshold_weight_decay',
+                        self.threshold_weight_decay, 0.)
+        check_float('threshold_drive', self.threshold_drive, 0.)
+        check_float('threshold_init', self.threshold_init)
+        check_float('gamma_init', self.gamma_init, 0.)
+        check_float('gamma_decay', self.gamma_decay, 0., 1.)
+        check_float('clip_grad_norm', self.clip_grad_norm, 0., low_open=True)
 
     def to_dict(self) -> Dict[str, Any]:
         r"""Plain python values (lists for tuples)."""
@@ -192,6 +223,51 @@ def memory_stats(embedding: Module) -> Dict[str, Any]:
     weight = embedding.weight
     return dict(nonzero=int(weight.numel()), full_fraction=1.0,
                 meta_density=None)
+
+
+def data_identity(data: Interactions, **info: Any) -> Dict[str, Any]:
+    r"""What identifies the data a model is trained on, as stored in
+    checkpoints: the counts and a SHA-256 of the training and test pairs
+    (:func:`~pyg_cerp.utils.io.content_digest`), plus descriptive
+    :obj:`info` (*e.g.*, the dataset name and raw-file checksums).
+
+    Args:
+        data (Interactions): The split.
+        **info: Extra entries (plain python values).
+    """
+    out: Dict[str, Any] = dict(
+        num_users=int(data.num_users), num_items=int(data.num_items),
+        num_train=int(data.train.size(1)), num_test=int(data.test.size(1)),
+        train_sha256=content_digest(data.train.long()),
+        test_sha256=content_digest(data.test.long()))
+    out.update(info)
+    return out
+
+
+#: The :func:`data_identity` entries that must agree for a resume (the others
+#: only describe the data and are reported in the error).
+DATA_KEYS = ('num_users', 'num_items', 'num_train', 'num_test',
+             'train_sha256', 'test_sha256')
+
+
+def _check_data(data: Interactions) -> None:
+    # The split the runner trains and evaluates on (before any training).
+    for name in ('num_users', 'num_items'):
+        check_int(name, getattr(data, name), minimum=1)
+    for name, ei in (('train', data.train), ('test', data.test)):
+        if not isinstance(ei, Tensor) or ei.dim() != 2 or ei.size(0) != 2:
+            raise ValueError(f"'data.{name}' must be a [2, num_pairs] tensor")
+        check_edge_ids(ei, data.num_users, data.num_items, f'data.{name}')
+    if data.train.size(1) == 0:
+        raise ValueError("'data.train' has no (user, item) pairs")
+    if data.test.size(1) == 0:
+        raise ValueError("'data.test' has no (user, item) pairs, so nothing "
+                         "could be evaluated (metrics would all be 0)")
+
+
+class ResumeError(ValueError):
+    r"""Raised when a checkpoint cannot be resumed: another configuration or
+    other data than the current run."""
 
 
 class StopRequested(Exception):
@@ -240,6 +316,16 @@ class CERPRunner:
         rank (int, optional): The process rank; only rank 0 logs and writes
             checkpoints (for a distributed version, which must also shard
             the sampler and average gradients). (default: :obj:`0`)
+        data_info (Dict[str, Any], optional): Describes the data (*e.g.*,
+            :obj:`name` and raw-file :obj:`files` checksums), stored in the
+            checkpoint with :func:`data_identity` and shown when a resume is
+            refused because the data differ. (default: :obj:`None`)
+
+    Checkpoints carry a SHA-256 of their content and the identity of the
+    data; :meth:`load` refuses a corrupted file, another configuration or
+    other data. While :meth:`run` writes to :obj:`out_dir`, the folder is
+    locked (:class:`~pyg_cerp.utils.io.FolderLock`): a second run on the
+    same folder fails at once.
     """
     CHECKPOINT = 'checkpoint.pt'
 
@@ -254,10 +340,16 @@ class CERPRunner:
         log: Callable[[str], None] = print,
         progress: bool = False,
         rank: int = 0,
+        data_info: Optional[Dict[str, Any]] = None,
     ) -> None:
+        if not isinstance(config, CERPConfig):
+            raise TypeError(f"'config' must be a CERPConfig "
+                            f"(got {type(config).__name__})")
+        _check_data(data)
         self.config = config
         self.rank = int(rank)
         self.data = data
+        self.data_identity = data_identity(data, **(data_info or {}))
         self.build_recommender = build_recommender
         self.sampler = make_sampler(config.seed)
         self.embedding_factory = embedding_factory or self._default_embedding
@@ -314,8 +406,9 @@ class CERPRunner:
     # State ###################################################################
 
     def _fresh_state(self) -> Dict[str, Any]:
-        return dict(version=1, config=self.config.to_dict(), results={},
-                    history=[], prune=None, current=None)
+        return dict(version=2, config=self.config.to_dict(),
+                    data=self.data_identity, results={}, history=[],
+                    prune=None, current=None)
 
     @property
     def checkpoint_path(self) -> Optional[str]:
@@ -326,22 +419,41 @@ class CERPRunner:
     def save(self) -> None:
         r"""Writes the checkpoint atomically (no-op without :obj:`out_dir`)."""
         if self.checkpoint_path is not None and self.rank == 0:
-            atomic_save(self.state, self.checkpoint_path)
+            atomic_save(self.state, self.checkpoint_path, checksum=True)
 
     def load(self) -> bool:
-        r"""Loads the checkpoint (with :obj:`weights_only=True`); returns
-        whether one existed. The stored config must equal the current one."""
+        r"""Loads the checkpoint (with :obj:`weights_only=True`, verifying its
+        SHA-256); returns whether one existed. The stored config and data
+        identity must equal the current ones."""
         path = self.checkpoint_path
         if path is None or not os.path.isfile(path):
             return False
-        state = safe_load(path)
+        state = safe_load(path, require_checksum=True)
+        stored = state.get('data') if isinstance(state, dict) else None
+        if not isinstance(stored, dict):
+            raise ResumeError(
+                f"Cannot resume from '{path}': it does not record the data "
+                f"it was trained on (written by an older pyg_cerp). Start "
+                f"again without resuming or use another output folder.")
+        now = self.data_identity
+        diff = {k: (stored.get(k), now.get(k)) for k in DATA_KEYS
+                if stored.get(k) != now.get(k)}
+        if diff:
+            for k in sorted(set(stored) | set(now)):
+                if k not in DATA_KEYS and stored.get(k) != now.get(k):
+                    diff[k] = (stored.get(k), now.get(k))
+            raise ResumeError(
+                f"Cannot resume from '{path}': it was trained on other data "
+                f"(differences as (checkpoint, now): {diff}). Resume with "
+                f"the same dataset and subset, or use another output "
+                f"folder.")
         # Keys added to the config later take their defaults:
         old = CERPConfig.from_dict(state.get('config', {})).to_dict()
         if old != self.config.to_dict():
             new = self.config.to_dict()
             diff = {k: (old.get(k), new[k]) for k in new if old.get(k) !=
                     new[k]}
-            raise ValueError(
+            raise ResumeError(
                 f"Cannot resume from '{path}': it was written with another "
                 f"configuration (differences as (checkpoint, now): {diff})")
         self.state = state
@@ -385,6 +497,31 @@ class CERPRunner:
             stage), :obj:`'history'` (per-epoch logs), :obj:`'prune'` (the
             phase-1 outcome) and :obj:`'finished'`.
         """
+        self._check_targets()
+        lock = (FolderLock(self.out_dir)
+                if self.out_dir is not None and self.rank == 0 else None)
+        if lock is not None:
+            lock.acquire()
+        try:
+            return self._run(resume, stop_after)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _check_targets(self) -> None:
+        # A target below one stored value can only be met by an all-zero
+        # model, whose metrics would be meaningless: refuse it up front.
+        cfg = self.config
+        if cfg.target_unit == 'full':
+            size = self.num_entities * cfg.dim
+        elif self.embedding_factory == self._default_embedding:
+            size = 2 * cfg.bucket_size * cfg.dim
+        else:  # Checked on the built embedding in phase 1.
+            return
+        _check_target_sizes(cfg.targets, size, cfg.target_unit)
+
+    def _run(self, resume: bool,
+             stop_after: Optional[int]) -> Dict[str, Any]:
         if resume and self.load():
             cur = self.state['current']
             where = (f"stage '{cur['stage']}' epoch {cur['epoch']}"
@@ -420,6 +557,10 @@ class CERPRunner:
         prune = self.state['prune']
         if name == 'prune':
             scheduler = self._scheduler(model)
+            if cfg.target_unit == 'meta':
+                _check_target_sizes(cfg.targets,
+                                    int(model.embedding.num_meta_params),
+                                    'meta')
             if self.state['current'] is None:
                 prune = self.state['prune'] = dict(
                     init_model=copy.deepcopy(model.state_dict()),
@@ -475,6 +616,10 @@ class CERPRunner:
                                                   else None),
                                       progress=self.progress,
                                       desc=f'{name} {epoch + 1}/{epochs}')
+            # Once per epoch (no per-step synchronisation); before anything
+            # is saved, so the checkpoint keeps the last finite state.
+            check_finite_loss(stats['loss'],
+                              f"stage '{name}' epoch {epoch + 1}")
             if scheduler is not None:
                 new = scheduler.on_epoch_end()
                 if new:
@@ -511,6 +656,10 @@ class CERPRunner:
             self.state['current'] = None
             self.save()
             return
+        if memory_stats(model.embedding)['nonzero'] == 0:
+            warnings.warn(f"Stage '{name}': the embedding has no non-zero "
+                          f"value left, so its metrics only reflect ties",
+                          UserWarning, stacklevel=2)
         metrics = self._evaluate(model)
         result: Dict[str, Any] = dict(metrics)
         result.update(memory_stats(model.embedding), epochs=epochs,
@@ -541,6 +690,17 @@ class CERPRunner:
         return (f'{self.__class__.__name__}(stages='
                 f'{[n for n, _ in self._stage_plan()]}, '
                 f'out_dir={self.out_dir!r})')
+
+
+def _check_target_sizes(targets: Tuple[float, ...], size: int,
+                        unit: str) -> None:
+    for t in targets:
+        if t * size < 1:
+            raise ValueError(
+                f"Memory target {t:g} ({unit!r} unit) allows fewer than one "
+                f"stored value ({t:g} x {size} = {t * size:.3g}): only an "
+                f"all-zero model reaches it. Use a target of at least "
+                f"{1 / size:.3g}, or a larger table.")
 
 
 def run_cerp(config: CERPConfig, data: Interactions,

@@ -1,30 +1,41 @@
 r"""Glue between the datasets/sampler and the training loop."""
-import os
-
 from torch import Tensor
 
-from pyg_cerp.datasets import EDGE_TYPE, load_lightgcn_split
+from pyg_cerp.datasets import EDGE_TYPE, LightGCNDataset, open_folder
 from pyg_cerp.sampling import BPRSampler
 from pyg_cerp.train.cerp import Interactions
 
 
-def load_interactions(folder: str) -> Interactions:
-    r"""Loads the LightGCN-format split in :obj:`folder` (which holds
-    :obj:`raw/{train,test}.txt` or the two text files directly) as
-    :class:`Interactions`, parsed and validated by
-    :func:`pyg_cerp.datasets.load_lightgcn_split`.
+def interactions_from_dataset(dataset: LightGCNDataset) -> Interactions:
+    r"""The split of a :class:`~pyg_cerp.datasets.LightGCNDataset` as
+    :class:`Interactions`.
 
     Args:
-        folder (str): The dataset folder.
+        dataset (LightGCNDataset): The dataset.
     """
-    raw = os.path.join(folder, 'raw')
-    raw = raw if os.path.isdir(raw) else folder
-    data = load_lightgcn_split(os.path.join(raw, 'train.txt'),
-                               os.path.join(raw, 'test.txt'))
+    data = dataset[0]
     store = data[EDGE_TYPE]
     return Interactions(store.edge_index, store.edge_label_index,
                         int(data['user'].num_nodes),
                         int(data['item'].num_nodes))
+
+
+def load_interactions(folder: str,
+                      verify_checksums: bool = True) -> Interactions:
+    r"""Loads the LightGCN-format split in :obj:`folder` (which holds
+    :obj:`raw/{train,test}.txt` or the two text files directly) as
+    :class:`Interactions`, through the dataset classes
+    (:func:`pyg_cerp.datasets.open_folder`): parsed and validated by
+    :func:`pyg_cerp.datasets.load_lightgcn_split` and, for a known split
+    (*e.g.* a folder named :obj:`gowalla`), checked against its checksums.
+
+    Args:
+        folder (str): The dataset folder.
+        verify_checksums (bool, optional): Check the files of a known split.
+            (default: :obj:`True`)
+    """
+    return interactions_from_dataset(
+        open_folder(folder, verify_checksums=verify_checksums))
 
 
 def make_sampler(edge_index: Tensor, num_users: int, num_items: int,

@@ -252,3 +252,67 @@ def test_read_only_root_uses_cache(tmp_path, monkeypatch):
 def test_unknown_raw_file_name(tmp_path):
     with pytest.raises(ValueError, match="Unknown raw file 'valid.txt'"):
         LightGCNDataset(str(tmp_path), 'toy', checksums={'valid.txt': {}})
+
+
+def test_cr_only_line_endings(tmp_path):
+    # Old-Mac line endings used to make one user holding every item.
+    raw = make_raw(tmp_path, train='0 1 2\r1 0\r2 3 1\r', test='0 0\r1 4\r')
+    data = load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+    assert data['user'].num_nodes == 3
+    assert data[EDGE_TYPE].edge_index.tolist() == [[0, 0, 1, 2, 2],
+                                                   [1, 2, 0, 1, 3]]
+    crlf = make_raw(tmp_path, 'crlf', train='0 1 2\r\n1 0\r\n', test='0 0\r\n')
+    edge_index, _ = read_lightgcn_file(str(crlf / 'train.txt'))
+    assert edge_index.tolist() == [[0, 0, 1], [1, 2, 0]]
+
+
+def test_huge_ids_name_file_and_line(tmp_path):
+    raw = make_raw(tmp_path, train='0 1 2\n1 1000000000\n', test='0 0\n')
+    with pytest.raises(ValueError, match=r"train.txt', line 2: item id "
+                       r"1000000000 makes 1000000001 items.*dense"):
+        load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+    raw = make_raw(tmp_path, 'x', train='0 1\n1 100000000000000000\n',
+                   test='0 0\n')
+    with pytest.raises(ValueError, match=r"train.txt', line 2: id "
+                       r"100000000000000000 is too large"):
+        load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+
+
+def test_truncated_train_is_not_blamed_on_test(tmp_path):
+    raw = make_raw(tmp_path, train='0 1 2\n1 0\n2 3', test=TEST)
+    with pytest.warns(UserWarning, match="train.txt' does not end with a "
+                      "line break: it may be truncated"):
+        load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+    raw = make_raw(tmp_path, 'cut', train='0 1 2\n1 0\n', test=TEST)
+    with pytest.raises(ValueError, match=r"test user 2 is unknown to the "
+                       r"training file '.*train.txt'.*truncated"):
+        load_lightgcn_split(str(raw / 'train.txt'), str(raw / 'test.txt'))
+
+
+def test_processed_file_follows_raw_changes(tmp_path):
+    # The processed cache is rebuilt when a raw file changed since, instead of
+    # silently serving the old data.
+    raw = make_raw(tmp_path, train='0 1\n1 0\n', test='0 0\n1 1\n')
+    ds = LightGCNDataset(str(tmp_path), 'toy', log=False)
+    assert ds[0][EDGE_TYPE].edge_label_index.size(1) == 2
+    assert set(ds.raw_hashes) == {'train.txt', 'test.txt'}
+    write(raw, 'test.txt', '0 0\n')  # e.g. truncated
+    ds = LightGCNDataset(str(tmp_path), 'toy', log=False)
+    assert ds[0][EDGE_TYPE].edge_label_index.tolist() == [[0], [0]]
+
+
+def test_open_folder_verifies_known_names(tmp_path):
+    from pyg_cerp.datasets import open_folder
+    make_raw(tmp_path, name='gowalla', train='0 1\n', test='0 0\n')
+    with pytest.raises(ChecksumError, match='train.txt'):
+        open_folder(str(tmp_path / 'gowalla'))
+    ds = open_folder(str(tmp_path / 'gowalla'), verify_checksums=False)
+    assert isinstance(ds, Gowalla) and ds.num_users == 1
+    # Flat folder (files directly in it), unknown name: not checksummed.
+    flat = tmp_path / 'flat'
+    write(flat, 'train.txt', '0 1\n1 0\n')
+    write(flat, 'test.txt', '0 0\n')
+    ds = open_folder(str(flat))
+    assert ds.num_users == 2 and ds.raw_dir == str(flat)
+    with pytest.raises(FileNotFoundError, match='missing'):
+        open_folder(str(tmp_path / 'nothing'))

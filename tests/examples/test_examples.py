@@ -97,3 +97,66 @@ def test_real_gowalla_slice(tmp_path):
     ] + TINY + ['--targets', '0.1', '--bucket-size', '60'])
     assert state['finished']
     assert state['results']['retrain@0.1']['full_fraction'] <= 0.1
+
+
+@pytest.mark.parametrize('bad', [
+    ['--targets', '0'], ['--targets', '0.5', '1.0'], ['--targets', 'nan'],
+    ['--lr', 'inf'], ['--threshold-lr', 'nan'], ['--gamma', 'nan'],
+    ['--gamma', '-1'], ['--gamma-decay', 'nan'], ['--threshold-init', 'nan'],
+    ['--num-layers', '-1'], ['--threads', '0'], ['--eval-users', '0'],
+])
+def test_bad_arguments_fail_before_reading_data(bad, tmp_path, capsys):
+    # No dataset exists: only argument validation can have stopped the run.
+    with pytest.raises(SystemExit) as exc:
+        run('lightgcn_cerp', ['--dataset', str(tmp_path / 'none'), '--out',
+                              str(tmp_path / 'o')] + TINY + bad)
+    assert exc.value.code == 2
+    assert 'error:' in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+
+
+def test_tampered_known_dataset_is_refused(folder, tmp_path):
+    # A folder named like a known dataset is checked against its checksums.
+    root = tmp_path / 'root'
+    os.makedirs(root)
+    os.rename(folder, root / 'gowalla')
+    args = ['--root', str(root), '--out', str(tmp_path / 'o')] + TINY
+    with pytest.raises(SystemExit, match='Checksum mismatch.*train.txt.*'
+                       '--no-verify-checksums'):
+        run('lightgcn_cerp', args)
+    state = run('lightgcn_cerp', args + ['--no-verify-checksums',
+                                         '--no-baseline', '--epochs', '1'])
+    assert state['finished']
+
+
+def test_resume_refuses_other_data_or_corruption(folder, tmp_path):
+    other = write_lightgcn_folder(tmp_path / 'other', seed=1)
+    out = str(tmp_path / 'o')
+    run('lightgcn_cerp', ['--dataset', str(folder), '--out', out] + TINY +
+        ['--stop-after', '1'])
+    with pytest.raises(SystemExit, match="trained on other data.*'name': "
+                       "\\('toy', 'other'\\)"):
+        run('lightgcn_cerp', ['--dataset', str(other), '--out', out] + TINY +
+            ['--resume'])
+    path = os.path.join(out, 'checkpoint.pt')
+    open(path, 'wb').write(open(path, 'rb').read()[:1000])  # truncated
+    with pytest.raises(SystemExit, match="checkpoint.pt'.*truncated"):
+        run('lightgcn_cerp', ['--dataset', str(folder), '--out', out] + TINY +
+            ['--resume'])
+
+
+def test_second_run_on_same_out_fails(folder, tmp_path):
+    import socket
+    import subprocess
+    out = tmp_path / 'o'
+    os.makedirs(out)
+    proc = subprocess.Popen(['sleep', '30'])
+    try:
+        (out / '.lock').write_text(f'{socket.gethostname()} {proc.pid}\n')
+        with pytest.raises(SystemExit, match='in use by another run'):
+            run('lightgcn_cerp', ['--dataset', str(folder), '--out',
+                                  str(out)] + TINY)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / 'results.json').exists()

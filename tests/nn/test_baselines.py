@@ -247,3 +247,18 @@ def test_inside_mlp_scorer(kind):
     assert torch.allclose(model.score_all(user[:3]),
                           model(user[:3].view(3, 1), torch.arange(ni)),
                           atol=1e-5)
+
+
+def test_pep_rejects_uint8_ids_and_bad_rewind():
+    pep = PEPEmbedding(50, 4, check_index=False)
+    with pytest.raises(TypeError, match='torch.uint8'):
+        pep(torch.arange(5, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"'rewind_to\['V'\]' must have "
+                       r"shape \(50, 4\)"):
+        pep.freeze_masks(rewind_to={'V': torch.zeros(3, 4)})
+    with pytest.raises(ValueError, match="'threshold_init' must be a finite"):
+        PEPEmbedding(50, 4, threshold_init=float('nan'))
+    with torch.no_grad():
+        pep.V[0, 0] = float('nan')
+    with pytest.raises(FloatingPointError, match='PEPEmbedding holds 1 nan'):
+        pep.num_nonzero()

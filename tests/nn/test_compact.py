@@ -299,3 +299,13 @@ def test_empty_tables_and_repr():
     assert text.startswith('CompactEmbedding(')
     assert '200, 16, bucket_size=15, dtype=int8, layout=' in text
     assert 'CompressedTable(' in text
+
+
+def test_load_bad_decode_blames_the_argument(tmp_path):
+    emb = CompositionalEmbedding(60, 4, 10, threshold_init=-3.)
+    path = tmp_path / 'c.pt'
+    emb.to_compact().save(path)
+    with pytest.raises(ValueError, match="'decode' must be one of") as info:
+        CompactEmbedding.load(path, decode='x')
+    assert not isinstance(info.value, FormatError)
+    assert CompactEmbedding.load(path, decode='lookup').decode == 'lookup'

@@ -306,3 +306,52 @@ def test_pruning_loss_gradient():
         lambda p: emb.pruning_loss(index, K=3.) + 0 * p.sum(), (emb.P, ))
     ref = -torch.tanh(3. * emb(index)).pow(2).sum() / index.numel()
     assert torch.allclose(emb.pruning_loss(index, K=3.), ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.uint8, torch.int16])
+@pytest.mark.parametrize('check', [True, False])
+def test_narrow_integer_ids_rejected(dtype, check):
+    # uint8 ids would be taken as a boolean mask (a (10, 8) tensor of other
+    # rows), int16 ids fail inside torch: both are a named error.
+    emb = CompositionalEmbedding(100, 8, 10, check_index=check)
+    ids = torch.tensor([11, 12, 13, 14, 15, 16, 17, 18, 19, 21])
+    with pytest.raises(TypeError, match=f"dtype {dtype}"):
+        emb(ids.to(dtype))
+    assert torch.equal(emb(ids.int()), emb(ids))
+
+
+def test_load_state_dict_refuses_other_num_embeddings():
+    # Same b and d, so every tensor has the same shape: only the stored
+    # sizes tell the two apart.
+    src, dst = make(n=100, b=12), make(n=120, b=12)
+    with pytest.raises(RuntimeError, match=r"other sizes.*'num_embeddings'"
+                       r": \(100, 120\)"):
+        dst.load_state_dict(src.state_dict())
+    same = make(n=100, b=12)
+    assert not same.load_state_dict(src.state_dict()).missing_keys
+    assert torch.equal(same.weight, src.weight)
+    assert src.state_dict()['_extra_state'] == dict(
+        num_embeddings=100, embedding_dim=8, bucket_size=12)
+
+
+def test_threshold_init_must_be_finite():
+    with pytest.raises(ValueError, match="'threshold_init' must be a finite"):
+        make(threshold_init=float('nan'))
+
+
+def test_freeze_masks_rewind_to_wrong_shape():
+    emb = make()
+    with pytest.raises(ValueError, match=r"'rewind_to\['P'\]' must have "
+                       r"shape \(12, 8\) \(got \(3, 8\)\)"):
+        emb.freeze_masks(rewind_to={'P': torch.zeros(3, 8),
+                                    'Q': torch.zeros(3, 8)})
+    assert not emb.is_retraining
+
+
+def test_nan_is_not_counted_as_non_zero():
+    emb = make(threshold_init=-2.)
+    with torch.no_grad():
+        emb.threshold_P[0, 0] = float('nan')
+    with pytest.raises(FloatingPointError, match='1 nan value'):
+        emb.num_nonzero()
+    assert 'nonzero=nan' in repr(emb)

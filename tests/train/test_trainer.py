@@ -192,3 +192,95 @@ def test_sample_eval_users_keeps_whole_users_and_is_seeded():
     tr2, te2 = sample_eval_users(train, test, 50, 10, seed=3)
     assert torch.equal(te, te2)
     assert sample_eval_users(train, test, 50, None)[0] is train
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(lr=float('inf')), "'lr' must be a finite"),
+    (dict(threshold_lr=float('nan')), "'threshold_lr' must be a finite"),
+    (dict(gamma_init=float('nan')), "'gamma_init' must be a finite"),
+    (dict(threshold_init=float('nan')), "'threshold_init' must be a finite"),
+    (dict(gamma_init=-1.), r"'gamma_init' must be in \[0, inf\)"),
+    (dict(gamma_decay=float('nan')), "'gamma_decay' must be a finite"),
+    (dict(targets=(0.5, 0.)), r"'targets' must be in \(0, 1\)"),
+    (dict(targets=(1.,)), r"'targets' must be in \(0, 1\)"),
+    (dict(targets=(float('nan'),)), "'targets' must be a finite"),
+    (dict(eval_users=0), "'eval_users' must be positive"),
+    (dict(ks=(2.5,)), "'ks' must be positive integers"),
+    (dict(target_unit='x'), "'target_unit' must be"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        small_config(**kwargs)
+
+
+def test_target_below_one_stored_value_is_refused_before_training():
+    data = block_data()
+    # 2 b d = 320 meta values: 0.001 of them is less than one value.
+    config = small_config(targets=(0.5, 0.001), target_unit='meta')
+    runner = make_runner(config, data)
+    runner._train_epoch = None  # training would fail differently
+    with pytest.raises(ValueError, match=r"target 0.001 .* fewer than one "
+                       r"stored value"):
+        runner.run()
+
+
+def test_empty_test_set_is_refused():
+    data = block_data()
+    data = data._replace(test=data.test[:, :0])
+    with pytest.raises(ValueError, match="'data.test' has no"):
+        make_runner(small_config(), data)
+
+
+def test_non_finite_loss_stops_training(tmp_path):
+    data = block_data()
+    runner = make_runner(small_config(), data, out_dir=str(tmp_path))
+    real = runner._train_epoch
+
+    def diverging(*args, **kwargs):
+        stats = real(*args, **kwargs)
+        stats['loss'] = float('nan')
+        return stats
+
+    runner._train_epoch = diverging
+    with pytest.raises(FloatingPointError, match="diverged in stage 'full' "
+                       "epoch 1: the loss is nan"):
+        runner.run()
+    assert not (tmp_path / 'checkpoint.pt').exists()  # nothing saved
+
+
+def test_resume_refuses_other_data_and_corrupted_checkpoint(tmp_path):
+    from pyg_cerp.utils.io import CheckpointError
+    from pyg_cerp.train.cerp import ResumeError
+    data = block_data()
+    config = small_config(baseline_epochs=2)
+    make_runner(config, data, out_dir=str(tmp_path)).run(stop_after=1)
+    other = block_data(seed=1)  # same counts, other pairs
+    with pytest.raises(ResumeError, match="other data.*'train_sha256'"):
+        make_runner(config, other, out_dir=str(tmp_path)).run(resume=True)
+    # One flipped byte inside tensor data is detected.
+    from pyg_cerp.utils.io import safe_load
+    path = tmp_path / 'checkpoint.pt'
+    state = safe_load(path)
+    weight = next(iter(state['current']['model'].values()))
+    raw = bytearray(path.read_bytes())
+    pos = raw.find(weight.numpy().tobytes())
+    assert pos > 0
+    raw[pos + 7] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match='checkpoint.pt'):
+        make_runner(config, data, out_dir=str(tmp_path)).run(resume=True)
+
+
+def test_second_run_on_same_folder_fails(tmp_path):
+    import socket
+    import subprocess
+    proc = subprocess.Popen(['sleep', '30'])
+    try:
+        (tmp_path / '.lock').write_text(f'{socket.gethostname()} '
+                                        f'{proc.pid}\n')
+        with pytest.raises(RuntimeError, match='in use by another run'):
+            make_runner(small_config(), block_data(),
+                        out_dir=str(tmp_path)).run()
+    finally:
+        proc.kill()
+        proc.wait()
