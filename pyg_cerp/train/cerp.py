@@ -38,48 +38,90 @@ class Interactions(NamedTuple):
     num_items: int
 
 
+OFFICIAL_GROUPS = 10
+r"""(user, positive) groups per batch of the official code
+(:obj:`batch_size_train_factor=10`, ``CERP/utils/util.py`` line 50)."""
+OFFICIAL_WEIGHT_DECAY = 1e-5
+r"""Adam's coupled L2 of the official code, on *every* parameter (values and
+threshold logits; ``CERP/utils/util.py`` line 78, ``utils/train.py`` line
+93)."""
+OFFICIAL_EPS = 1e-8
+
+
 @dataclass
 class CERPConfig:
     r"""Hyper-parameters of :class:`CERPRunner` / :func:`run_cerp`.
 
-    The defaults are tuned for LightGCN (3 layers, :math:`d = 64`) on
-    Gowalla on a 2-core CPU, so that the whole run (baseline, phase 1 and
-    one retraining per target) takes about 20 minutes on an idle machine.
-    What they are based on (measured on Gowalla, batch 8192, see
-    :obj:`docs/training.md`):
+    **The field defaults are still the** :obj:`'legacy'` **preset** (global
+    magnitude pruning with a constant threshold drive, the committed numbers);
+    the per-argument defaults listed below are those of :meth:`preset`
+    :obj:`'faithful'` where they differ. The :obj:`'faithful'` preset is the
+    official CERP loss and optimiser (github.com/xurong-liang/CERP @ ed5222b, see
+    :obj:`docs/training.md`) converted to this batch shape, plus a pruning
+    schedule in epochs. What the official code does:
 
-    * **No weight decay on the values** (:obj:`weight_decay=0.`). With a
-      batch-mean BPR loss the per-entry gradients are tiny
-      (:math:`\sim 10^{-6}`), so Adam's coupled L2 term of the official
-      code (:math:`10^{-5} \cdot w`) is of the same size and, being
-      normalised by Adam, pins LightGCN at a popularity ranking: BPR loss
-      stuck at 0.46 and Recall@20 0.060 after 3 epochs, while without it the
-      loss is 0.25 after 50 steps and Recall@20 0.099 after one epoch.
-    * **A separate threshold group** with weight decay :math:`10^{-3}` and
-      learning rate :obj:`threshold_lr`: under Adam the decay dominates the
-      thresholds' other gradients, so every logit :math:`S` rises by
-      :obj:`threshold_lr` per step (measured: exactly :math:`0.01` per
-      step) and the pruning speed is set by :obj:`threshold_lr`, not by
-      the size of the regulariser. (With the official decay
-      :math:`10^{-5}` the regulariser's gradient wins and pruning stalls.)
-      The decay pulls :math:`S` towards 0, so a threshold saturates at
-      :math:`\sigma(0) = 0.5`.
-    * **A small regulariser weight** :obj:`gamma_init=1e-3` (halved every
-      epoch): with :math:`\gamma_0 = 1` and the per-entity mean, the
-      regulariser (:math:`\approx -60`) dwarfs BPR (:math:`\approx 0.6`)
-      and Recall@20 after one epoch is 0.0015; with :math:`10^{-3}` it is
-      the same as without pruning.
-    * :obj:`threshold_init=-6.` (:math:`\sigma(S_0) = 0.0025`, below the
-      initial values :math:`\approx 0.03` for :math:`b = 5000`): pruning
-      starts within the first epoch instead of after :math:`\sim 10^5`
-      steps with :math:`S_0 = -100`.
+    * BPR of one step: :math:`\frac{1}{G} \sum_{g=1}^{G} \sum_{j=1}^{5}
+      \mathrm{softplus}(\hat{y}^-_{g,j} - \hat{y}^+_g)` over :math:`G = 10`
+      (user, positive) groups (``models/factorizer.py`` lines 120-129): a
+      weight of :math:`1/G` per (positive, negative) pair;
+    * regulariser :math:`-\gamma_t \sum_{e \in \mathcal{E}} \|\tanh(K
+      \mathbf{e}_e)\|_2^2`, *summed* over the composed, unpropagated
+      embeddings of the unique users and every positive and negative item of
+      the batch (``models/modules.py`` lines 294-298), :math:`K = 100`,
+      :math:`\gamma_0 = 1`, halved after every epoch (``engine.py`` lines
+      273-277): a weight of :math:`\gamma_t` per entity;
+    * one Adam group (lr :math:`10^{-3}`, coupled L2 :math:`10^{-5}`,
+      :math:`\epsilon = 10^{-8}`, gradient norm clipped at 100) over values
+      *and* threshold logits :math:`\mathbf{S}` (element-wise, all
+      :math:`-100` at the start): the L2 term :math:`10^{-5} S` is the only
+      push that raises :math:`S`; under Adam it raises every :math:`S` by
+      the learning rate per step while :math:`\sigma'(S) \approx 0`.
+
+    Here BPR is the mean over the :math:`Bn` pairs of a batch
+    (:func:`~pyg_cerp.train.bpr_loss`, a weight of :math:`1/(Bn)` per pair)
+    and :obj:`gamma_init` is the *official* per-entity weight. Keeping the
+    official ratio of every loss term to the BPR weight of one pair gives
+    (:meth:`derived`):
+
+    .. math::
+        c_\gamma = \frac{G}{Bn}, \qquad
+        \lambda_S = 10^{-5} \frac{G}{Bn}, \qquad
+        \epsilon_S = 10^{-8} \frac{G}{Bn},
+
+    *i.e.*, the regulariser is :math:`c_\gamma \gamma_t \sum_{e}
+    \|\tanh(K \mathbf{e}_e)\|^2`. With a per-entity *mean*
+    (:obj:`gamma_unit='mean'`) the same weight is :math:`\gamma' = \gamma G
+    |\mathcal{E}| / (Bn)`, :math:`\approx 13.4 \gamma` for :math:`B = 8192`,
+    :math:`n = 5` on Gowalla (:math:`|\mathcal{E}| \approx 55\,000`): the
+    old default :math:`\gamma' = 10^{-3}` was :math:`\sim 10^4` times
+    weaker. (The official L2 on the *values*, :math:`10^{-5} G/(Bn) \approx
+    2 \cdot 10^{-9}` here, is negligible, hence :obj:`weight_decay=0`; the
+    literal :math:`10^{-5}` on a batch-mean loss is 4096 times the official
+    strength and pins LightGCN at a popularity ranking.)
+
+    What is not official, because it does not fit :math:`B \gg G` steps
+    (the official run takes :math:`\approx 81\,000` steps per Gowalla
+    epoch, 100 here): the thresholds are frozen for :obj:`prune_start`
+    epochs and then all set to the logit of the :obj:`onset_quantile` of the
+    trained :math:`|\text{value}|` (officially, :math:`S_0=-100` delays the
+    onset by :math:`\approx 10^5` steps, about 1-2 epochs on Gowalla, with
+    equal logits until then); and the threshold learning rate is
+    :obj:`prune_speed` logit units per *epoch* (officially
+    :math:`10^{-3}` per step, :math:`\approx 81` per epoch).
 
     Args:
         dim (int): Embedding size :math:`d`. (default: :obj:`64`)
-        bucket_size (int): Meta-table rows :math:`b`. (default: :obj:`5000`)
-        threshold_init (float): Initial threshold logit :math:`S_0`
-            (:math:`\sigma(S_0)` must be well below the initial values,
-            :math:`\approx \sqrt{6/(b+d)}`). (default: :obj:`-6.`)
+        bucket_size (int, optional): Meta-table rows :math:`b`
+            (:obj:`None`: :math:`\lceil \rho N \rceil` with
+            :obj:`meta_ratio`, see :meth:`derived`). (default: :obj:`None`)
+        meta_ratio (float, optional): With :obj:`bucket_size=None`,
+            :math:`b = \lceil \rho N / 2 \rceil`, so that the meta tables
+            hold :math:`\rho` of the full table (:obj:`None`: :math:`2
+            \max(\text{targets})`, the largest target at meta density 0.5).
+            (default: :obj:`None`)
+        threshold_init (float): Initial threshold logit :math:`S_0` (used
+            as is when :obj:`onset_quantile` is :obj:`None`).
+            (default: :obj:`-100.`, official)
         targets (Tuple[float, ...]): Memory targets.
             (default: :obj:`(0.10, 0.05, 0.01)`)
         target_unit (str): :obj:`'full'` (fraction of :math:`Nd`) or
@@ -87,7 +129,7 @@ class CERPConfig:
         baseline_epochs (int): Epochs of the full-table baseline
             (:obj:`0`: skip it). (default: :obj:`3`)
         prune_epochs (int): Epoch budget of phase 1 (it stops as soon as
-            every target is reached). (default: :obj:`5`)
+            every target is reached). (default: :obj:`10`)
         retrain_epochs (int): Epochs of phase 2 per target (values rewound
             to the initial weights). (default: :obj:`3`)
         finetune_epochs (int): Epochs of the one-phase variant per target
@@ -98,26 +140,41 @@ class CERPConfig:
         lr (float): Adam learning rate of the values. (default: :obj:`5e-3`)
         weight_decay (float): Adam L2 penalty of the values.
             (default: :obj:`0.`)
-        threshold_lr (float): Adam learning rate of the thresholds: the
-            pruning speed, the rise of :math:`S` per step. It must be
-            fast enough to prune before the values outgrow the threshold
-            ceiling :math:`\sigma(S) < 1`: on Gowalla, :obj:`3e-2` reached
-            10% and 5% of the full table at steps 108 and 188 but stalled at
-            2.7% (1% missed), :obj:`6e-2` reached 10%, 5% and 1% at steps
-            36, 82 and 102. (default: :obj:`6e-2`)
+        threshold_lr (float, optional): Adam learning rate of the thresholds
+            (:obj:`None`: :obj:`prune_speed` / steps per epoch).
+            (default: :obj:`None`)
+        prune_speed (float): With :obj:`threshold_lr=None`, the rise of the
+            threshold logits per epoch (while the weight decay dominates their
+            gradient). (default: :obj:`2.`)
         threshold_weight_decay (float, optional): Adam L2 penalty of the
-            thresholds (:obj:`None`: :obj:`weight_decay`).
-            (default: :obj:`0.`)
+            thresholds, the push that raises them (:obj:`None`: the official
+            :math:`10^{-5}` converted, :math:`10^{-5} G/(Bn)`).
+            (default: :obj:`None`)
+        threshold_eps (float, optional): Adam :math:`\epsilon` of the
+            threshold group (:obj:`None`: :math:`10^{-8} G/(Bn)`).
+            (default: :obj:`None`)
         threshold_drive (float): A constant push :math:`-c \sum \mathbf{S}`
-            on the threshold logits in phase 1 (see
-            :class:`PruningScheduler`): with Adam, :math:`S` rises by
-            :obj:`threshold_lr` per step without saturating at
-            :math:`\sigma(0) = 0.5`. :obj:`0.` leaves only the weight decay
-            of the official code. (default: :obj:`1e-3`)
-        gamma_init (float): Initial regulariser weight :math:`\gamma_0`.
-            (default: :obj:`1e-3`)
+            on the threshold logits (see :class:`PruningScheduler`; not in
+            the official code; :obj:`1e-3` in the :obj:`'legacy'` preset,
+            where it swamps every other threshold gradient).
+            (default: :obj:`0.`)
+        gamma_init (float): Initial regulariser weight :math:`\gamma_0`, in
+            :obj:`gamma_unit`. (default: :obj:`1.`, official)
+        gamma_unit (str): :obj:`'official'` (per entity, relative to an
+            official BPR pair weight of :math:`1/G`; the regulariser is
+            summed with the factor :math:`G/(Bn)`) or :obj:`'mean'` (mean
+            over the batch's entities, no factor; the old unit).
+            (default: :obj:`'official'`)
         gamma_decay (float): Its decay per period. (default: :obj:`0.5`)
         gamma_decay_every (int): The period, in epochs. (default: :obj:`1`)
+        prune_start (int): Epochs before the thresholds move (see
+            :class:`PruningScheduler`). (default: :obj:`1`)
+        onset_quantile (float, optional): Threshold re-initialisation at the
+            onset (see :class:`PruningScheduler`; :obj:`None`: keep
+            :obj:`threshold_init`). (default: :obj:`0.02`)
+        exact_snapshots (bool): Snapshots at the target density even when a
+            step overshoots (see :class:`PruningScheduler`).
+            (default: :obj:`True`)
         check_every (int): Measure the density every this many steps.
             (default: :obj:`1`)
         clip_grad_norm (float): Gradient-norm clipping. (default: :obj:`100.`)
@@ -128,7 +185,8 @@ class CERPConfig:
             users (:obj:`None`: all). (default: :obj:`None`)
     """
     dim: int = 64
-    bucket_size: int = 5000
+    bucket_size: Optional[int] = 5000
+    meta_ratio: Optional[float] = None
     threshold_init: float = -6.
     targets: Tuple[float, ...] = (0.10, 0.05, 0.01)
     target_unit: str = 'full'
@@ -140,17 +198,111 @@ class CERPConfig:
     num_negatives: int = 5
     lr: float = 5e-3
     weight_decay: float = 0.
-    threshold_lr: float = 6e-2
+    threshold_lr: Optional[float] = 6e-2
+    prune_speed: float = 2.
     threshold_weight_decay: Optional[float] = 0.
+    threshold_eps: Optional[float] = OFFICIAL_EPS
     threshold_drive: float = 1e-3
     gamma_init: float = 1e-3
+    gamma_unit: str = 'mean'
     gamma_decay: float = 0.5
     gamma_decay_every: int = 1
+    prune_start: int = 0
+    onset_quantile: Optional[float] = None
+    exact_snapshots: bool = False
     check_every: int = 1
     clip_grad_norm: float = 100.
     seed: int = 0
     ks: Tuple[int, ...] = (5, 10, 20, 50)
     eval_users: Optional[int] = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> 'CERPConfig':
+        r"""A named configuration.
+
+        * :obj:`'faithful'`: the defaults (official loss and optimiser
+          converted to the batch shape, pruning schedule in epochs);
+        * :obj:`'official'`: the official values as such where they do not
+          depend on the batch shape (:math:`S_0 = -100`, no freeze, no
+          re-initialisation, one lr :math:`10^{-3}` for values and
+          thresholds, :math:`\gamma_0 = 1` halved per epoch, the L2
+          :math:`10^{-5}` on the values converted like the thresholds',
+          exact snapshots off, 50 pruning epochs); at :math:`B \gg 10` it
+          prunes nothing for :math:`\approx 10^5` steps;
+        * :obj:`'legacy'`: the field defaults, as before issue 11 (global magnitude
+          pruning: constant drive :math:`10^{-3}`, threshold lr
+          :math:`6 \cdot 10^{-2}`, :math:`S_0 = -6`, mean regulariser
+          :math:`\gamma' = 10^{-3}`, :math:`b = 5000`, 5 pruning epochs), to
+          reproduce the committed numbers.
+
+        Args:
+            name (str): :obj:`'faithful'`, :obj:`'official'` or
+                :obj:`'legacy'`.
+            **overrides: Fields to change.
+        """
+        presets: Dict[str, Dict[str, Any]] = dict(
+            faithful=dict(bucket_size=None, threshold_init=-100.,
+                          prune_epochs=10, threshold_lr=None,
+                          threshold_weight_decay=None, threshold_eps=None,
+                          threshold_drive=0., gamma_init=1.,
+                          gamma_unit='official', prune_start=1,
+                          onset_quantile=0.02, exact_snapshots=True),
+            official=dict(bucket_size=None, threshold_weight_decay=None,
+                          threshold_eps=None, threshold_drive=0.,threshold_init=-100., prune_start=0,
+                          onset_quantile=None, lr=1e-3, threshold_lr=1e-3,
+                          weight_decay=None, gamma_init=1.,
+                          gamma_unit='official', exact_snapshots=False,
+                          prune_epochs=50),
+            legacy={},
+        )
+        if name not in presets:
+            raise ValueError(f"Unknown preset {name!r} (choose from "
+                             f"{sorted(presets)})")
+        values = dict(presets[name])
+        values.update(overrides)
+        if values.get('weight_decay', 0.) is None:  # Official, converted.
+            values['weight_decay'] = -1.  # Resolved in derived().
+        return cls(**values)
+
+    def derived(self, num_entities: int, num_pairs: int) -> Dict[str, Any]:
+        r"""The values that depend on the data and the batch shape.
+
+        Args:
+            num_entities (int): :math:`N = N_U + N_I`.
+            num_pairs (int): Training (user, positive) pairs per epoch.
+
+        Returns:
+            A dictionary with :obj:`bucket_size`,
+            :obj:`steps_per_epoch` (:math:`\lceil E / B \rceil`),
+            :obj:`pair_scale` (:math:`G/(Bn)`), :obj:`gamma_scale`,
+            :obj:`reduction`, :obj:`weight_decay`, :obj:`threshold_lr`,
+            :obj:`threshold_weight_decay` and :obj:`threshold_eps`.
+        """
+        N = int(num_entities)
+        b = self.bucket_size
+        if b is None:
+            ratio = (self.meta_ratio if self.meta_ratio is not None else
+                     2. * max(self.targets))
+            if self.target_unit == 'meta':
+                ratio = self.meta_ratio or 0.2
+            b = max(1, min(N, int(math.ceil(ratio * N / 2.))))
+        steps = max(1, int(math.ceil(int(num_pairs) / self.batch_size)))
+        pair_scale = OFFICIAL_GROUPS / (self.batch_size * self.num_negatives)
+        official = self.gamma_unit == 'official'
+        thr_lr = (self.threshold_lr if self.threshold_lr is not None else
+                  self.prune_speed / steps)
+        wd = (OFFICIAL_WEIGHT_DECAY * pair_scale if self.weight_decay < 0
+              else self.weight_decay)
+        return dict(
+            bucket_size=int(b), steps_per_epoch=steps, pair_scale=pair_scale,
+            gamma_scale=pair_scale if official else 1.,
+            reduction='sum' if official else 'mean', weight_decay=wd,
+            threshold_lr=float(thr_lr),
+            threshold_weight_decay=(
+                self.threshold_weight_decay if self.threshold_weight_decay
+                is not None else OFFICIAL_WEIGHT_DECAY * pair_scale),
+            threshold_eps=(self.threshold_eps if self.threshold_eps is not
+                           None else OFFICIAL_EPS * pair_scale))
 
     def __post_init__(self) -> None:
         # Every value is checked here, before any training, so that a bad
@@ -174,18 +326,30 @@ class CERPConfig:
         for name in ('baseline_epochs', 'prune_epochs', 'retrain_epochs',
                      'finetune_epochs'):
             check_int(name, getattr(self, name), minimum=0)
-        for name in ('dim', 'bucket_size', 'batch_size', 'num_negatives',
+        for name in ('dim', 'batch_size', 'num_negatives',
                      'gamma_decay_every', 'check_every'):
             check_int(name, getattr(self, name), minimum=1)
+        if self.bucket_size is not None:  # None: derived from the data.
+            check_int('bucket_size', self.bucket_size, minimum=1)
+        check_int('prune_start', self.prune_start, minimum=0)
         check_int('seed', self.seed, minimum=None)
         if self.eval_users is not None:
             check_int('eval_users', self.eval_users, minimum=1)
+        if self.gamma_unit not in ('official', 'mean'):
+            raise ValueError(f"'gamma_unit' must be 'official' or 'mean' "
+                             f"(got {self.gamma_unit!r})")
         check_float('lr', self.lr, 0., low_open=True)
-        check_float('threshold_lr', self.threshold_lr, 0.)
-        check_float('weight_decay', self.weight_decay, 0.)
+        if self.threshold_lr is not None:  # None: from 'prune_speed'.
+            check_float('threshold_lr', self.threshold_lr, 0.)
+        check_float('prune_speed', self.prune_speed, 0.)
+        if self.weight_decay != -1.:  # -1: the official value, converted.
+            check_float('weight_decay', self.weight_decay, 0.)
         if self.threshold_weight_decay is not None:
             check_float('threshold_weight_decay',
                         self.threshold_weight_decay, 0.)
+        if self.threshold_eps is not None:
+            check_float('threshold_eps', self.threshold_eps, 0.,
+                        low_open=True)
         check_float('threshold_drive', self.threshold_drive, 0.)
         check_float('threshold_init', self.threshold_init)
         check_float('gamma_init', self.gamma_init, 0.)
@@ -357,6 +521,8 @@ class CERPRunner:
         self.log = log if self.rank == 0 else (lambda msg: None)
         self.progress = progress and self.rank == 0
         self.state: Dict[str, Any] = self._fresh_state()
+        self.derived = config.derived(self.num_entities,
+                                      int(data.train.size(1)))
 
     # Building ################################################################
 
@@ -370,7 +536,7 @@ class CERPRunner:
             return torch.nn.Embedding(self.num_entities, cfg.dim)
         if kind == 'cerp':
             return CompositionalEmbedding(self.num_entities, cfg.dim,
-                                          cfg.bucket_size,
+                                          self.derived['bucket_size'],
                                           threshold_init=cfg.threshold_init,
                                           check_index=False)
         raise ValueError(f"Unknown embedding kind {kind!r}")
@@ -381,16 +547,24 @@ class CERPRunner:
 
     def _optimizer(self, model: Module) -> torch.optim.Optimizer:
         cfg = self.config
-        return make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                              threshold_lr=cfg.threshold_lr,
-                              threshold_weight_decay=cfg.threshold_weight_decay)
+        der = self.derived
+        return make_optimizer(
+            model, lr=cfg.lr, weight_decay=der['weight_decay'],
+            threshold_lr=der['threshold_lr'],
+            threshold_weight_decay=der['threshold_weight_decay'],
+            threshold_eps=der['threshold_eps'])
 
     def _scheduler(self, model: Recommender) -> PruningScheduler:
         cfg = self.config
         return PruningScheduler(model.embedding, cfg.targets, cfg.target_unit,
                                 cfg.gamma_init, cfg.gamma_decay,
                                 cfg.gamma_decay_every, cfg.check_every,
-                                threshold_drive=cfg.threshold_drive)
+                                threshold_drive=cfg.threshold_drive,
+                                gamma_scale=self.derived['gamma_scale'],
+                                reduction=self.derived['reduction'],
+                                prune_start=cfg.prune_start,
+                                onset_quantile=cfg.onset_quantile,
+                                exact_snapshots=cfg.exact_snapshots)
 
     # Overridden by pyg_cerp.distributed.DistributedCERPRunner ##############
 

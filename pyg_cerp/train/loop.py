@@ -33,6 +33,7 @@ def make_optimizer(
     weight_decay: float = 1e-5,
     threshold_lr: Optional[float] = None,
     threshold_weight_decay: Optional[float] = None,
+    threshold_eps: Optional[float] = None,
 ) -> torch.optim.Adam:
     r"""Adam with a separate parameter group for pruning thresholds.
 
@@ -54,6 +55,9 @@ def make_optimizer(
         threshold_weight_decay (float, optional): L2 penalty of the
             thresholds (:obj:`None`: :obj:`weight_decay`).
             (default: :obj:`None`)
+        threshold_eps (float, optional): Adam :math:`\epsilon` of the
+            thresholds (:obj:`None`: Adam's default).
+            (default: :obj:`None`)
     """
     values, thresholds = split_threshold_params(module)
     groups: List[Dict[str, Any]] = [dict(params=values)]
@@ -63,6 +67,8 @@ def make_optimizer(
                  lr=lr if threshold_lr is None else threshold_lr,
                  weight_decay=(weight_decay if threshold_weight_decay is None
                                else threshold_weight_decay)))
+        if threshold_eps is not None:
+            groups[-1]['eps'] = float(threshold_eps)
     return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay,
                             fused=_fused_adam_supported(module))
 

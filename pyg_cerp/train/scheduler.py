@@ -3,7 +3,7 @@ mask snapshots at memory targets."""
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -152,6 +152,38 @@ class PruningScheduler:
             about its learning rate per step *without* the saturation at
             :math:`\sigma(0) = 0.5` that weight decay on :math:`\mathbf{S}`
             has. (default: :obj:`0.`)
+        gamma_scale (float, optional): A constant factor :math:`c` on the
+            regulariser, :math:`c \gamma_t \mathcal{L}_{\textrm{prune}}`,
+            *e.g.*, the batch-shape conversion of the official weight
+            (see :meth:`~pyg_cerp.train.CERPConfig.derived`).
+            (default: :obj:`1.`)
+        reduction (str, optional): How :meth:`pruning_loss` reduces over the
+            batch's entities, :obj:`'mean'` or :obj:`'sum'` (the official
+            code sums). (default: :obj:`'mean'`)
+        prune_start (int, optional): Epochs during which the thresholds are
+            frozen (no gradient, no weight decay) so that the values train
+            before anything is pruned; the regulariser acts from step 0 as in
+            the official code. At the start of epoch :obj:`prune_start` the
+            thresholds are switched on (and, with :obj:`onset_quantile`,
+            re-initialised). (default: :obj:`0`)
+        onset_quantile (float, optional): If set, at the pruning onset every
+            threshold logit of a table is set to
+            :math:`\sigma^{-1}(q)` of the :obj:`onset_quantile`-quantile
+            :math:`q` of that table's current :math:`|\text{value}|`, so
+            that pruning starts right away at the *trained* scale of the
+            values (with the official :math:`S_0 = -100` it starts only
+            after :math:`\approx 10^5` steps). Equal logits at the onset are
+            what the official code has too (all :math:`S` rise in lockstep
+            under the weight decay until then). (default: :obj:`None`)
+        exact_snapshots (bool, optional): If a step takes the density past a
+            target by more than :obj:`snapshot_tolerance` (relative), the
+            snapshot is the current mask plus the entries that were non-zero
+            at the previous check and have the largest magnitudes there,
+            so that its density equals the target (needs
+            :meth:`pruned_tables` or :meth:`pruned_table`).
+            (default: :obj:`False`)
+        snapshot_tolerance (float, optional): See :obj:`exact_snapshots`.
+            (default: :obj:`0.02`)
     """
     def __init__(
         self,
@@ -164,7 +196,26 @@ class PruningScheduler:
         check_every: int = 1,
         capture_initial_state: bool = True,
         threshold_drive: float = 0.,
+        gamma_scale: float = 1.,
+        reduction: str = 'mean',
+        prune_start: int = 0,
+        onset_quantile: Optional[float] = None,
+        exact_snapshots: bool = False,
+        snapshot_tolerance: float = 0.02,
     ) -> None:
+        if reduction not in ('mean', 'sum'):
+            raise ValueError(f"'reduction' must be 'mean' or 'sum' "
+                             f"(got {reduction!r})")
+        if gamma_scale < 0:
+            raise ValueError(f"'gamma_scale' must be >= 0 (got {gamma_scale})")
+        if int(prune_start) < 0:
+            raise ValueError(f"'prune_start' must be >= 0 (got {prune_start})")
+        if onset_quantile is not None and not 0. < onset_quantile < 1.:
+            raise ValueError(f"'onset_quantile' must be in (0, 1) "
+                             f"(got {onset_quantile})")
+        if not 0. <= snapshot_tolerance < 1.:
+            raise ValueError(f"'snapshot_tolerance' must be in [0, 1) "
+                             f"(got {snapshot_tolerance})")
         for name in ('num_nonzero', 'masks', 'freeze_masks', 'initial_state'):
             if not callable(getattr(embedding, name, None)):
                 raise TypeError(
@@ -215,6 +266,14 @@ class PruningScheduler:
         self.gamma_decay_every = int(gamma_decay_every)
         self.check_every = int(check_every)
         self.threshold_drive = float(threshold_drive)
+        self.gamma_scale = float(gamma_scale)
+        self.reduction = reduction
+        self.prune_start = int(prune_start)
+        self.onset_quantile = (None if onset_quantile is None else
+                               float(onset_quantile))
+        self.exact_snapshots = bool(exact_snapshots)
+        self.snapshot_tolerance = float(snapshot_tolerance)
+        self._prev_tables: Optional[List[Tensor]] = None
         self._thresholds = [
             p for n, p in embedding.named_parameters()
             if 'threshold' in n.split('.')[-1]
@@ -284,6 +343,7 @@ class PruningScheduler:
         Returns:
             The targets reached at step 0.
         """
+        self._apply_freeze()
         if self.num_steps == 0:
             self.initial_weights = self._capture()
             self.start_density = self.density()
@@ -312,9 +372,81 @@ class PruningScheduler:
                 m.clone() for m in masks))
             full = self.full_fraction()
             for t in new:
-                self.snapshots[t] = MaskSnapshot(t, masks, self.num_steps,
-                                                 self.epoch, density, full)
+                snap_masks, snap_density = masks, density
+                if (self.exact_snapshots and self._prev_tables is not None
+                        and density < t * (1. - self.snapshot_tolerance)):
+                    snap_masks, snap_density = self._fill_to(t, masks)
+                snap_full = (full if snap_density == density else
+                             self.to_full(snap_density))
+                self.snapshots[t] = MaskSnapshot(t, snap_masks,
+                                                 self.num_steps, self.epoch,
+                                                 snap_density, snap_full)
+        if self.exact_snapshots and not self.done:
+            tables = self._tables()
+            self._prev_tables = (None if tables is None else
+                                 [x.detach().abs().clone() for x in tables])
         return new
+
+    def _tables(self) -> Optional[List[Tensor]]:
+        fn = getattr(self.embedding, 'pruned_tables', None)
+        if callable(fn):
+            return list(fn())
+        fn = getattr(self.embedding, 'pruned_table', None)
+        if callable(fn):
+            return [fn()]
+        return None
+
+    def _fill_to(self, target: float, masks: Masks) -> Tuple[Masks, float]:
+        r"""The current masks plus the entries pruned since the previous
+        check with the largest previous magnitudes, so that the density is
+        :obj:`target` (rounded down to whole entries)."""
+        cur = [masks] if isinstance(masks, Tensor) else list(masks)
+        prev = self._prev_tables
+        assert prev is not None
+        if len(prev) != len(cur) or any(p.shape != m.shape
+                                        for p, m in zip(prev, cur)):
+            return masks, self.density()
+        want = int(math.floor(target * self.denominator))
+        have = sum(int(m.sum()) for m in cur)
+        # Candidates: non-zero at the previous check, zero now.
+        scores = torch.cat([
+            torch.where((p != 0) & ~m.bool(), p, torch.zeros_like(p)).flatten()
+            for p, m in zip(prev, cur)
+        ])
+        k = min(max(want - have, 0), int((scores > 0).sum()))
+        flat = torch.cat([m.bool().flatten() for m in cur])
+        if k > 0:
+            flat[torch.topk(scores, k).indices] = True
+        out, offset = [], 0
+        for m in cur:
+            out.append(flat[offset:offset + m.numel()].view_as(m).clone())
+            offset += m.numel()
+        res: Masks = out[0] if isinstance(masks, Tensor) else tuple(out)
+        return res, (have + k) / self.denominator
+
+    def _apply_freeze(self) -> None:
+        r"""Freezes the thresholds before :obj:`prune_start`."""
+        if self.prune_start > 0 and self.epoch < self.prune_start:
+            for p in self._thresholds:
+                p.requires_grad_(False)
+
+    @torch.no_grad()
+    def _onset(self) -> None:
+        for p in self._thresholds:
+            p.requires_grad_(True)
+        if self.onset_quantile is None:
+            return
+        tables = self._tables()
+        raw = [getattr(self.embedding, n, None) for n in ('P', 'Q')]
+        if raw[0] is None:
+            raw = [getattr(self.embedding, 'weight', None)]
+        if tables is None or len(raw) != len(self._thresholds) or any(
+                r is None or not isinstance(r, Tensor) for r in raw):
+            return
+        for value, thr in zip(raw, self._thresholds):
+            q = torch.quantile(value.detach().abs().flatten().float()[:2**24],
+                               self.onset_quantile).clamp(1e-12, 0.5)
+            thr.fill_(float(torch.logit(q)))
 
     def step(self) -> List[float]:
         r"""Call after every optimiser step of phase 1.
@@ -337,6 +469,8 @@ class PruningScheduler:
         """
         new = [] if self.done else self._check()
         self.epoch += 1
+        if self.prune_start > 0 and self.epoch == self.prune_start:
+            self._onset()
         return new
 
     def regularizer(self, index: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -354,14 +488,16 @@ class PruningScheduler:
         out = None
         gamma = self.gamma
         fn = getattr(self.embedding, 'pruning_loss', None)
-        if gamma != 0. and fn is not None:
-            out = gamma * fn(index)
-        if self.threshold_drive > 0 and self._thresholds:
+        if gamma != 0. and self.gamma_scale != 0. and fn is not None:
+            loss = (fn(index) if self.reduction == 'mean' else fn(
+                index, reduction=self.reduction))
+            out = (gamma * self.gamma_scale) * loss
+        active = [p for p in self._thresholds if p.requires_grad]
+        if self.threshold_drive > 0 and active:
             # Zero-valued (so that logged losses stay readable), gradient
             # -c for every threshold logit:
             drive = -self.threshold_drive * sum(
-                (p - p.detach()).sum() for p in self._thresholds
-                if p.requires_grad)
+                (p - p.detach()).sum() for p in active)
             out = drive if out is None else out + drive
         return out
 
@@ -438,6 +574,8 @@ class PruningScheduler:
             gamma_decay_every=self.gamma_decay_every,
             check_every=self.check_every,
             threshold_drive=self.threshold_drive,
+            gamma_scale=self.gamma_scale,
+            prune_start=self.prune_start,
             num_steps=self.num_steps,
             epoch=self.epoch,
             start_density=self.start_density,
@@ -464,6 +602,8 @@ class PruningScheduler:
         self.start_density = (None if state['start_density'] is None else
                               float(state['start_density']))
         self.initial_weights = state['initial_weights']
+        self._prev_tables = None
+        self._apply_freeze()
         self.snapshots = {}
         for d in state['snapshots']:
             s = MaskSnapshot.from_dict(d)
