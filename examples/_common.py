@@ -66,10 +66,22 @@ def add_common_arguments(parser: argparse.ArgumentParser,
         f'rewind; 0: skip) (default: {d.finetune_epochs})')
     parser.add_argument('--no-baseline', action='store_true',
                         help='Skip the full-table baseline')
-    parser.add_argument('--batch-size', type=int, default=d.batch_size,
+    parser.add_argument('--batch-size', type=int, default=None,
                         help=f'Positives per step (default: {d.batch_size})')
-    parser.add_argument('--lr', type=float, default=d.lr,
+    parser.add_argument('--lr', type=float, default=None,
                         help=f'Adam lr of the values (default: {d.lr})')
+    parser.add_argument(
+        '--prune-batch-size', type=int, default=None,
+        help=f'Positives per step in phase 1 (default: --batch-size if '
+        f'given, else {d.prune_batch_size or d.batch_size})')
+    parser.add_argument(
+        '--prune-lr', type=float, default=None,
+        help=f'Adam lr of the values in phase 1 (default: --lr if given, '
+        f'else {d.prune_lr or d.lr})')
+    parser.add_argument(
+        '--l2-reg', type=float, default=d.l2_reg,
+        help=f"Weight of LightGCN's L2 penalty on the batch's ego "
+        f"embeddings (default: {d.l2_reg})")
     parser.add_argument(
         '--threshold-lr', type=float, default=d.threshold_lr,
         help=f'Adam lr of the thresholds = pruning speed '
@@ -116,9 +128,10 @@ def add_common_arguments(parser: argparse.ArgumentParser,
         '--stop-after', type=int, default=None,
         help='Stop after this many epochs in this call (resume later with '
         '--resume)')
-    parser.add_argument('--threads', type=int, default=1,
-                        help='torch CPU threads (default: 1, which is the '
-                        'fastest on a shared 2-core machine)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: what torch uses, '
+                        'all cores; on a machine shared with other jobs, '
+                        'fewer threads than free cores is faster)')
     parser.add_argument('--no-progress', action='store_true',
                         help='No tqdm progress bars')
     parser.add_argument(
@@ -148,7 +161,8 @@ def config_from_args(args: argparse.Namespace, defaults: CERPConfig,
 def _config_from_args(args: argparse.Namespace, defaults: CERPConfig,
                       minimums: Dict[str, int],
                       overrides: Dict[str, Any]) -> CERPConfig:
-    checks = dict(threads=1, stop_after=1, **minimums)
+    checks = dict(threads=1, stop_after=1, batch_size=1, prune_batch_size=1,
+                  **minimums)
     for name, minimum in checks.items():
         value = getattr(args, name, None)
         values = value if isinstance(value, list) else [value]
@@ -168,14 +182,24 @@ def _config_from_args(args: argparse.Namespace, defaults: CERPConfig,
         target_unit=args.target_unit,
         baseline_epochs=0 if args.no_baseline else epochs,
         prune_epochs=args.prune_epochs, retrain_epochs=retrain,
-        finetune_epochs=args.finetune_epochs, batch_size=args.batch_size,
-        lr=args.lr, threshold_lr=args.threshold_lr,
+        finetune_epochs=args.finetune_epochs, l2_reg=args.l2_reg,
+        threshold_lr=args.threshold_lr,
         threshold_weight_decay=args.threshold_weight_decay,
         threshold_drive=args.threshold_drive,
         threshold_init=args.threshold_init, gamma_init=args.gamma,
         gamma_decay=args.gamma_decay,
         gamma_decay_every=args.gamma_decay_every, seed=args.seed,
         eval_users=args.eval_users)
+    # A batch size or lr given for training applies to phase 1 too, unless
+    # phase 1 gets its own.
+    for name, prune in (('batch_size', 'prune_batch_size'),
+                        ('lr', 'prune_lr')):
+        given, given_prune = getattr(args, name), getattr(args, prune)
+        if given is not None:
+            values[name] = given
+            values[prune] = given
+        if given_prune is not None:
+            values[prune] = given_prune
     values.update(overrides)
     return CERPConfig.from_dict(values)
 

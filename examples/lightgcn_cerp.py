@@ -32,7 +32,8 @@ def main(argv=None):
                         help='LightGCN layers (default: 3)')
     args = parser.parse_args(argv)
     config = config_from_args(args, DEFAULTS, parser, {'num_layers': 0})
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     data = load_data(args)
     adj = lightgcn_adjacency(data.train, data.num_users, data.num_items)
     num_nodes = data.num_users + data.num_items

@@ -22,7 +22,8 @@ from pyg_cerp.train import CERPConfig, MLPRecommender
 # protocol).
 DEFAULTS = CERPConfig(batch_size=4096, lr=1e-3, threshold_lr=1e-2,
                       baseline_epochs=3, prune_epochs=5, retrain_epochs=3,
-                      eval_users=1000)
+                      eval_users=1000, l2_reg=0., prune_batch_size=None,
+                      prune_lr=None)
 
 
 def main(argv=None):
@@ -32,7 +33,8 @@ def main(argv=None):
                         help='MLP hidden sizes (default: 128 64)')
     args = parser.parse_args(argv)
     config = config_from_args(args, DEFAULTS, parser, {'hidden': 1})
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     data = load_data(args)
 
     def build(embedding: torch.nn.Module) -> MLPRecommender:

@@ -765,7 +765,8 @@ class ShardedBatch(tuple):
 
 def _cerp_step_loss(recommender: Module, users: Tensor, pos: Tensor,
                     neg: Tensor, bpr_scale: float, reg_index: Optional[Tensor],
-                    reg_scale: float, scheduler: Any) -> tuple:
+                    reg_scale: float, scheduler: Any,
+                    l2_reg: float = 0.) -> tuple:
     # The loss of one data-parallel CERP step, computed inside the DDP
     # forward: this rank's mean BPR loss and its pruning regulariser over
     # ``reg_index`` (its share of the global batch's entities), each times
@@ -775,6 +776,9 @@ def _cerp_step_loss(recommender: Module, users: Tensor, pos: Tensor,
         term = torch.nan_to_num(bpr, nan=0.) * 0.
     else:
         term = bpr * bpr_scale
+        if l2_reg:  # A batch mean like BPR: the same scale.
+            term = term + (l2_reg * bpr_scale) * recommender.l2_penalty(
+                users, pos, neg)
     reg = None
     if scheduler is not None and reg_index is not None:
         reg = scheduler.regularizer(reg_index)
@@ -841,6 +845,7 @@ class DDPTrainStep:
         batch: tuple,
         scheduler: Any = None,
         clip_grad_norm: Optional[float] = 100.,
+        l2_reg: float = 0.,
     ) -> Dict[str, Any]:
         r"""Runs one step; see :func:`pyg_cerp.train.train_step`.
 
@@ -853,6 +858,8 @@ class DDPTrainStep:
                 :class:`ShardedBatch`.
             scheduler (PruningScheduler, optional): The pruning schedule.
             clip_grad_norm (float, optional): Gradient-norm clipping.
+            l2_reg (float, optional): Weight of the L2 penalty on the
+                batch's ego embeddings. (default: :obj:`0.`)
 
         Returns:
             :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (global values) and
@@ -888,7 +895,7 @@ class DDPTrainStep:
                 reg_index = recommender.entities(users, pos, neg)
         scale = ctx.loss_scale(local_n, global_n)
         loss, bpr, reg = self.module(users, pos, neg, scale, reg_index,
-                                     reg_scale, scheduler)
+                                     reg_scale, scheduler, l2_reg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm is not None:

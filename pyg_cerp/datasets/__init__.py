@@ -17,6 +17,7 @@ from .lightgcn import (
     read_lightgcn_file,
     verify_file,
 )
+from .split import VALIDATION_CHECKSUMS, user_holdout_split, validation_split
 
 __all__ = [
     'LightGCNDataset',
@@ -35,4 +36,7 @@ __all__ = [
     'YELP2020_CHECKSUMS',
     'YELP2020_PR16_CHECKSUMS',
     'KNOWN_CHECKSUMS',
+    'VALIDATION_CHECKSUMS',
+    'user_holdout_split',
+    'validation_split',
 ]

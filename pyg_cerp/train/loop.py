@@ -84,13 +84,20 @@ def _fused_adam_supported(module: Module) -> Optional[bool]:
     return True if ok else None
 
 
+def _device_of(module: Module) -> torch.device:
+    for param in module.parameters():
+        return param.device
+    return torch.device('cpu')
+
+
 def train_step(
     recommender: Recommender,
     optimizer: Optimizer,
     batch: Batch,
     scheduler: Optional[PruningScheduler] = None,
     clip_grad_norm: Optional[float] = 100.,
-) -> Dict[str, float]:
+    l2_reg: float = 0.,
+) -> Dict[str, Any]:
     r"""One optimisation step on :math:`\mathcal{L} = \mathcal{L}_{\textrm{BPR}}
     + \gamma_t \mathcal{L}_{\textrm{prune}}` (the second term only with a
     :obj:`scheduler`, over the entities of the batch, see
@@ -106,6 +113,9 @@ def train_step(
             :meth:`~PruningScheduler.step` is called after the update.
         clip_grad_norm (float, optional): Clip the gradient norm to this
             value (:obj:`None`: no clipping). (default: :obj:`100.`)
+        l2_reg (float, optional): Weight :math:`\lambda` of
+            :meth:`Recommender.l2_penalty` added to the loss (LightGCN's
+            regulariser on the batch's ego embeddings). (default: :obj:`0.`)
 
     Returns:
         A dictionary with :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached
@@ -116,8 +126,14 @@ def train_step(
     users, pos, neg = batch
     if neg.dim() == 1:
         neg = neg.unsqueeze(-1)
+    device = _device_of(recommender)
+    if users.device != device:  # CPU sampler, model on an accelerator.
+        users, pos, neg = (t.to(device, non_blocking=True)
+                           for t in (users, pos, neg))
     bpr = recommender.loss(users, pos, neg)
     loss = bpr
+    if l2_reg:
+        loss = loss + l2_reg * recommender.l2_penalty(users, pos, neg)
     reg = None
     if scheduler is not None:
         reg = scheduler.regularizer(recommender.entities(users, pos, neg))
@@ -147,6 +163,7 @@ def train_epoch(
     progress: bool = False,
     desc: str = '',
     step_fn: Optional[Callable[..., Dict[str, Any]]] = None,
+    l2_reg: float = 0.,
 ) -> Dict[str, Any]:
     r"""Trains one epoch over :obj:`sampler` (which is told the epoch through
     :obj:`set_epoch` if it has it, so that a sharded, seeded sampler yields a
@@ -171,6 +188,8 @@ def train_epoch(
         step_fn (Callable, optional): Replaces :func:`train_step` (same
             signature), *e.g.*, the data-parallel
             :class:`pyg_cerp.distributed.DDPTrainStep`. (default: :obj:`None`)
+        l2_reg (float, optional): See :func:`train_step` (passed to the step
+            only when non-zero). (default: :obj:`0.`)
 
     Returns:
         The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,
@@ -191,8 +210,9 @@ def train_epoch(
     steps, reached, stopped = 0, [], False
     start = time.perf_counter()
     for batch in iterator:
+        extra = dict(l2_reg=l2_reg) if l2_reg else {}
         out = (step_fn or train_step)(recommender, optimizer, batch,
-                                      scheduler, clip_grad_norm)
+                                      scheduler, clip_grad_norm, **extra)
         steps += 1
         for key in sums:  # Tensors: summed on the device, read once.
             sums[key] = sums[key] + out[key]

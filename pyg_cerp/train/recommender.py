@@ -98,6 +98,31 @@ class Recommender(Module):
             neg.reshape(-1) + self.num_users
         ])
 
+    def l2_penalty(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        r"""The L2 penalty of LightGCN on the batch's *ego* (layer-0)
+        embeddings,
+
+        .. math::
+            \frac{1}{2B} \sum_{b=1}^{B} \Big( \|\mathbf{e}_{u_b}\|^2 +
+            \|\mathbf{e}_{i_b^+}\|^2 + \sum_{j=1}^{n}
+            \|\mathbf{e}_{i_{b,j}^-}\|^2 \Big),
+
+        as in LightGCN-PyTorch (there with :math:`n = 1` and weight
+        :math:`10^{-4}`). Unlike weight decay, it touches only the rows of the
+        batch.
+
+        Args:
+            users (torch.Tensor): User ids, shape :obj:`[B]`.
+            pos (torch.Tensor): Positive item ids (local), shape :obj:`[B]`.
+            neg (torch.Tensor): Negative item ids (local), shape
+                :obj:`[B, n]`.
+        """
+        ids = torch.cat([users, pos + self.num_users,
+                         neg.reshape(-1) + self.num_users])
+        emb = self.embedding(ids)
+        flat = emb.reshape(-1)
+        return 0.5 * torch.dot(flat, flat) / users.numel()
+
     def score_function(self) -> ScoreFn:
         r"""Returns a function mapping user ids :obj:`[U]` to the scores of
         every item :obj:`[U, N_I]`; called under :obj:`torch.no_grad()` in

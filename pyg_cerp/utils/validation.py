@@ -37,6 +37,13 @@ def check_index(index: Tensor, num_embeddings: int, name: str = 'index') -> None
     r"""Raises a clear error unless :obj:`index` holds integer ids in
     :math:`[0, N)`.
 
+    On CPU the range is read at once (an :class:`IndexError` naming the bad
+    id). On an accelerator, reading it would synchronise the device on every
+    call, so the check is an asynchronous device assertion
+    (:func:`torch._assert_async`): a bad id fails the next synchronising
+    call with a device-side assertion instead of silently hashing to a valid
+    row.
+
     Args:
         index (torch.Tensor): The ids to check.
         num_embeddings (int): The number of entities :math:`N`.
@@ -45,6 +52,11 @@ def check_index(index: Tensor, num_embeddings: int, name: str = 'index') -> None
     """
     check_index_dtype(index, name)
     if index.numel() == 0:
+        return
+    if index.device.type != 'cpu':
+        torch._assert_async(
+            (index.min() >= 0) & (index.max() < num_embeddings),
+            f"'{name}' holds an id outside [0, {num_embeddings})")
         return
     lo, hi = int(index.min()), int(index.max())
     if lo < 0:

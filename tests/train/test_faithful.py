@@ -13,7 +13,11 @@ from pyg_cerp.train.cerp import OFFICIAL_GROUPS
 
 def test_presets_and_derived_values():
     legacy = CERPConfig.preset('legacy')
-    assert legacy == CERPConfig()  # The field defaults.
+    # The configuration of the committed quick-profile numbers: the field
+    # defaults with the training schedule before issue 10.
+    assert legacy == CERPConfig(baseline_epochs=3, retrain_epochs=3,
+                                batch_size=8192, lr=5e-3, l2_reg=0.,
+                                prune_batch_size=None, prune_lr=None)
     d = legacy.derived(70839, 810128)
     assert d['bucket_size'] == 5000 and d['gamma_scale'] == 1.
     assert d['reduction'] == 'mean' and d['threshold_lr'] == 6e-2
@@ -29,7 +33,7 @@ def test_presets_and_derived_values():
     off = CERPConfig.preset('official')
     assert off.threshold_init == -100. and off.lr == 1e-3
     assert off.derived(100, 100)['weight_decay'] == pytest.approx(
-        1e-5 * 10 / (8192 * 5))
+        1e-5 * 10 / (off.batch_size * 5))
     with pytest.raises(ValueError, match='preset'):
         CERPConfig.preset('nope')
 

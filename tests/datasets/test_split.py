@@ -1,0 +1,63 @@
+import os
+
+import pytest
+import torch
+
+from pyg_cerp.datasets import EDGE_TYPE, user_holdout_split, validation_split
+
+DATA = os.environ.get('PYG_CERP_DATA')
+
+
+def test_user_holdout_split_is_seeded_per_user_and_disjoint():
+    gen = torch.Generator().manual_seed(0)
+    user = torch.randint(0, 30, (600, ), generator=gen)
+    item = torch.randint(0, 50, (600, ), generator=gen)
+    key = torch.unique(user * 50 + item)
+    edge_index = torch.stack([key // 50, key % 50])
+    train, valid = user_holdout_split(edge_index, 30, ratio=0.2, seed=3)
+    # Disjoint, together the input, every user keeps a training pair.
+    both = torch.cat([train, valid], 1)
+    assert both.size(1) == edge_index.size(1)
+    assert torch.equal(torch.unique(both[0] * 50 + both[1]), key)
+    counts = torch.bincount(edge_index[0], minlength=30)
+    held = torch.bincount(valid[0], minlength=30)
+    assert torch.equal(torch.bincount(train[0], minlength=30) > 0, counts > 0)
+    expected = torch.minimum((counts * 0.2).round().clamp_min(1).long(),
+                             counts - 1)
+    assert torch.equal(held, expected.clamp_min(0))
+    # Seeded: the same seed gives the same split, another seed another one.
+    again = user_holdout_split(edge_index, 30, ratio=0.2, seed=3)
+    assert torch.equal(again[1], valid)
+    other = user_holdout_split(edge_index, 30, ratio=0.2, seed=4)
+    assert not torch.equal(other[1], valid)
+    with pytest.raises(ValueError, match='ratio'):
+        user_holdout_split(edge_index, 30, ratio=1.)
+
+
+def test_validation_split_holds_out_of_train(tmp_path):
+    raw = tmp_path / 'toy' / 'raw'
+    raw.mkdir(parents=True)
+    (raw / 'train.txt').write_text(''.join(
+        f'{u} ' + ' '.join(str((u + k) % 12) for k in range(6)) + '\n'
+        for u in range(8)))
+    (raw / 'test.txt').write_text(''.join(f'{u} {(u + 7) % 12}\n'
+                                          for u in range(8)))
+    data = validation_split(str(tmp_path / 'toy'), ratio=0.34, seed=0)
+    store = data[EDGE_TYPE]
+    assert store.edge_index.size(1) == 8 * 4
+    assert store.edge_label_index.size(1) == 8 * 2
+    assert data['item'].num_nodes == 12
+    # No test pair leaks into either part.
+    test = {(u, (u + 7) % 12) for u in range(8)}
+    pairs = set(map(tuple, torch.cat([store.edge_index,
+                                      store.edge_label_index], 1).t().tolist()))
+    assert not pairs & test
+
+
+@pytest.mark.skipif(DATA is None, reason='needs PYG_CERP_DATA')
+def test_published_gowalla_validation_split():
+    data = validation_split(os.path.join(DATA, 'gowalla-lightgcnpp'))
+    store = data[EDGE_TYPE]
+    assert store.edge_index.size(1) == 719_081
+    assert store.edge_label_index.size(1) == 91_047
+    assert data['user'].num_nodes == 29_858
