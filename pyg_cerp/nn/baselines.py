@@ -386,9 +386,30 @@ class PEPEmbedding(_CountingMixin, Module):
         kwargs.setdefault('device', weight.device)
         kwargs.setdefault('dtype', weight.dtype)
         out = cls(n, d, **kwargs)
-        out.freeze_masks((magnitude_mask(weight, k), ),
-                         rewind_to={'V': weight.detach()})
+        out.freeze_magnitude(weight, fraction)
         return out
+
+    @torch.no_grad()
+    def freeze_magnitude(self, weight: Tensor, fraction: float) -> None:
+        r"""Loads the trained table :obj:`weight` into :math:`\mathbf{V}`
+        and freezes the mask of its :math:`\lfloor f N d \rfloor`
+        largest-magnitude entries (retrain mode), in place (*e.g.*, after a
+        backbone's :meth:`reset_parameters`); see :meth:`from_magnitude`.
+
+        Args:
+            weight (torch.Tensor): The trained :math:`N \times d` table.
+            fraction (float): The budget :math:`f \in (0, 1]`.
+        """
+        shape = (self.num_embeddings, self.embedding_dim)
+        if tuple(weight.shape) != shape:
+            raise ValueError(f"'weight' must have shape {shape} (got "
+                             f"{tuple(weight.shape)})")
+        k = budget_rows(weight.numel(), fraction)
+        if k < 1:
+            raise ValueError(f"The budget fraction={fraction} of "
+                             f"{weight.numel()} values keeps none")
+        self.freeze_masks((magnitude_mask(weight, k), ),
+                          rewind_to={'V': weight.detach().to(self.V)})
 
     @staticmethod
     def _sync_mode_on_load(module: 'PEPEmbedding', incompatible_keys) -> None:
