@@ -37,7 +37,25 @@ The ``budget`` is a fraction of the :math:`N \times d` values of the full
 table (non-zeros for the pruned methods, parameters for QR/hash);
 ``bytes`` is the stored size (see :mod:`pyg_cerp.memory`).
 
+Profile ``converged`` (``--profile converged``, :func:`run_converged`):
+every model is trained until validation NDCG@20 stops improving
+(``--patience``, ``--max-epochs``; validation = the dataset's ``valid.txt``,
+*e.g.* ``gowalla-lightgcnpp``, else a seeded per-user holdout of train),
+the best validation epoch is tested once, CERP's ``b`` is swept per budget
+(``--bucket-ratios``, at least 3) and selected on validation, and each
+finished method x budget x seed row is appended to
+``<dataset>_<backbone>_converged[_<tag>].csv`` at once (rows already there
+are skipped on restart). Its methods are those of
+:mod:`pyg_cerp.train.methods`: ``full, cerp, cerp-noreg, qr-mul, qr-add,
+hash, pep, magnitude``. ``--device cuda`` where available; ``--mlp-preset
+official`` for the official MLP scorer (a GPU for full ranking).
+
 Examples::
+
+    # the converged comparison on the published Gowalla validation split
+    python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
+        --dataset gowalla-lightgcnpp --backbone lightgcn --profile converged \
+        --device cuda
 
     # the quick profile on Gowalla, both backbones (about 30 min, 2 cores)
     python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
