@@ -37,7 +37,25 @@ The ``budget`` is a fraction of the :math:`N \times d` values of the full
 table (non-zeros for the pruned methods, parameters for QR/hash);
 ``bytes`` is the stored size (see :mod:`pyg_cerp.memory`).
 
+Profile ``converged`` (``--profile converged``, :func:`run_converged`):
+every model is trained until validation NDCG@20 stops improving
+(``--patience``, ``--max-epochs``; validation = the dataset's ``valid.txt``,
+*e.g.* ``gowalla-lightgcnpp``, else a seeded per-user holdout of train),
+the best validation epoch is tested once, CERP's ``b`` is swept per budget
+(``--bucket-ratios``, at least 3) and selected on validation, and each
+finished method x budget x seed row is appended to
+``<dataset>_<backbone>_converged[_<tag>].csv`` at once (rows already there
+are skipped on restart). Its methods are those of
+:mod:`pyg_cerp.train.methods`: ``full, cerp, cerp-noreg, qr-mul, qr-add,
+hash, pep, magnitude``. ``--device cuda`` where available; ``--mlp-preset
+official`` for the official MLP scorer (a GPU for full ranking).
+
 Examples::
+
+    # the converged comparison on the published Gowalla validation split
+    python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
+        --dataset gowalla-lightgcnpp --backbone lightgcn --profile converged \
+        --device cuda
 
     # the quick profile on Gowalla, both backbones (about 30 min, 2 cores)
     python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
@@ -76,6 +94,18 @@ from pyg_cerp.nn.compositional import CompositionalEmbedding  # noqa: E402
 from pyg_cerp.nn.mlp import MLPScorer  # noqa: E402
 
 METHODS = ('full', 'cerp', 'cerp-noreg', 'pep', 'qr', 'hash')
+#: The methods of the converged profile (pyg_cerp.train.methods.METHODS).
+CONVERGED_METHODS = ('full', 'cerp', 'cerp-noreg', 'qr-mul', 'qr-add',
+                     'hash', 'pep', 'magnitude')
+ALL_METHODS = tuple(dict.fromkeys(METHODS + CONVERGED_METHODS))
+#: The CSV columns of the converged profile.
+CONVERGED_COLUMNS = [
+    'dataset', 'backbone', 'method', 'budget', 'seed', 'bucket_size',
+    'nonzero_params', 'full_table_fraction', 'bytes', 'bytes_format',
+    'epochs', 'best_epoch', 'prune_epochs', 'valid_ndcg@20', 'recall@10',
+    'ndcg@10', 'recall@20', 'ndcg@20', 'overlap_rate', 'overlap_independent',
+    'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note'
+]
 PRUNED = ('cerp', 'cerp-noreg', 'pep')
 BACKBONES = ('lightgcn', 'mlp')
 KNOWN_DATASETS = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020',
@@ -532,9 +562,12 @@ class Benchmark:
 # Output ######################################################################
 
 class CSVLog:
-    r"""Appends rows to a CSV file, flushing each to disk at once."""
-    def __init__(self, path: str, fresh: bool = False) -> None:
+    r"""Appends rows to a CSV file, flushing each to disk at once (columns
+    :obj:`columns`, default :data:`COLUMNS`)."""
+    def __init__(self, path: str, fresh: bool = False,
+                 columns: Optional[Sequence[str]] = None) -> None:
         self.path = path
+        self.columns = list(columns or COLUMNS)
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
         if fresh and osp.exists(path):
             os.remove(path)
@@ -548,11 +581,11 @@ class CSVLog:
     def append(self, rows: Sequence[Dict]) -> None:
         new = not osp.exists(self.path) or osp.getsize(self.path) == 0
         with open(self.path, 'a', newline='') as f:
-            writer = csv.DictWriter(f, COLUMNS, extrasaction='ignore')
+            writer = csv.DictWriter(f, self.columns, extrasaction='ignore')
             if new:
                 writer.writeheader()
             for row in rows:
-                writer.writerow({k: row.get(k, '') for k in COLUMNS})
+                writer.writerow({k: row.get(k, '') for k in self.columns})
             f.flush()
             os.fsync(f.fileno())
 
@@ -836,9 +869,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "path to a LightGCN-format folder")
     parser.add_argument('--backbone', choices=['lightgcn', 'mlp', 'both'],
                         default='both')
-    parser.add_argument('--methods', type=_choices(METHODS),
-                        default=list(METHODS),
-                        help='Comma-separated subset of ' + ','.join(METHODS))
+    parser.add_argument('--methods', type=_choices(ALL_METHODS),
+                        default=None,
+                        help='Comma-separated subset of ' + ','.join(METHODS)
+                        + ' (profiles quick/full) or of ' +
+                        ','.join(CONVERGED_METHODS) + ' (profile converged)')
     parser.add_argument('--budgets', type=_floats, default=[0.10, 0.05, 0.01],
                         help='Memory budgets, fractions of N*d')
     parser.add_argument('--seeds', type=_ints, default=[0])
@@ -854,7 +889,38 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     group.add_argument('--full', action='store_const', dest='profile',
                        const='full',
                        help='The full profile: ' + str(PROFILES['full']))
+    group.add_argument('--profile', choices=('quick', 'full', 'converged'),
+                       dest='profile',
+                       help='quick, full, or converged: every model trained '
+                       'until validation NDCG@20 stops improving (see '
+                       'run_converged)')
     parser.set_defaults(profile='full')
+    conv = parser.add_argument_group('profile converged')
+    conv.add_argument('--max-epochs', type=int, default=100,
+                      help='Epoch cap of every training run')
+    conv.add_argument('--patience', type=int, default=5,
+                      help='Validations without improvement before stopping')
+    conv.add_argument('--bucket-ratios', type=_pos_floats,
+                      default=[1.5, 2., 4.],
+                      help="CERP's b sweep: b = ceil(r * budget * N / 2) per "
+                      'ratio r (the meta tables hold r * budget of the full '
+                      'table); selected on validation')
+    conv.add_argument('--mlp-preset', choices=('small', 'official'),
+                      default='small',
+                      help='MLPScorer preset (official: needs a GPU for '
+                      'full ranking)')
+    conv.add_argument('--subset', type=int, nargs=2, default=None,
+                      metavar=('MAX_USERS', 'MAX_ITEMS'),
+                      help='Keep the first users and items only (tiny '
+                      'slices for tests)')
+    conv.add_argument('--valid-fraction', type=float, default=0.1,
+                      help='Per-user share of train held out for validation '
+                      'where the dataset has no valid.txt')
+    conv.add_argument('--prune-speed', type=float, default=None,
+                      help='Rise of the threshold logits per epoch in phase '
+                      '1 (default: CERPConfig faithful)')
+    conv.add_argument('--device', default='cpu',
+                      help="'cuda' when available")
     parser.add_argument('--prune-epochs', type=int, default=None,
                         help='Override the profile')
     parser.add_argument('--retrain-epochs', type=int, default=None,
@@ -906,6 +972,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'the plot from the CSV (e.g. after an interrupted '
                         'run)')
     args = parser.parse_args(argv)
+    if args.profile == 'converged':
+        if args.methods is None:
+            args.methods = list(CONVERGED_METHODS)
+        bad = [m for m in args.methods if m not in CONVERGED_METHODS]
+        if bad:
+            parser.error(f'--profile converged: unknown methods {bad}; '
+                         f'choose from {",".join(CONVERGED_METHODS)}')
+        if args.gamma_schedules:
+            parser.error('--gamma-schedules is not part of the converged '
+                         'profile')
+        args.profile_obj = None
+        return args
+    if args.methods is None:
+        args.methods = list(METHODS)
+    bad = [m for m in args.methods if m not in METHODS]
+    if bad:
+        parser.error(f'profile {args.profile}: unknown methods {bad}; choose '
+                     f'from {",".join(METHODS)}')
     base = PROFILES[args.profile]
     overrides = {k: v for k, v in dict(
         prune_epochs=args.prune_epochs, retrain_epochs=args.retrain_epochs,
@@ -920,8 +1004,190 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _pos_floats(text: str) -> List[float]:
+    try:
+        values = [float(x) for x in text.split(',') if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated numbers, '
+                                         f'got {text!r}')
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f'expected positive numbers, got '
+                                         f'{text!r}')
+    return values
+
+
+# Profile converged ###########################################################
+
+def load_converged_split(folder: str, subset: Optional[Sequence[int]],
+                         valid_fraction: float, seed: int = 0):
+    r"""The :class:`pyg_cerp.train.Split` of the converged profile: the
+    dataset's own ``valid.txt`` where it has one (*e.g.*
+    ``gowalla-lightgcnpp``: train -> valid for selection, test once), else a
+    seeded per-user holdout of :obj:`valid_fraction` of train
+    (:func:`pyg_cerp.train.holdout_split`). With :obj:`subset` ``(U, I)``,
+    only users below :math:`U` and items below :math:`I` are kept."""
+    train = _pipeline()
+    from pyg_cerp.datasets.lightgcn import read_lightgcn_file
+    raw = train.load_interactions(folder)
+    valid = None
+    for path in (osp.join(folder, 'raw', 'valid.txt'),
+                 osp.join(folder, 'valid.txt')):
+        if osp.isfile(path):
+            valid = read_lightgcn_file(path)[0]
+            break
+    nu, ni = raw.num_users, raw.num_items
+    tr, te = raw.train, raw.test
+    if subset is not None:
+        nu, ni = min(nu, int(subset[0])), min(ni, int(subset[1]))
+
+        def keep(ei: Tensor) -> Tensor:
+            return ei[:, (ei[0] < nu) & (ei[1] < ni)]
+        tr, te = keep(tr), keep(te)
+        valid = keep(valid) if valid is not None else None
+    if valid is None:
+        tr, valid = train.holdout_split(tr, nu, valid_fraction, seed)
+    return train.Split(tr, valid, te, nu, ni)
+
+
+def run_converged(args: argparse.Namespace,
+                  argv: Optional[Sequence[str]] = None) -> List[str]:
+    r"""The converged profile: every (method, budget, seed) cell trained by
+    :class:`pyg_cerp.train.ConvergedRunner` until validation NDCG@20 stops
+    improving (:obj:`--patience`, :obj:`--max-epochs`), the best validation
+    epoch tested once; CERP's :math:`b` swept per budget
+    (:obj:`--bucket-ratios`) and selected on validation. Each finished cell
+    is appended to ``<out>/<dataset>_<backbone>_converged[_<tag>].csv`` at
+    once; cells already in the file are skipped, so a killed run continues
+    where it stopped. Phase 1 and the optimiser follow
+    :meth:`CERPConfig.preset` :obj:`'faithful'` (overridable: :obj:`--dim`,
+    :obj:`--batch-size`, :obj:`--lr`, :obj:`--prune-epochs`,
+    :obj:`--gamma`, :obj:`--num-negatives`)."""
+    train = _pipeline()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    folder = resolve_dataset(args.dataset, args.root)
+    label = dataset_label(args.dataset)
+    commit = git_commit()
+    split = load_converged_split(folder, args.subset, args.valid_fraction)
+    overrides = {k: v for k, v in dict(
+        dim=args.dim, batch_size=args.batch_size, lr=args.lr,
+        prune_epochs=args.prune_epochs, gamma_init=args.gamma_init,
+        num_negatives=args.num_negatives,
+        threshold_init=args.threshold_init,
+        prune_speed=args.prune_speed).items() if v is not None}
+    config = train.CERPConfig.preset('faithful', ks=(10, 20), **overrides)
+    stopping = train.EarlyStopping(max_epochs=args.max_epochs,
+                                   patience=args.patience)
+    eval_users = args.eval_users or None
+    command = 'python ' + ' '.join([osp.relpath(__file__)] + list(
+        sys.argv[1:] if argv is None else argv))
+    print(f'{label}: {split.num_users} users, {split.num_items} items, '
+          f'{split.train.size(1)} train / {split.valid.size(1)} valid / '
+          f'{split.test.size(1)} test pairs; {stopping}; commit {commit}',
+          flush=True)
+    n = split.num_users + split.num_items
+    backbones = BACKBONES if args.backbone == 'both' else (args.backbone, )
+    outputs = []
+    for backbone in backbones:
+        stem = f'{label}_{backbone}_converged' + (f'_{args.tag}'
+                                                  if args.tag else '')
+        csv_path = osp.join(args.out, stem + '.csv')
+        table = CSVLog(csv_path, fresh=args.fresh, columns=CONVERGED_COLUMNS)
+        adj = None
+        if backbone == 'lightgcn':
+            adj = _adjacency(split.train, split.num_users, split.num_items)
+            adj = adj.to(device)
+
+        def build(embedding: torch.nn.Module, backbone=backbone, adj=adj):
+            if backbone == 'lightgcn':
+                from torch_geometric.nn.models import LightGCN
+                model = LightGCN(n, config.dim, args.num_layers)
+                _symmetric(model)
+                model.embedding = embedding
+                model.reset_parameters()
+                return train.LightGCNRecommender(
+                    model, adj, split.num_users, split.num_items).to(device)
+            scorer = MLPScorer(split.num_users, split.num_items, embedding,
+                               preset=args.mlp_preset)
+            rec = train.MLPRecommender(scorer).to(device)
+            rec.score_function = lambda: chunked_score_function(  # type: ignore
+                scorer.score_all, args.mlp_eval_chunk,
+                args.mlp_eval_item_chunk)
+            return rec
+
+        def sampler(edge_index: Tensor, seed: int):
+            return train.make_sampler(edge_index, split.num_users,
+                                      split.num_items, config.num_negatives,
+                                      config.batch_size, seed)
+
+        log_path = osp.join(args.out, stem + '.log')
+        logf = open(log_path, 'a')
+        logf.write(f'# {command}\n# commit {commit}\n')
+
+        def log(line: str) -> None:
+            logf.write(line + '\n')
+            logf.flush()
+
+        runner = train.ConvergedRunner(
+            split, build, sampler, config, stopping, args.bucket_ratios,
+            device=device, eval_users=eval_users, log=log)
+        have = {(r['method'], float(r['budget']), int(r['seed']))
+                for r in table.rows()}
+        cells = []
+        for seed in args.seeds:
+            for method in args.methods:
+                for budget in ([1.0] if method == 'full' else
+                               sorted(args.budgets, reverse=True)):
+                    cells.append((method, budget, seed))
+        todo = [c for c in cells if c not in have]
+        if len(todo) < len(cells):
+            print(f'{backbone}: {len(cells) - len(todo)} cell(s) already in '
+                  f'{csv_path}, skipped', flush=True)
+        for method, budget, seed in todo:
+            out = runner.run(method, budget, seed)
+            row = dict(dataset=label, backbone=backbone, method=method,
+                       budget=budget, seed=seed, profile='converged',
+                       commit=commit, note=out.get('note', ''),
+                       eval_users=eval_users or '',
+                       bucket_size=out.get('bucket_size') or '',
+                       prune_epochs=out.get('prune_epochs', 0),
+                       bucket_sweep=';'.join(
+                           f'{b}:{v:.5f}' for b, v in
+                           sorted(out.get('bucket_sweep', {}).items())))
+            rec = out.get('recommender')
+            if rec is not None:
+                emb = rec.embedding
+                report = memory_report(emb)
+                nnz = int(emb.num_nonzero())
+                row.update(nonzero_params=nnz, bytes=report.nbytes,
+                           bytes_format=report.formats(),
+                           full_table_fraction=round(
+                               nnz / emb.num_full_params, 6),
+                           epochs=out['epochs'], best_epoch=out['best_epoch'],
+                           seconds=round(out['seconds'], 1))
+                for key in ('valid_ndcg@20', 'recall@10', 'ndcg@10',
+                            'recall@20', 'ndcg@20'):
+                    row[key] = round(float(out[key]), 6)
+                if isinstance(emb, CompositionalEmbedding):
+                    stats = overlap_rate(emb)
+                    row['overlap_rate'] = round(stats.mean, 6)
+                    row['overlap_independent'] = round(stats.independent, 6)
+            table.append([row])
+            print(f"{backbone} {method} budget {budget:g} seed {seed}: "
+                  f"ndcg@20 {row.get('ndcg@20', '-')} (valid "
+                  f"{row.get('valid_ndcg@20', '-')}, b "
+                  f"{row['bucket_size'] or '-'}, {row.get('epochs', 0)} "
+                  f"epochs) {row['note']}", flush=True)
+        logf.close()
+        outputs.append(csv_path)
+        print(f'wrote {csv_path}', flush=True)
+    return outputs
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[str]:
     args = parse_args(argv)
+    if args.profile == 'converged':
+        return run_converged(args, argv)
     from tqdm.auto import tqdm
     torch.set_num_threads(args.threads)
     train = _pipeline()

@@ -341,6 +341,9 @@ class CompactMLPRecommender(CompactRecommender):
                 not isinstance(n, torch.nn.Identity) for n in mlp.norms):
             raise ValueError("MLPs with normalisation layers are not "
                              "supported")
+        if getattr(scorer, 'normalize_input', False):
+            raise ValueError("MLPs that divide their input by its non-zero "
+                             "count (normalize_input=True) are not supported")
         lins = []
         for lin in mlp.lins:
             out_features, in_features = lin.weight.shape

@@ -12,8 +12,11 @@ and, through :meth:`stored_tables`, the bytes of its stored form (see
 * :class:`FullEmbedding`: the full table (a :class:`torch.nn.Embedding`
   with counting helpers), the accuracy ceiling;
 * :class:`PEPEmbedding`: PEP, element-wise learnable soft-threshold pruning
-  of the full table;
-* :class:`QREmbedding`: the quotient-remainder trick (unpruned);
+  of the full table; :meth:`PEPEmbedding.from_magnitude` builds the
+  magnitude-pruning baseline (a trained full table, its largest entries
+  kept, the mask frozen for fine-tuning);
+* :class:`QREmbedding`: the quotient-remainder trick (unpruned; sum or
+  element-wise product);
 * :class:`HashEmbedding`: the hashing trick (one shared table, one hash).
 
 CERP without its regulariser is :class:`~pyg_cerp.nn.CompositionalEmbedding`
@@ -37,6 +40,7 @@ __all__ = [
     'QREmbedding',
     'HashEmbedding',
     'budget_rows',
+    'magnitude_mask',
 ]
 
 
@@ -89,6 +93,30 @@ def budget_rows(num_embeddings: int, fraction: float) -> int:
         raise ValueError(f"'fraction' must be in (0, 1] (got {fraction})")
     # The small epsilon protects against 0.1 * 100 = 10.000000000000002.
     return int(math.floor(fraction * num_embeddings + 1e-9))
+
+
+@torch.no_grad()
+def magnitude_mask(weight: Tensor, num_values: int) -> Tensor:
+    r"""The boolean mask of the :obj:`num_values` largest :math:`|w|` of
+    :obj:`weight` (exactly that many; among equal magnitudes, the first in
+    row-major order). Entries that are exactly zero are kept only if fewer
+    non-zeros exist, so a mask may hold zeros of the table.
+
+    Args:
+        weight (torch.Tensor): The table.
+        num_values (int): How many entries to keep, in
+            :math:`[0, \text{weight.numel()}]`.
+    """
+    numel = weight.numel()
+    if not 0 <= int(num_values) <= numel:
+        raise ValueError(f"'num_values' must be in [0, {numel}] "
+                         f"(got {num_values})")
+    flat = weight.detach().abs().flatten()
+    # A stable descending sort: exact count, deterministic ties.
+    order = torch.sort(flat, descending=True, stable=True).indices
+    mask = torch.zeros(numel, dtype=torch.bool, device=weight.device)
+    mask[order[:int(num_values)]] = True
+    return mask.view_as(weight)
 
 
 class _CountingMixin:
@@ -329,6 +357,60 @@ class PEPEmbedding(_CountingMixin, Module):
         self.retraining.fill_(True)
         self.threshold.requires_grad_(False)
 
+    @classmethod
+    @torch.no_grad()
+    def from_magnitude(cls, weight: Tensor, fraction: float,
+                       **kwargs) -> 'PEPEmbedding':
+        r"""Magnitude pruning of a trained full table: a
+        :class:`PEPEmbedding` in retrain mode holding :obj:`weight` with its
+        :math:`k = \lfloor f N d \rfloor` largest-magnitude entries kept
+        (exactly :math:`k`, ties broken by position, see
+        :func:`magnitude_mask`) and the mask frozen, ready for fine-tuning
+        (the "magnitude" baseline).
+
+        Args:
+            weight (torch.Tensor): The trained :math:`N \times d` table.
+            fraction (float): The budget :math:`f \in (0, 1]` of the
+                :math:`Nd` values.
+            **kwargs: Passed on to the constructor (*e.g.*,
+                :obj:`check_index`).
+        """
+        if weight.dim() != 2:
+            raise ValueError(f"'weight' must be an N x d table (got shape "
+                             f"{tuple(weight.shape)})")
+        n, d = weight.shape
+        k = budget_rows(n * d, fraction)
+        if k < 1:
+            raise ValueError(f"The budget fraction={fraction} of {n * d} "
+                             f"values keeps none")
+        kwargs.setdefault('device', weight.device)
+        kwargs.setdefault('dtype', weight.dtype)
+        out = cls(n, d, **kwargs)
+        out.freeze_magnitude(weight, fraction)
+        return out
+
+    @torch.no_grad()
+    def freeze_magnitude(self, weight: Tensor, fraction: float) -> None:
+        r"""Loads the trained table :obj:`weight` into :math:`\mathbf{V}`
+        and freezes the mask of its :math:`\lfloor f N d \rfloor`
+        largest-magnitude entries (retrain mode), in place (*e.g.*, after a
+        backbone's :meth:`reset_parameters`); see :meth:`from_magnitude`.
+
+        Args:
+            weight (torch.Tensor): The trained :math:`N \times d` table.
+            fraction (float): The budget :math:`f \in (0, 1]`.
+        """
+        shape = (self.num_embeddings, self.embedding_dim)
+        if tuple(weight.shape) != shape:
+            raise ValueError(f"'weight' must have shape {shape} (got "
+                             f"{tuple(weight.shape)})")
+        k = budget_rows(weight.numel(), fraction)
+        if k < 1:
+            raise ValueError(f"The budget fraction={fraction} of "
+                             f"{weight.numel()} values keeps none")
+        self.freeze_masks((magnitude_mask(weight, k), ),
+                          rewind_to={'V': weight.detach().to(self.V)})
+
     @staticmethod
     def _sync_mode_on_load(module: 'PEPEmbedding', incompatible_keys) -> None:
         module.threshold.requires_grad_(not module.is_retraining)
@@ -364,11 +446,14 @@ class PEPEmbedding(_CountingMixin, Module):
 class QREmbedding(_CountingMixin, Module):
     r"""The quotient-remainder trick from the `"Compositional Embeddings Using
     Complementary Partitions for Memory-Efficient Recommendation Systems"
-    <https://arxiv.org/abs/1909.02107>`_ paper, with the sum combiner and no
-    pruning:
+    <https://arxiv.org/abs/1909.02107>`_ paper (Shi et al.), unpruned, with
+    the sum or the element-wise product (the paper's default) combiner:
 
     .. math::
         \mathbf{e}_k = \mathbf{R}_{k \bmod m} +
+        \mathbf{Q}_{\lfloor k / m \rfloor}
+        \quad \text{or} \quad
+        \mathbf{e}_k = \mathbf{R}_{k \bmod m} \odot
         \mathbf{Q}_{\lfloor k / m \rfloor},
 
     with :math:`\mathbf{R} \in \mathbb{R}^{m \times d}` and
@@ -378,11 +463,21 @@ class QREmbedding(_CountingMixin, Module):
 
     Use :meth:`for_budget` to pick :math:`m` for a memory budget.
 
+    Initialisation: with :obj:`operation='add'`, both tables Xavier uniform.
+    With :obj:`operation='mul'`, a product of two Xavier-uniform values
+    would start :math:`\sim 10^{-3}` times smaller than a full table, so
+    both tables are drawn from :math:`U(-s, s)` with :math:`s =
+    (3 t^2)^{1/4}`, :math:`t = \sqrt{6 / (N + d)}`: the product then has
+    the variance :math:`t^2/3` of a Xavier-uniform :math:`N \times d`
+    table.
+
     Args:
         num_embeddings (int): The number of entities :math:`N`.
         embedding_dim (int): The embedding size :math:`d`.
         num_remainder (int): The rows :math:`m` of the remainder table,
             :math:`1 \leq m \leq N`.
+        operation (str, optional): :obj:`'add'` or :obj:`'mul'`.
+            (default: :obj:`'add'`)
         check_index (bool, optional): If set to :obj:`False`, does not check
             ids in :meth:`forward`. (default: :obj:`True`)
         device (torch.device, optional): The device of the parameters.
@@ -394,6 +489,7 @@ class QREmbedding(_CountingMixin, Module):
         num_embeddings: int,
         embedding_dim: int,
         num_remainder: int,
+        operation: str = 'add',
         check_index: bool = True,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
@@ -402,6 +498,10 @@ class QREmbedding(_CountingMixin, Module):
         check_int('num_embeddings', num_embeddings)
         check_int('embedding_dim', embedding_dim)
         check_int('num_remainder', num_remainder)
+        if operation not in ('add', 'mul'):
+            raise ValueError(f"'operation' must be 'add' or 'mul' "
+                             f"(got {operation!r})")
+        self.operation = operation
         if num_remainder > num_embeddings:
             raise ValueError(f"'num_remainder' must be in [1, num_embeddings="
                              f"{num_embeddings}] (got {num_remainder})")
@@ -464,9 +564,18 @@ class QREmbedding(_CountingMixin, Module):
         return cls(num_embeddings, embedding_dim, lo, **kwargs)
 
     def reset_parameters(self) -> None:
-        r"""Re-initialises both tables (Xavier uniform)."""
-        torch.nn.init.xavier_uniform_(self.R)
-        torch.nn.init.xavier_uniform_(self.Q)
+        r"""Re-initialises both tables (see the class docstring)."""
+        if self.operation == 'add':
+            torch.nn.init.xavier_uniform_(self.R)
+            torch.nn.init.xavier_uniform_(self.Q)
+            return
+        t2 = 6. / (self.num_embeddings + self.embedding_dim)
+        s = (3. * t2)**0.25
+        torch.nn.init.uniform_(self.R, -s, s)
+        torch.nn.init.uniform_(self.Q, -s, s)
+
+    def _combine(self, r: Tensor, q: Tensor) -> Tensor:
+        return r * q if self.operation == 'mul' else r + q
 
     def hash_index(self, index: Tensor) -> Tuple[Tensor, Tensor]:
         r"""The rows :math:`(k \bmod m, \lfloor k/m \rfloor)` of
@@ -481,7 +590,7 @@ class QREmbedding(_CountingMixin, Module):
         # Entity k = i * m + j uses R[j] and Q[i]: tile R, repeat rows of Q.
         r_part = self.R.unsqueeze(0).expand(q, m, d).reshape(q * m, d)[:n]
         q_part = self.Q.unsqueeze(1).expand(q, m, d).reshape(q * m, d)[:n]
-        return _computed_weight(r_part + q_part, self)
+        return _computed_weight(self._combine(r_part, q_part), self)
 
     def forward(self, index: Tensor) -> Tensor:
         r"""Looks up the embeddings of :obj:`index` (integer ids in
@@ -491,7 +600,7 @@ class QREmbedding(_CountingMixin, Module):
         else:
             check_index_dtype(index, 'index')
         r_row, q_row = self.hash_index(index)
-        return self.R[r_row] + self.Q[q_row]
+        return self._combine(self.R[r_row], self.Q[q_row])
 
     def stored_tables(self) -> List[Tuple[str, Tensor, bool]]:
         r"""The stored tables as :obj:`(name, table, pruned)` triples."""
@@ -506,6 +615,7 @@ class QREmbedding(_CountingMixin, Module):
         return (f'{self.num_embeddings}, {self.embedding_dim}, '
                 f'num_remainder={self.num_remainder}, '
                 f'num_quotient={self.num_quotient}, '
+                f'operation={self.operation}, '
                 f'full_table_fraction={self.full_table_fraction():.4f}')
 
 

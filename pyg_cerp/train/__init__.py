@@ -10,6 +10,8 @@ from .loop import (evaluate, make_optimizer, split_threshold_params,
 from .cerp import (CERPConfig, CERPRunner, Interactions, memory_stats,
                    run_cerp)
 from .data import interactions_from_dataset, load_interactions, make_sampler
+from .methods import (METHODS, ConvergedRunner, EarlyStopping, Method, Split,
+                      build_embedding, fit, get_method, holdout_split)
 
 __all__ = [
     'PruningScheduler',
@@ -34,4 +36,13 @@ __all__ = [
     'load_interactions',
     'interactions_from_dataset',
     'make_sampler',
+    'Method',
+    'METHODS',
+    'get_method',
+    'build_embedding',
+    'Split',
+    'holdout_split',
+    'EarlyStopping',
+    'fit',
+    'ConvergedRunner',
 ]

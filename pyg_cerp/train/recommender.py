@@ -217,7 +217,11 @@ class MLPRecommender(Recommender):
         self.scorer.reset_parameters()
 
     def scores(self, users: Tensor, pos: Tensor, neg: Tensor):
-        return self.scorer(users, pos), self.scorer(users.unsqueeze(-1), neg)
+        # One call over all (1 + n) B pairs: a batch-normalised MLP must see
+        # positives and negatives in the same batch statistics.
+        out = self.scorer(users.unsqueeze(-1),
+                          torch.cat([pos.unsqueeze(-1), neg], dim=-1))
+        return out[:, 0], out[:, 1:]
 
     def score_function(self) -> ScoreFn:
         return self.scorer.score_all

@@ -176,3 +176,53 @@ def test_resolve_hyper_precedence_and_threshold_scaling():
     args = harness.parse_args(['--quick', '--threshold-lr', '0.03'])
     assert harness.resolve_hyper(args, args.profile_obj,
                                  defaults)['threshold_lr'] == 0.03
+
+
+CONVERGED = ['method', 'budget', 'seed', 'bucket_size', 'nonzero_params',
+             'bytes', 'epochs', 'recall@20', 'ndcg@20', 'overlap_rate',
+             'overlap_independent']
+
+
+def test_converged_profile_resumes_cell_by_cell(tmp_path):
+    data = write_split(tmp_path / 'syn')
+    out = tmp_path / 'out'
+    argv = ['--profile', 'converged', '--dataset', str(data), '--out',
+            str(out), '--backbone', 'lightgcn', '--methods', 'full,cerp',
+            '--budgets', '0.5', '--max-epochs', '3', '--patience', '1',
+            '--batch-size', '32', '--dim', '8', '--prune-epochs', '6',
+            '--prune-speed', '30']
+    (path, ) = harness.main(argv)
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert set(CONVERGED) <= set(rows[0])
+    assert [(r['method'], float(r['budget'])) for r in rows] == \
+        [('full', 1.0), ('cerp', 0.5)]
+    full, cerp = rows
+    assert full['overlap_rate'] == '' and full['bucket_size'] == ''
+    assert 1 <= int(cerp['epochs']) <= 3
+    assert float(cerp['full_table_fraction']) <= 0.5 + 0.02
+    assert cerp['overlap_rate'] != '' and cerp['overlap_independent'] != ''
+    # b was chosen among >= 3 candidates, on validation.
+    sweep = dict(x.split(':') for x in cerp['bucket_sweep'].split(';'))
+    assert len(sweep) >= 3 and cerp['bucket_size'] in sweep
+    assert float(sweep[cerp['bucket_size']]) == pytest.approx(
+        max(map(float, sweep.values())))
+    assert float(cerp['valid_ndcg@20']) == pytest.approx(
+        float(sweep[cerp['bucket_size']]), abs=1e-5)
+    # A restart skips finished cells; a new cell is appended once.
+    before = open(path).read()
+    harness.main(argv)
+    assert open(path).read() == before
+    harness.main([a if a != 'full,cerp' else 'full,hash' for a in argv])
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    keys = [(r['method'], r['budget'], r['seed']) for r in rows]
+    assert len(keys) == len(set(keys)) == 3
+    assert rows[-1]['method'] == 'hash'
+
+
+def test_converged_profile_rejects_old_method_names(tmp_path):
+    with pytest.raises(SystemExit):
+        harness.parse_args(['--profile', 'converged', '--methods', 'qr'])
+    with pytest.raises(SystemExit):
+        harness.parse_args(['--quick', '--methods', 'magnitude'])

@@ -262,3 +262,51 @@ def test_pep_rejects_uint8_ids_and_bad_rewind():
         pep.V[0, 0] = float('nan')
     with pytest.raises(FloatingPointError, match='PEPEmbedding holds 1 nan'):
         pep.num_nonzero()
+
+
+def test_qr_mul_combines_by_product_and_keeps_scale():
+    torch.manual_seed(0)
+    n, d = 1000, 16
+    qr = QREmbedding(n, d, 40, operation='mul')
+    idx = torch.tensor([0, 41, 999])
+    assert torch.allclose(qr(idx), qr.R[idx % 40] * qr.Q[idx // 40])
+    assert torch.allclose(qr.weight[idx], qr(idx))
+    # The product starts at the variance of a Xavier-uniform N x d table.
+    target = (6 / (n + d)) / 3
+    assert float(qr.weight.var()) == pytest.approx(target, rel=0.15)
+    add = QREmbedding(n, d, 40)
+    assert add.operation == 'add'
+    assert torch.allclose(add(idx), add.R[idx % 40] + add.Q[idx // 40])
+    assert 'operation=mul' in repr(qr)
+    big = QREmbedding.for_budget(n, d, 0.1, operation='mul')
+    assert big.operation == 'mul' and big.num_nonzero() <= 0.1 * n * d
+    with pytest.raises(ValueError, match='operation'):
+        QREmbedding(n, d, 40, operation='concat')
+
+
+def test_magnitude_mask_and_from_magnitude():
+    from pyg_cerp.nn.baselines import magnitude_mask
+    w = torch.tensor([[0.5, -3., 0.], [2., 0.5, -0.1]])
+    m = magnitude_mask(w, 3)
+    assert m.tolist() == [[True, True, False], [True, False, False]]
+    assert int(magnitude_mask(w, 6).sum()) == 6
+    with pytest.raises(ValueError, match='num_values'):
+        magnitude_mask(w, 7)
+    torch.manual_seed(0)
+    full = torch.randn(50, 8)
+    emb = PEPEmbedding.from_magnitude(full, 0.1)
+    assert emb.is_retraining and emb.num_nonzero() == 40
+    kept = emb.weight
+    # The kept entries are the largest ones, with their trained values.
+    assert float(full[kept == 0].abs().max()) <= \
+        float(full[kept != 0].abs().min())
+    assert torch.equal(kept[kept != 0], full[kept != 0])
+    # Fine-tuning keeps the pattern.
+    opt = torch.optim.Adam([emb.V], lr=0.1)
+    emb(torch.arange(50)).pow(2).sum().backward()
+    opt.step()
+    assert torch.equal(emb.weight != 0, kept != 0)
+    with pytest.raises(ValueError, match='keeps none'):
+        PEPEmbedding.from_magnitude(full, 0.001)
+    with pytest.raises(ValueError, match='N x d'):
+        PEPEmbedding.from_magnitude(full.flatten(), 0.1)
