@@ -73,11 +73,11 @@ def add_common_arguments(parser: argparse.ArgumentParser,
     parser.add_argument(
         '--prune-batch-size', type=int, default=None,
         help=f'Positives per step in phase 1 (default: --batch-size if '
-        f'given, else {d.prune_batch_size or d.batch_size})')
+        f'given, else {d.prune_schedule()[0]})')
     parser.add_argument(
         '--prune-lr', type=float, default=None,
         help=f'Adam lr of the values in phase 1 (default: --lr if given, '
-        f'else {d.prune_lr or d.lr})')
+        f'else {d.prune_schedule()[1]})')
     parser.add_argument(
         '--l2-reg', type=float, default=d.l2_reg,
         help=f"Weight of LightGCN's L2 penalty on the batch's ego "

@@ -22,8 +22,7 @@ from pyg_cerp.train import CERPConfig, MLPRecommender
 # protocol).
 DEFAULTS = CERPConfig(batch_size=4096, lr=1e-3, threshold_lr=1e-2,
                       baseline_epochs=3, prune_epochs=5, retrain_epochs=3,
-                      eval_users=1000, l2_reg=0., prune_batch_size=None,
-                      prune_lr=None)
+                      eval_users=1000, l2_reg=0.)
 
 
 def main(argv=None):

@@ -776,16 +776,18 @@ def _cerp_step_loss(recommender: Module, users: Tensor, pos: Tensor,
         term = torch.nan_to_num(bpr, nan=0.) * 0.
     else:
         term = bpr * bpr_scale
-        if l2_reg:  # A batch mean like BPR: the same scale.
-            term = term + (l2_reg * bpr_scale) * recommender.l2_penalty(
-                users, pos, neg)
+    l2 = None
+    if l2_reg and users.numel() > 0:  # A batch mean like BPR: same scale.
+        l2 = l2_reg * recommender.l2_penalty(users, pos, neg)
+        term = term + l2 * bpr_scale
     reg = None
     if scheduler is not None and reg_index is not None:
         reg = scheduler.regularizer(reg_index)
         if reg is not None and reg_scale != 1.:
             reg = reg * reg_scale
     loss = term if reg is None else term + reg
-    return loss, bpr.detach(), None if reg is None else reg.detach()
+    return (loss, bpr.detach(), None if reg is None else reg.detach(),
+            None if l2 is None else l2.detach())
 
 
 class DDPTrainStep:
@@ -894,8 +896,8 @@ class DDPTrainStep:
             if scheduler is not None:
                 reg_index = recommender.entities(users, pos, neg)
         scale = ctx.loss_scale(local_n, global_n)
-        loss, bpr, reg = self.module(users, pos, neg, scale, reg_index,
-                                     reg_scale, scheduler, l2_reg)
+        loss, bpr, reg, l2 = self.module(users, pos, neg, scale, reg_index,
+                                         reg_scale, scheduler, l2_reg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm is not None:
@@ -912,13 +914,16 @@ class DDPTrainStep:
         # scaled regulariser values average to the global one.
         bpr_sum = 0. if local_n == 0 else float(bpr) * local_n
         reg_val = 0. if reg is None else float(reg)
-        t = torch.tensor([bpr_sum, float(local_n), reg_val],
+        l2_sum = 0. if l2 is None else float(l2) * local_n
+        t = torch.tensor([bpr_sum, float(local_n), reg_val, l2_sum],
                          dtype=torch.float64, device=ctx.device)
         ctx.all_reduce(t)
-        bpr_mean = float(t[0] / t[1]) if float(t[1]) > 0 else 0.
+        count = float(t[1])
+        bpr_mean = float(t[0]) / count if count > 0 else 0.
         reg_mean = float(t[2]) / ctx.world_size
-        return dict(loss=bpr_mean + reg_mean, bpr=bpr_mean, reg=reg_mean,
-                    reached=reached)
+        l2_mean = float(t[3]) / count if count > 0 else 0.
+        return dict(loss=bpr_mean + reg_mean + l2_mean, bpr=bpr_mean,
+                    reg=reg_mean, reached=reached)
 
 
 def sync_scheduler_decisions(scheduler: Any, reached: List[float],

@@ -46,6 +46,10 @@ r"""Adam's coupled L2 of the official code, on *every* parameter (values and
 threshold logits; ``CERP/utils/util.py`` line 78, ``utils/train.py`` line
 93)."""
 OFFICIAL_EPS = 1e-8
+PRUNE_BATCH_SIZE = 8192
+r"""The largest default batch of phase 1 (see :meth:`CERPConfig.prune_schedule`)."""
+PRUNE_LR = 5e-3
+r"""The largest default lr of phase 1 (see :meth:`CERPConfig.prune_schedule`)."""
 
 
 @dataclass
@@ -150,15 +154,17 @@ class CERPConfig:
             propagation whatever its batch, so large batches with a large
             lr learn the most per second.
         prune_batch_size (int, optional): The batch of phase 1
-            (:obj:`None`: :obj:`batch_size`). Pruning is paced per step
+            (:obj:`None`: :obj:`min(batch_size, 8192)`, see
+            :meth:`prune_schedule`). Pruning is paced per step
             (:obj:`threshold_lr`), and the default pacing reaches 10%, 5%
-            and 1% of the full table at this batch and lr; at the training
-            schedule's 25 steps per epoch and lr :math:`2 \cdot 10^{-2}` the
-            values outgrow the thresholds and 1% is missed (measured:
-            density stalls at 4.7%, or at 1.8-2.1% with
-            :obj:`threshold_lr=0.15`). (default: :obj:`8192`)
+            and 1% of the full table at batch 8192 and lr
+            :math:`5 \cdot 10^{-3}`; at the training schedule's 25 steps per
+            epoch and lr :math:`2 \cdot 10^{-2}` the values outgrow the
+            thresholds and 1% is missed (measured: density stalls at 4.7%,
+            or at 1.8-2.1% with :obj:`threshold_lr=0.15`).
+            (default: :obj:`None`)
         prune_lr (float, optional): The lr of the values in phase 1
-            (:obj:`None`: :obj:`lr`). (default: :obj:`5e-3`)
+            (:obj:`None`: :obj:`min(lr, 5e-3)`). (default: :obj:`None`)
         weight_decay (float): Adam L2 penalty of the values.
             (default: :obj:`0.`)
         threshold_lr (float, optional): Adam learning rate of the thresholds
@@ -221,8 +227,8 @@ class CERPConfig:
     batch_size: int = 32768
     num_negatives: int = 5
     lr: float = 2e-2
-    prune_batch_size: Optional[int] = 8192
-    prune_lr: Optional[float] = 5e-3
+    prune_batch_size: Optional[int] = None
+    prune_lr: Optional[float] = None
     weight_decay: float = 0.
     threshold_lr: Optional[float] = 6e-2
     prune_speed: float = 2.
@@ -269,24 +275,25 @@ class CERPConfig:
             **overrides: Fields to change.
         """
         presets: Dict[str, Dict[str, Any]] = dict(
-            faithful=dict(bucket_size=None, threshold_init=-100.,
+            # The training schedule the faithful mechanism was measured
+            # with (before issue 10's faster default): batch 8192, lr 5e-3,
+            # no L2.
+            faithful=dict(batch_size=8192, lr=5e-3, l2_reg=0.,
+                          bucket_size=None, threshold_init=-100.,
                           prune_epochs=10, threshold_lr=None,
                           threshold_weight_decay=None, threshold_eps=None,
                           threshold_drive=0., gamma_init=1.,
                           gamma_unit='official', prune_start=1,
-                          onset_quantile=0.02, exact_snapshots=True,
-                          prune_batch_size=None, prune_lr=None),
+                          onset_quantile=0.02, exact_snapshots=True),
             official=dict(bucket_size=None, threshold_weight_decay=None,
                           threshold_eps=None, threshold_drive=0.,
                           threshold_init=-100., prune_start=0,
                           onset_quantile=None, lr=1e-3, threshold_lr=1e-3,
                           weight_decay=None, gamma_init=1.,
                           gamma_unit='official', exact_snapshots=False,
-                          prune_epochs=50, prune_batch_size=None,
-                          prune_lr=None),
+                          prune_epochs=50, batch_size=8192),
             legacy=dict(baseline_epochs=3, retrain_epochs=3, batch_size=8192,
-                        lr=5e-3, l2_reg=0., prune_batch_size=None,
-                        prune_lr=None),
+                        lr=5e-3, l2_reg=0.),
         )
         if name not in presets:
             raise ValueError(f"Unknown preset {name!r} (choose from "
@@ -393,6 +400,18 @@ class CERPConfig:
             check_int('prune_batch_size', self.prune_batch_size, minimum=1)
         if self.prune_lr is not None:
             check_float('prune_lr', self.prune_lr, 0., low_open=True)
+
+    def prune_schedule(self) -> Tuple[int, float]:
+        r"""The batch size and the lr of phase 1: :obj:`prune_batch_size`
+        and :obj:`prune_lr` where given, else at most 8192 and
+        :math:`5 \cdot 10^{-3}` (:obj:`batch_size` and :obj:`lr` when
+        these are smaller), the pace for which the default threshold
+        schedule is tuned."""
+        batch = (self.prune_batch_size if self.prune_batch_size is not None
+                 else min(self.batch_size, PRUNE_BATCH_SIZE))
+        lr = self.prune_lr if self.prune_lr is not None else min(
+            self.lr, PRUNE_LR)
+        return int(batch), float(lr)
 
     def to_dict(self) -> Dict[str, Any]:
         r"""Plain python values (lists for tuples)."""
@@ -587,8 +606,7 @@ class CERPRunner:
                    stage: str = 'full') -> torch.optim.Optimizer:
         cfg = self.config
         der = self.derived
-        lr = (cfg.prune_lr if stage == 'prune' and cfg.prune_lr is not None
-              else cfg.lr)
+        lr = cfg.prune_schedule()[1] if stage == 'prune' else cfg.lr
         return make_optimizer(
             model, lr=lr, weight_decay=der['weight_decay'],
             threshold_lr=der['threshold_lr'],
@@ -600,8 +618,8 @@ class CERPRunner:
         :obj:`prune_batch_size` (a copy of the sampler with that batch
         size; for a sharding wrapper with an inner :obj:`sampler`, of the
         inner one), the other stages of :obj:`batch_size`."""
-        size = self.config.prune_batch_size
-        if stage != 'prune' or size is None:
+        size = self.config.prune_schedule()[0]
+        if stage != 'prune':
             return self.sampler
         wrapper = self.sampler if hasattr(self.sampler, 'sampler') else None
         inner = self.sampler.sampler if wrapper is not None else self.sampler

@@ -16,8 +16,7 @@ def test_presets_and_derived_values():
     # The configuration of the committed quick-profile numbers: the field
     # defaults with the training schedule before issue 10.
     assert legacy == CERPConfig(baseline_epochs=3, retrain_epochs=3,
-                                batch_size=8192, lr=5e-3, l2_reg=0.,
-                                prune_batch_size=None, prune_lr=None)
+                                batch_size=8192, lr=5e-3, l2_reg=0.)
     d = legacy.derived(70839, 810128)
     assert d['bucket_size'] == 5000 and d['gamma_scale'] == 1.
     assert d['reduction'] == 'mean' and d['threshold_lr'] == 6e-2

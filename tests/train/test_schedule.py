@@ -80,10 +80,13 @@ def test_legacy_preset_is_the_old_schedule():
     old = CERPConfig.preset('legacy')
     assert (old.batch_size, old.lr, old.l2_reg, old.baseline_epochs,
             old.retrain_epochs) == (8192, 5e-3, 0., 3, 3)
-    assert old.prune_batch_size is None and old.prune_lr is None
+    assert old.prune_schedule() == (8192, 5e-3)
     new = CERPConfig()
     assert (new.batch_size, new.lr, new.l2_reg) == (32768, 2e-2, 1e-4)
-    assert (new.prune_batch_size, new.prune_lr) == (8192, 5e-3)
+    assert new.prune_schedule() == (8192, 5e-3)  # Capped.
+    assert CERPConfig(batch_size=16, lr=1e-3).prune_schedule() == (16, 1e-3)
+    assert CERPConfig(prune_batch_size=99,
+                      prune_lr=0.1).prune_schedule() == (99, 0.1)
 
 
 @pytest.mark.parametrize('argv,expected', [
@@ -98,5 +101,5 @@ def test_cli_batch_and_lr_precedence(argv, expected):
     parser = argparse.ArgumentParser()
     add_common_arguments(parser, CERPConfig())
     cfg = config_from_args(parser.parse_args(argv), CERPConfig())
-    assert (cfg.batch_size, cfg.prune_batch_size, cfg.lr,
-            cfg.prune_lr) == expected
+    assert (cfg.batch_size, cfg.prune_schedule()[0], cfg.lr,
+            cfg.prune_schedule()[1]) == expected
