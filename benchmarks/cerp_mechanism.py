@@ -38,6 +38,8 @@ def load_valid_split(root, max_users, max_items):
     nu = int(max(tr[0].max(), va[0].max())) + 1
     ni = int(max(tr[1].max(), va[1].max())) + 1
     data = Interactions(tr, va, nu, ni)
+    if max_users <= 0:  # --subset 0 0: all of it
+        return data
     return slice_interactions(data, max_users, max_items)
 
 
@@ -57,14 +59,28 @@ def main(argv=None):
                     help='multiply the derived threshold weight decay')
     ap.add_argument('--threshold-drive', type=float, default=None)
     ap.add_argument('--retrain-epochs', type=int, default=0)
+    ap.add_argument('--targets', type=float, nargs='+', default=None,
+                    help='memory targets (fractions of the full table)')
+    ap.add_argument('--gamma-at-onset', action='store_true',
+                    help='count the gamma schedule from the onset')
+    ap.add_argument('--onset-quantile', type=float, default=None)
+    ap.add_argument('--lr', type=float, default=None)
+    ap.add_argument('--pace-epochs', type=float, default=None,
+                    help='prune along a planned density (see CERPConfig)')
+    ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help='JSON summary')
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     over = dict(batch_size=args.batch_size, baseline_epochs=0,
                 retrain_epochs=args.retrain_epochs, seed=args.seed,
                 ks=(20, ))
-    for k in ('bucket_size', 'prune_start', 'prune_speed', 'prune_epochs'):
+    if args.targets:
+        over['targets'] = tuple(args.targets)
+    if args.gamma_at_onset:
+        over['gamma_at_onset'] = True
+    for k in ('bucket_size', 'prune_start', 'prune_speed', 'prune_epochs',
+              'onset_quantile', 'lr', 'pace_epochs'):
         if getattr(args, k) is not None:
             over[k] = getattr(args, k)
     if args.threshold_drive is not None:
@@ -103,12 +119,15 @@ def main(argv=None):
 
     def train_epoch(model, *a, **k):
         out = orig(model, *a, **k)
+        sched = k.get('scheduler', a[3] if len(a) > 3 else None)
+        runner._last_drive = getattr(sched, 'pace_offset', None)
         emb = model.embedding
         s = torch.cat([emb.threshold_P.flatten(), emb.threshold_Q.flatten()]).detach()
         mem = emb.num_nonzero() / emb.num_full_params
         rec = dict(epoch=len(epoch_logs) + 1, bpr=out['bpr'], reg=out['reg'],
                    full_fraction=mem, s_mean=float(s.mean()),
-                   s_std=float(s.std()), time=out['time'])
+                   s_std=float(s.std()), time=out['time'],
+                   pace_offset=getattr(runner, '_last_drive', None))
         if not emb.is_retraining:
             ov = overlap_rate(emb)
             rec.update(overlap=ov.mean, independent=ov.independent)

@@ -898,6 +898,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     conv = parser.add_argument_group('profile converged')
     conv.add_argument('--max-epochs', type=int, default=100,
                       help='Epoch cap of every training run')
+    conv.add_argument('--eval-every', type=int, default=1,
+                      help='validate every this many epochs (patience '
+                      'counts validations) (default: 1)')
     conv.add_argument('--patience', type=int, default=5,
                       help='Validations without improvement before stopping')
     conv.add_argument('--bucket-ratios', type=_pos_floats,
@@ -1077,7 +1080,8 @@ def run_converged(args: argparse.Namespace,
         prune_speed=args.prune_speed).items() if v is not None}
     config = train.CERPConfig.preset('faithful', ks=(10, 20), **overrides)
     stopping = train.EarlyStopping(max_epochs=args.max_epochs,
-                                   patience=args.patience)
+                                   patience=args.patience,
+                                   eval_every=args.eval_every)
     eval_users = args.eval_users or None
     command = 'python ' + ' '.join([osp.relpath(__file__)] + list(
         sys.argv[1:] if argv is None else argv))

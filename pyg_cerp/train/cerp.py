@@ -202,6 +202,14 @@ class CERPConfig:
         exact_snapshots (bool): Snapshots at the target density even when a
             step overshoots (see :class:`PruningScheduler`).
             (default: :obj:`True`)
+        gamma_at_onset (bool): Count the :math:`\gamma` schedule from
+            :obj:`prune_start` (no regulariser before; see
+            :class:`PruningScheduler`). (default: :obj:`False`)
+        pace_epochs (float, optional): Prune from the onset to the smallest
+            target in this many epochs along a geometric density plan, by a
+            common offset on the learned threshold logits (see
+            :class:`PruningScheduler`; :obj:`None`: no plan).
+            (default: :obj:`None`)
         check_every (int): Measure the density every this many steps.
             (default: :obj:`1`)
         clip_grad_norm (float): Gradient-norm clipping. (default: :obj:`100.`)
@@ -242,6 +250,8 @@ class CERPConfig:
     prune_start: int = 0
     onset_quantile: Optional[float] = None
     exact_snapshots: bool = False
+    gamma_at_onset: bool = False
+    pace_epochs: Optional[float] = None
     check_every: int = 1
     clip_grad_norm: float = 100.
     l2_reg: float = 1e-4
@@ -305,7 +315,8 @@ class CERPConfig:
         return cls(**values)
 
     def derived(self, num_entities: int, num_pairs: int) -> Dict[str, Any]:
-        r"""The values that depend on the data and the batch shape.
+        r"""The values that depend on the data and the batch shape of phase
+        1 (:meth:`prune_schedule`).
 
         Args:
             num_entities (int): :math:`N = N_U + N_I`.
@@ -313,7 +324,8 @@ class CERPConfig:
 
         Returns:
             A dictionary with :obj:`bucket_size`,
-            :obj:`steps_per_epoch` (:math:`\lceil E / B \rceil`),
+            :obj:`steps_per_epoch` (:math:`\lceil E / B \rceil`, :math:`B` the
+            phase-1 batch),
             :obj:`pair_scale` (:math:`G/(Bn)`), :obj:`gamma_scale`,
             :obj:`reduction`, :obj:`weight_decay`, :obj:`threshold_lr`,
             :obj:`threshold_weight_decay` and :obj:`threshold_eps`.
@@ -326,8 +338,9 @@ class CERPConfig:
             if self.target_unit == 'meta':
                 ratio = self.meta_ratio or 0.2
             b = max(1, min(N, int(math.ceil(ratio * N / 2.))))
-        steps = max(1, int(math.ceil(int(num_pairs) / self.batch_size)))
-        pair_scale = OFFICIAL_GROUPS / (self.batch_size * self.num_negatives)
+        batch = self.prune_schedule()[0]  # Everything here is phase 1's.
+        steps = max(1, int(math.ceil(int(num_pairs) / batch)))
+        pair_scale = OFFICIAL_GROUPS / (batch * self.num_negatives)
         official = self.gamma_unit == 'official'
         thr_lr = (self.threshold_lr if self.threshold_lr is not None else
                   self.prune_speed / steps)
@@ -372,6 +385,8 @@ class CERPConfig:
         if self.bucket_size is not None:  # None: derived from the data.
             check_int('bucket_size', self.bucket_size, minimum=1)
         check_int('prune_start', self.prune_start, minimum=0)
+        if self.pace_epochs is not None:
+            check_float('pace_epochs', self.pace_epochs, 0., low_open=True)
         check_int('seed', self.seed, minimum=None)
         if self.eval_users is not None:
             check_int('eval_users', self.eval_users, minimum=1)
@@ -648,7 +663,9 @@ class CERPRunner:
                                 reduction=self.derived['reduction'],
                                 prune_start=cfg.prune_start,
                                 onset_quantile=cfg.onset_quantile,
-                                exact_snapshots=cfg.exact_snapshots)
+                                exact_snapshots=cfg.exact_snapshots,
+                                gamma_at_onset=cfg.gamma_at_onset,
+                                pace_epochs=cfg.pace_epochs)
 
     # Overridden by pyg_cerp.distributed.DistributedCERPRunner ##############
 

@@ -269,7 +269,7 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
         sampler: Any, validate: Callable[[Recommender], Dict[str, float]],
         stopping: EarlyStopping, clip_grad_norm: Optional[float] = 100.,
         log: Callable[[str], None] = lambda s: None,
-        desc: str = '') -> FitResult:
+        desc: str = '', l2_reg: float = 0.) -> FitResult:
     r"""Trains :obj:`recommender` until :obj:`stopping` says so and loads
     the state of its best validation epoch back into it (the model before
     any training counts as epoch 0).
@@ -285,6 +285,8 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
             :func:`~pyg_cerp.train.train_step`. (default: :obj:`100.`)
         log (Callable, optional): Receives one line per validation.
         desc (str, optional): The prefix of those lines.
+        l2_reg (float, optional): See :func:`~pyg_cerp.train.train_epoch`.
+            (default: :obj:`0.`)
     """
     best = float(validate(recommender)[stopping.metric])
     best_state = copy.deepcopy(recommender.state_dict())
@@ -293,7 +295,7 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
     start = time.perf_counter()
     while epoch < stopping.max_epochs:
         stats = train_epoch(recommender, optimizer, sampler, epoch,
-                            clip_grad_norm=clip_grad_norm)
+                            clip_grad_norm=clip_grad_norm, l2_reg=l2_reg)
         epoch += 1
         check_finite_loss(stats['loss'], f'{desc} epoch {epoch}')
         if epoch % stopping.eval_every and epoch < stopping.max_epochs:
@@ -437,7 +439,7 @@ class ConvergedRunner:
         torch.manual_seed(seed)
         return fit(model, self._optimizer(model, config), self._sampler(seed),
                    self.validate, self.stopping, config.clip_grad_norm,
-                   self.log, desc)
+                   self.log, desc, config.l2_reg)
 
     def _build(self, embedding: Module, seed: int) -> Recommender:
         torch.manual_seed(seed)

@@ -184,6 +184,44 @@ class PruningScheduler:
             (default: :obj:`False`)
         snapshot_tolerance (float, optional): See :obj:`exact_snapshots`.
             (default: :obj:`0.02`)
+        gamma_at_onset (bool, optional): Count the :math:`\gamma` schedule
+            from the pruning onset: :math:`\gamma_t = 0` for :math:`t <`
+            :obj:`prune_start` and :math:`\gamma_0 \rho^{\lfloor (t -
+            t_0) / T \rfloor}` from :math:`t_0 =` :obj:`prune_start` on, so
+            that the values train undisturbed and the regulariser is at its
+            strongest while the thresholds move (officially it acts from step
+            0). (default: :obj:`False`)
+        pace_epochs (float, optional): If set, pruning follows a planned
+            density from the onset (epoch :obj:`prune_start`, density
+            :math:`\delta_0`) to the smallest target :math:`\delta_K` in
+            :obj:`pace_epochs` epochs, geometrically,
+
+            .. math::
+                \hat{\delta}(\tau) = \delta_0 \left(\delta_K /
+                \delta_0\right)^{\min(1, \tau / \tau_K)},
+
+            :math:`\tau` the (fractional) epochs since the onset. Whenever
+            a check finds the density above :math:`\hat{\delta}(\tau)`,
+            every threshold logit is raised by the same
+            :math:`\Delta s \geq 0`, the least that brings the density
+            down to the plan: an entry :math:`v` is non-zero iff
+            :math:`\sigma^{-1}(|v|) - S > \Delta s`, so :math:`\Delta s`
+            is a quantile of these margins. This is the official dynamics
+            with its clock replaced: there, the weight decay on
+            :math:`\mathbf{S}` raises every logit by the learning rate per
+            step (a common offset growing with the step count), and the
+            task gradient and the regulariser move the logits apart; here
+            the common offset follows the plan, and the logits are learned
+            the same way (their spread is untouched by the offset). A drive
+            or a weight decay strong enough to prune on time at
+            :math:`B \gg 10` would instead dominate the task gradient and
+            move the logits in lockstep. The plan counts epochs, not steps,
+            so that the pace is the same on every dataset size; a density
+            below the plan is left alone (pruned entries do not come
+            back). (default: :obj:`None`)
+        steps_per_epoch (int, optional): Optimiser steps per epoch, for
+            :math:`\tau` (:obj:`None`: measured on the first epoch; the plan
+            holds the onset density until then). (default: :obj:`None`)
     """
     def __init__(
         self,
@@ -202,6 +240,9 @@ class PruningScheduler:
         onset_quantile: Optional[float] = None,
         exact_snapshots: bool = False,
         snapshot_tolerance: float = 0.02,
+        gamma_at_onset: bool = False,
+        pace_epochs: Optional[float] = None,
+        steps_per_epoch: Optional[int] = None,
     ) -> None:
         if reduction not in ('mean', 'sum'):
             raise ValueError(f"'reduction' must be 'mean' or 'sum' "
@@ -257,6 +298,11 @@ class PruningScheduler:
         if int(check_every) < 1:
             raise ValueError(f"'check_every' must be >= 1 "
                              f"(got {check_every})")
+        if pace_epochs is not None and not float(pace_epochs) > 0.:
+            raise ValueError(f"'pace_epochs' must be > 0 (got {pace_epochs})")
+        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
+            raise ValueError(f"'steps_per_epoch' must be >= 1 "
+                             f"(got {steps_per_epoch})")
 
         self.embedding = embedding
         self.targets: List[float] = sorted(targets, reverse=True)
@@ -273,6 +319,16 @@ class PruningScheduler:
                                float(onset_quantile))
         self.exact_snapshots = bool(exact_snapshots)
         self.snapshot_tolerance = float(snapshot_tolerance)
+        self.gamma_at_onset = bool(gamma_at_onset)
+        self.pace_epochs = (None if pace_epochs is None else
+                            float(pace_epochs))
+        self.steps_per_epoch = (None if steps_per_epoch is None else
+                                int(steps_per_epoch))
+        # The plan's state: the onset it counts from, the offset so far.
+        self.pace_offset = 0.
+        self.onset_step: Optional[int] = 0 if int(prune_start) == 0 else None
+        self.onset_density: Optional[float] = None
+        self._epoch_start_step = 0
         self._prev_tables: Optional[List[Tensor]] = None
         self._thresholds = [
             p for n, p in embedding.named_parameters()
@@ -319,8 +375,79 @@ class PruningScheduler:
     @property
     def gamma(self) -> float:
         r"""The regulariser weight :math:`\gamma` of the current epoch."""
-        return self.gamma_init * self.gamma_decay**(self.epoch //
-                                                    self.gamma_decay_every)
+        start = self.prune_start if self.gamma_at_onset else 0
+        if self.epoch < start:
+            return 0.
+        if self.pace_epochs is not None and self.steps_per_epoch:
+            # Under a pace plan the decay is continuous, like the plan: a
+            # halving at an epoch boundary would jolt the values mid-plan.
+            first = self.onset_step if (self.gamma_at_onset and
+                                        self.onset_step is not None) else 0
+            tau = (self.num_steps - first) / self.steps_per_epoch
+            if not self.gamma_at_onset:
+                tau = self.num_steps / self.steps_per_epoch
+            return self.gamma_init * self.gamma_decay**(
+                max(tau, 0.) / self.gamma_decay_every)
+        return self.gamma_init * self.gamma_decay**(
+            (self.epoch - start) // self.gamma_decay_every)
+
+    def planned_density(self, ahead: int = 0) -> Optional[float]:
+        r"""The density :math:`\hat{\delta}(\tau)` of the pace plan now,
+        or :obj:`ahead` steps from now (:obj:`None` without
+        :obj:`pace_epochs` or before the onset)."""
+        if (self.pace_epochs is None or self.onset_step is None
+                or self.onset_density is None):
+            return None
+        if self.steps_per_epoch is None:
+            return self.onset_density
+        tau = (self.num_steps + ahead - self.onset_step) / \
+            self.steps_per_epoch
+        final = min(self.targets)
+        frac = min(1., max(0., tau / self.pace_epochs))
+        return self.onset_density * (final / self.onset_density)**frac
+
+    def _pairs(self) -> List[Tuple[Tensor, Tensor]]:
+        r"""(values, threshold logits) of each pruned table."""
+        raw = [getattr(self.embedding, n, None) for n in ('P', 'Q')]
+        if raw[0] is None:
+            raw = [getattr(self.embedding, 'weight', None)]
+        if len(raw) != len(self._thresholds) or any(
+                not isinstance(r, Tensor) for r in raw):
+            raise TypeError(f"'pace_epochs' needs the tables 'P', 'Q' (or "
+                            f"'weight') of '{type(self.embedding).__name__}'"
+                            f" paired with its threshold logits")
+        return list(zip(raw, self._thresholds))
+
+    @torch.no_grad()
+    def _pace(self, density: float) -> float:
+        r"""Raises every threshold logit by the least common offset that
+        brings the density down to the plan; returns the new density."""
+        if self.pace_epochs is None or self.onset_step is None:
+            return density
+        if self.onset_density is None:
+            self.onset_density = density
+            return density
+        plan = self.planned_density()
+        if plan is None or density <= plan:
+            return density
+        margins = []
+        for value, thr in self._pairs():
+            v = value.detach().abs().float()
+            m = torch.logit(v.clamp(max=1. - 1e-7)) - thr.detach().float()
+            m = torch.where(v >= 1., torch.full_like(m, float('inf')), m)
+            margins.append(m[m > 0])  # The non-zero entries.
+        margins = torch.cat(margins)
+        excess = int(margins.numel()) - int(math.floor(plan *
+                                                       self.denominator))
+        if excess <= 0:
+            return density
+        # The excess-th smallest margin (and a hair more) prunes 'excess'.
+        shift = float(torch.kthvalue(margins, min(excess, margins.numel()))
+                      .values) * (1. + 1e-6) + 1e-12
+        for _, thr in self._pairs():
+            thr.add_(shift)
+        self.pace_offset += shift
+        return self.density()
 
     @property
     def pending(self) -> List[float]:
@@ -363,6 +490,8 @@ class PruningScheduler:
     @torch.no_grad()
     def _check(self) -> List[float]:
         density = self.density()
+        self.last_density = density
+        density = self._pace(density)
         self.last_density = density
         self.min_density = min(self.min_density, density)
         new = [t for t in self.pending if density <= t]
@@ -469,8 +598,13 @@ class PruningScheduler:
         """
         new = [] if self.done else self._check()
         self.epoch += 1
+        if self.steps_per_epoch is None and self.num_steps > 0:
+            self.steps_per_epoch = self.num_steps - self._epoch_start_step
+        self._epoch_start_step = self.num_steps
         if self.prune_start > 0 and self.epoch == self.prune_start:
             self._onset()
+            self.onset_step = self.num_steps
+            self.onset_density = None  # The next check's density.
         return new
 
     def regularizer(self, index: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -576,6 +710,13 @@ class PruningScheduler:
             threshold_drive=self.threshold_drive,
             gamma_scale=self.gamma_scale,
             prune_start=self.prune_start,
+            gamma_at_onset=self.gamma_at_onset,
+            pace_epochs=self.pace_epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            pace_offset=self.pace_offset,
+            onset_step=self.onset_step,
+            onset_density=self.onset_density,
+            epoch_start_step=self._epoch_start_step,
             num_steps=self.num_steps,
             epoch=self.epoch,
             start_density=self.start_density,
@@ -601,6 +742,16 @@ class PruningScheduler:
             setattr(self, key, int(state[key]))
         self.start_density = (None if state['start_density'] is None else
                               float(state['start_density']))
+        self.pace_offset = float(state.get('pace_offset', 0.))
+        for key in ('steps_per_epoch', 'onset_step'):
+            if key in state:
+                setattr(self, key, None if state[key] is None else
+                        int(state[key]))
+        if 'onset_density' in state:
+            self.onset_density = (None if state['onset_density'] is None else
+                                  float(state['onset_density']))
+        self._epoch_start_step = int(state.get('epoch_start_step',
+                                               self.num_steps))
         self.initial_weights = state['initial_weights']
         self._prev_tables = None
         self._apply_freeze()

@@ -136,3 +136,83 @@ def test_regulariser_makes_the_pruned_tables_complementary():
     assert with_reg.mean / with_reg.independent < \
         0.8 * without.mean / without.independent
     assert std > 0.05  # Learned thresholds, not lockstep.
+
+
+def _paced(gamma, pace_epochs=3., steps_per_epoch=40, epochs=6, seed=0):
+    r"""Fits a random target while the scheduler paces the pruning to 5% of
+    the full table (meta tables 10% of it: meta density 0.5 at the target) from an onset after one epoch;
+    returns the scheduler, the per-epoch densities and the logit spread."""
+    N, d, b = 400, 16, 20
+    emb = _emb(N, d, b, seed)
+    torch.manual_seed(seed + 1)
+    target = torch.randn(N, d) * 0.05
+    sched = PruningScheduler(emb, [0.05], gamma_init=gamma, gamma_scale=1. / N,
+                             reduction='sum', prune_start=1,
+                             onset_quantile=0.02, gamma_at_onset=True,
+                             pace_epochs=pace_epochs, exact_snapshots=True)
+    opt = torch.optim.Adam([
+        dict(params=[emb.P, emb.Q], lr=1e-2),
+        dict(params=[emb.threshold_P, emb.threshold_Q], lr=5e-2)])
+    idx = torch.arange(N)
+    sched.on_train_start()
+    densities = []
+    for _ in range(epochs):
+        for _ in range(steps_per_epoch):
+            loss = (emb(idx) - target).pow(2).sum(-1).mean()
+            reg = sched.regularizer(idx)
+            if reg is not None:
+                loss = loss + reg
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        sched.on_epoch_end()
+        densities.append(sched.full_fraction())
+        if sched.done:
+            break
+    s = torch.cat([emb.threshold_P.flatten(), emb.threshold_Q.flatten()])
+    return sched, densities, float(s.detach().std())
+
+
+def test_pace_plan_reaches_the_target_progressively():
+    sched, densities, std = _paced(gamma=0.)
+    assert sched.steps_per_epoch == 40  # Measured on the first epoch.
+    assert sched.done
+    snap = sched.snapshots[0.05]
+    # Reached along the plan (onset after epoch 1, 3 epochs to the target),
+    # not in the first pruning epoch and not after the plan ended:
+    assert 2 <= snap.epoch <= 4
+    assert snap.full_fraction == pytest.approx(0.05, rel=0.03)
+    # Progressive: the epoch-end densities fall step by step.
+    assert densities[1] > densities[2] > 0.05 * 0.97
+    assert std > 0.05  # Learned thresholds, not lockstep.
+    # The plan itself: geometric from the onset density to the target.
+    assert sched.planned_density() == pytest.approx(0.05, rel=1e-6)
+
+
+def test_pace_with_regulariser_keeps_the_tables_complementary():
+    with_reg, _, _ = _paced(gamma=0.2)
+    without, _, _ = _paced(gamma=0.)
+    assert with_reg.done and without.done
+    emb_reg, emb_no = with_reg.embedding, without.embedding
+    # Rewound as for retraining: the pruned tables are the snapshot's.
+    emb_reg.freeze_masks(with_reg.snapshots[0.05].masks,
+                         rewind_to=with_reg.initial_weights)
+    emb_no.freeze_masks(without.snapshots[0.05].masks,
+                        rewind_to=without.initial_weights)
+    a, b = overlap_rate(emb_reg), overlap_rate(emb_no)
+    assert a.mean <= 0.7 * a.independent
+    assert a.mean / a.independent < 0.8 * b.mean / b.independent
+
+
+def test_pace_state_round_trip():
+    sched, _, _ = _paced(gamma=0., epochs=2)
+    state = sched.state_dict()
+    other = PruningScheduler(_emb(400, 16, 20), [0.05], prune_start=1,
+                             pace_epochs=3.)
+    other.load_state_dict(state)
+    assert other.pace_offset == sched.pace_offset > 0
+    assert other.onset_step == sched.onset_step
+    assert other.planned_density() == pytest.approx(sched.planned_density())
+    with pytest.raises(ValueError, match='pace_epochs'):
+        PruningScheduler(_emb(), [0.05], pace_epochs=0.)

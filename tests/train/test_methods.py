@@ -69,7 +69,7 @@ def test_fit_restores_the_best_validation_epoch(monkeypatch):
     import pyg_cerp.train.methods as methods
     epochs = []
 
-    def fake_epoch(m, opt, sampler, epoch, clip_grad_norm=None):
+    def fake_epoch(m, opt, sampler, epoch, clip_grad_norm=None, l2_reg=0.):
         with torch.no_grad():
             m.lin.bias.fill_(float(epoch + 1))
         epochs.append(epoch)
