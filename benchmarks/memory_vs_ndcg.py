@@ -922,6 +922,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     conv.add_argument('--prune-speed', type=float, default=None,
                       help='Rise of the threshold logits per epoch in phase '
                       '1 (default: CERPConfig faithful)')
+    conv.add_argument('--name', default=None,
+                      help='The dataset name in the output file names '
+                      '(default: its folder name; e.g. gowalla for '
+                      'gowalla-lightgcnpp, the CERP split with its published '
+                      'validation split)')
     conv.add_argument('--device', default='cpu',
                       help="'cuda' when available")
     parser.add_argument('--prune-epochs', type=int, default=None,
@@ -1069,7 +1074,7 @@ def run_converged(args: argparse.Namespace,
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     folder = resolve_dataset(args.dataset, args.root)
-    label = dataset_label(args.dataset)
+    label = args.name or dataset_label(args.dataset)
     commit = git_commit()
     split = load_converged_split(folder, args.subset, args.valid_fraction)
     overrides = {k: v for k, v in dict(

@@ -46,6 +46,8 @@ r"""Adam's coupled L2 of the official code, on *every* parameter (values and
 threshold logits; ``CERP/utils/util.py`` line 78, ``utils/train.py`` line
 93)."""
 OFFICIAL_EPS = 1e-8
+FAITHFUL_GAMMA = 1.
+r"""The :obj:`'faithful'` preset's :math:`\gamma_0` (official unit)."""
 PRUNE_BATCH_SIZE = 8192
 r"""The largest default batch of phase 1 (see :meth:`CERPConfig.prune_schedule`)."""
 PRUNE_LR = 5e-3
@@ -285,16 +287,15 @@ class CERPConfig:
             **overrides: Fields to change.
         """
         presets: Dict[str, Dict[str, Any]] = dict(
-            # The training schedule the faithful mechanism was measured
-            # with (before issue 10's faster default): batch 8192, lr 5e-3,
-            # no L2.
-            faithful=dict(batch_size=8192, lr=5e-3, l2_reg=0.,
-                          bucket_size=None, threshold_init=-100.,
-                          prune_epochs=10, threshold_lr=None,
+            # The default training schedule; phase 1 at its own batch and
+            # lr (prune_schedule(): 8192, 5e-3).
+            faithful=dict(bucket_size=None, threshold_init=-100.,
+                          prune_epochs=8, threshold_lr=None,
                           threshold_weight_decay=None, threshold_eps=None,
-                          threshold_drive=0., gamma_init=1.,
-                          gamma_unit='official', prune_start=1,
-                          onset_quantile=0.02, exact_snapshots=True),
+                          threshold_drive=0., gamma_init=FAITHFUL_GAMMA,
+                          gamma_unit='official', prune_start=2,
+                          onset_quantile=0.02, exact_snapshots=True,
+                          gamma_at_onset=True, pace_epochs=4.),
             official=dict(bucket_size=None, threshold_weight_decay=None,
                           threshold_eps=None, threshold_drive=0.,
                           threshold_init=-100., prune_start=0,

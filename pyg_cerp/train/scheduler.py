@@ -11,6 +11,11 @@ from torch.nn import Module
 
 Masks = Union[Tensor, Sequence[Tensor]]
 
+VALUE_BOUND = 1. - 1e-4
+r"""Under a pace plan the pruned tables' values are kept in
+:math:`[-\beta, \beta]`, :math:`\beta = \sigma(9.2)`, where the
+threshold :math:`\sigma(S)` can still reach them."""
+
 
 class TargetNotReachedWarning(UserWarning):
     r"""Raised (as a warning) when phase 1 ends before a memory target was
@@ -409,8 +414,9 @@ class PruningScheduler:
     def _pairs(self) -> List[Tuple[Tensor, Tensor]]:
         r"""(values, threshold logits) of each pruned table."""
         raw = [getattr(self.embedding, n, None) for n in ('P', 'Q')]
-        if raw[0] is None:
-            raw = [getattr(self.embedding, 'weight', None)]
+        if raw[0] is None:  # PEP's values are 'V'.
+            raw = [getattr(self.embedding, 'V', getattr(self.embedding,
+                                                         'weight', None))]
         if len(raw) != len(self._thresholds) or any(
                 not isinstance(r, Tensor) for r in raw):
             raise TypeError(f"'pace_epochs' needs the tables 'P', 'Q' (or "
@@ -420,8 +426,9 @@ class PruningScheduler:
 
     @torch.no_grad()
     def _pace(self, density: float) -> float:
-        r"""Raises every threshold logit by the least common offset that
-        brings the density down to the plan; returns the new density."""
+        r"""Raises the threshold logits of each table by the least common
+        offset that brings that table down to the plan; returns the new
+        density."""
         if self.pace_epochs is None or self.onset_step is None:
             return density
         if self.onset_density is None:
@@ -430,23 +437,36 @@ class PruningScheduler:
         plan = self.planned_density()
         if plan is None or density <= plan:
             return density
-        margins = []
-        for value, thr in self._pairs():
+        # Every table is brought down to the plan by an offset of its own,
+        # so that no table absorbs all of the pruning (with one common
+        # offset the regulariser drives one table to zero and the other
+        # to values beyond the reach of a sigmoid threshold, measured).
+        pairs = self._pairs()
+        # Keep the values within reach of a sigmoid threshold: under a plan
+        # the regulariser defends the entries it needs by growing them as
+        # their threshold rises, and beyond |v| = 1 no threshold can prune
+        # them (measured: the plan stalls, then the logits overflow).
+        for value, _ in pairs:
+            value.clamp_(-VALUE_BOUND, VALUE_BOUND)
+        # The plan as a fraction of each table (the tables are the
+        # prunable values; the plan is in 'target_unit').
+        fraction = plan * self.denominator / sum(v.numel() for v, _ in pairs)
+        shifts = []
+        for value, thr in pairs:
             v = value.detach().abs().float()
-            m = torch.logit(v.clamp(max=1. - 1e-7)) - thr.detach().float()
-            m = torch.where(v >= 1., torch.full_like(m, float('inf')), m)
-            margins.append(m[m > 0])  # The non-zero entries.
-        margins = torch.cat(margins)
-        excess = int(margins.numel()) - int(math.floor(plan *
-                                                       self.denominator))
-        if excess <= 0:
-            return density
-        # The excess-th smallest margin (and a hair more) prunes 'excess'.
-        shift = float(torch.kthvalue(margins, min(excess, margins.numel()))
-                      .values) * (1. + 1e-6) + 1e-12
-        for _, thr in self._pairs():
+            m = torch.logit(v.clamp(max=VALUE_BOUND)) - thr.detach().float()
+            m = m.expand_as(v) if m.shape != v.shape else m
+            nonzero = int((m > 0).sum())
+            margins = m[(m > 0) & torch.isfinite(m)]
+            excess = nonzero - int(math.floor(fraction * v.numel()))
+            if excess <= 0 or margins.numel() == 0:
+                shifts.append(0.)
+                continue
+            shift = float(torch.kthvalue(margins, min(
+                excess, margins.numel())).values) * (1. + 1e-6) + 1e-12
             thr.add_(shift)
-        self.pace_offset += shift
+            shifts.append(shift)
+        self.pace_offset += sum(shifts) / max(len(shifts), 1)
         return self.density()
 
     @property
@@ -565,14 +585,11 @@ class PruningScheduler:
             p.requires_grad_(True)
         if self.onset_quantile is None:
             return
-        tables = self._tables()
-        raw = [getattr(self.embedding, n, None) for n in ('P', 'Q')]
-        if raw[0] is None:
-            raw = [getattr(self.embedding, 'weight', None)]
-        if tables is None or len(raw) != len(self._thresholds) or any(
-                r is None or not isinstance(r, Tensor) for r in raw):
+        try:
+            pairs = self._pairs()
+        except TypeError:
             return
-        for value, thr in zip(raw, self._thresholds):
+        for value, thr in pairs:
             q = torch.quantile(value.detach().abs().flatten().float()[:2**24],
                                self.onset_quantile).clamp(1e-12, 0.5)
             thr.fill_(float(torch.logit(q)))

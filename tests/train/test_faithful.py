@@ -216,3 +216,48 @@ def test_pace_state_round_trip():
     assert other.planned_density() == pytest.approx(sched.planned_density())
     with pytest.raises(ValueError, match='pace_epochs'):
         PruningScheduler(_emb(), [0.05], pace_epochs=0.)
+
+
+def _random_interactions(num_users, num_items, per_user, groups=16,
+                         seed=0):
+    r"""Users of group :math:`g` like random items of group :math:`g`."""
+    from pyg_cerp.train import Interactions
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.arange(num_users).repeat_interleave(per_user)
+    items = (users % groups) + groups * torch.randint(
+        num_items // groups, (users.numel(), ), generator=gen)
+    train = torch.stack([users, items])
+    return Interactions(train, train[:, :num_users], num_users, num_items)
+
+
+@pytest.mark.parametrize('num_users,num_items', [
+    (1_500, 1_500),      # 3,000 entities
+    (15_000, 15_000),    # 30,000
+    (150_000, 150_000),  # 300,000
+])
+def test_faithful_preset_prunes_to_every_target_on_any_size(
+        num_users, num_items):
+    # The default pruning of the faithful preset reaches 10%, 5% and 1% of
+    # the full table on schedule whatever the number of entities and of
+    # steps per epoch: b from N and the targets, the plan in epochs.
+    from pyg_cerp.train import CERPRunner, make_sampler
+    sys_path = __import__('sys').path
+    sys_path.insert(0, __import__('os').path.dirname(__file__))
+    from test_trainer import lightgcn_builder
+    data = _random_interactions(num_users, num_items, 4)
+    cfg = CERPConfig.preset('faithful', dim=8, baseline_epochs=0,
+                            retrain_epochs=0, eval_users=10, ks=(20, ))
+    runner = CERPRunner(cfg, data, lightgcn_builder(data, 8),
+                        lambda seed: make_sampler(
+                            data.train, num_users, num_items, 1,
+                            cfg.batch_size, seed), log=lambda m: None)
+    state = runner.run()
+    sched = state['prune']['scheduler']
+    snaps = {float(s['target']): s for s in sched['snapshots']}
+    assert sorted(snaps) == [0.01, 0.05, 0.10]
+    steps = runner.derived['steps_per_epoch']
+    for t, s in snaps.items():
+        assert s['full_fraction'] == pytest.approx(t, rel=0.02)
+        # Not before the onset, and within the planned epochs.
+        assert cfg.prune_start * steps < s['step'] <= (
+            cfg.prune_start + cfg.pace_epochs) * steps + 1
