@@ -8,7 +8,7 @@ import torch
 from pyg_cerp.diagnostics import overlap_rate
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.train import CERPConfig, PruningScheduler
-from pyg_cerp.train.cerp import OFFICIAL_GROUPS
+from pyg_cerp.train.cerp import FAITHFUL_GAMMA, OFFICIAL_GROUPS
 
 
 def test_presets_and_derived_values():
@@ -21,7 +21,7 @@ def test_presets_and_derived_values():
     assert d['bucket_size'] == 5000 and d['gamma_scale'] == 1.
     assert d['reduction'] == 'mean' and d['threshold_lr'] == 6e-2
     f = CERPConfig.preset('faithful', batch_size=8192)
-    assert f.threshold_drive == 0. and f.gamma_init == 1.
+    assert f.threshold_drive == 0. and f.gamma_init == FAITHFUL_GAMMA
     d = f.derived(70839, 810128)
     # Official per-entity weight 1 relative to a pair weight 1/10:
     assert d['gamma_scale'] == pytest.approx(OFFICIAL_GROUPS / (8192 * 5))
