@@ -8,8 +8,8 @@ step, through the one training stack (:func:`pyg_cerp.train.train_step` with
 For ``--steps`` rounds after ``--warmup`` untimed ones, between barriers:
 
 * propagation: :math:`\sum_l \alpha_l \mathbf{\hat{A}}^l \mathbf{X}` for
-  the composed embeddings :math:`\mathbf{X}` and the backward pass of a
-  fixed random linear loss of it (:class:`~pyg_cerp.distributed.RowPartition`
+  the composed embeddings :math:`\mathbf{X}` and its backward pass for a
+  fixed random output gradient (:class:`~pyg_cerp.distributed.RowPartition`
   on :math:`W > 1` ranks,
   :func:`~pyg_cerp.nn.symmetric_lightgcn_propagation` on one), *i.e.* the
   sparse products and the layer exchanges: wall seconds without the time spent in the
@@ -149,7 +149,7 @@ def main() -> None:
 
     def propagate() -> None:
         x.grad = None
-        (propagation(x, alpha) * weight).sum().backward()
+        propagation(x, alpha).backward(weight)
 
     prop, prop_exchange, prop_cpu, steps, step_bytes = [], [], [], [], []
     for i in range(args.warmup + args.steps):

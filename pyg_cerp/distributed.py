@@ -356,8 +356,9 @@ class RowPartition:
     def local_rows(self, x: Tensor) -> Tensor:
         r"""The rows :math:`\mathcal{R}_r` of :obj:`x` in block layout
         (:math:`m` rows, zero padding)."""
-        out = x.new_zeros(self.block, x.size(1))
-        out[:self.rows.numel()] = x.index_select(0, self.rows)
+        out = x.new_empty(self.block, x.size(1))
+        torch.index_select(x, 0, self.rows, out=out[:self.rows.numel()])
+        out[self.rows.numel():] = 0.
         return out
 
     def horner(self, x: Tensor, coeffs: List[float]) -> Tensor:
