@@ -480,7 +480,9 @@ def test_dying_rank_ends_the_job(synthetic_folder, tmp_path, mode):
     # rank 1 (SIGKILL) or freezes it (SIGSTOP): rank 0 fails at its next
     # collective, at once or after the collective timeout
     # (PYG_CERP_DIST_TIMEOUT=5 s), exits non-zero, and torchrun stops the
-    # other rank: the job ends, non-zero, within a bounded time.
+    # other rank (a frozen one is killed after torchrun's 30 s SIGTERM
+    # grace): the job ends, non-zero, within a bounded time (here 5 + 30 s
+    # plus slack for a loaded machine).
     out = tmp_path / 'out'
     args = ['--dataset', str(synthetic_folder), '--out', str(out)] + SMALL
     args[args.index('--retrain-epochs') + 1] = '500'  # runs for minutes
@@ -497,7 +499,7 @@ def test_dying_rank_ends_the_job(synthetic_folder, tmp_path, mode):
         os.kill(_worker_pid(proc.pid, 1),
                 signal.SIGKILL if mode == 'exit' else signal.SIGSTOP)
         killed = time.monotonic()
-        _, err = proc.communicate(timeout=90)
+        _, err = proc.communicate(timeout=150)
         elapsed = time.monotonic() - killed
     finally:
         if proc.poll() is None:
@@ -506,7 +508,7 @@ def test_dying_rank_ends_the_job(synthetic_folder, tmp_path, mode):
     assert proc.returncode != 0
     assert not (out / 'results.json').exists()
     assert 'ChildFailedError' in err or 'FAILED' in err
-    assert elapsed < 60
+    assert elapsed < 120
 
 
 @pytest.mark.slow
