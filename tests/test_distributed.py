@@ -423,15 +423,19 @@ def test_two_processes_match_single_process(synthetic_folder, tmp_path):
     _compare_runs(one, two)
 
 
+def _worker_json(tmp_path, mode: str) -> dict:
+    # Runs tests/_dist_worker.py in `mode` on 2 ranks; returns its result.
+    out = tmp_path / 'result.json'
+    proc, _ = _torchrun(2, WORKER, [str(out), mode], _env(), timeout=100)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 def test_partitioned_propagation_matches_single_process(tmp_path):
     # Each rank propagates its row block (N = 89 over 2 ranks: uneven) and
     # weights the output with its own loss; the summed gradient is the
     # single-process gradient of the summed losses.
-    out = tmp_path / 'prop.json'
-    proc, _ = _torchrun(2, WORKER, [str(out), '--propagation'], _env(),
-                        timeout=100)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = _worker_json(tmp_path, '--propagation')
     assert res['world_size'] == 2 and res['block'] == 45
     assert res['forward'] < 1e-12
     assert res['grad'] < 1e-12 * res['grad_scale']
@@ -446,11 +450,7 @@ def test_partitioned_propagation_matches_single_process(tmp_path):
 def test_scheduler_decisions_are_rank_0s(tmp_path):
     # Two processes whose schedulers disagree end with rank 0's state and
     # rank 0's newly reached targets on both ranks.
-    out = tmp_path / 'sync.json'
-    proc, _ = _torchrun(2, WORKER, [str(out), '--check-sync'], _env(),
-                        timeout=100)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    res = _worker_json(tmp_path, '--check-sync')
     assert res == {'agree': [], 'reached': [], 'same': True,
                    'num_steps': 0, 'snapshots': 0, 'syncs': 1}
 
