@@ -17,8 +17,8 @@ from pyg_cerp.train import make_sampler  # noqa: E402
 from pyg_cerp.train.cerp import ResumeError  # noqa: E402
 from pyg_cerp.datasets import ChecksumError, open_folder  # noqa: E402
 from pyg_cerp.utils.io import CheckpointError, FolderLock  # noqa: E402
-from pyg_cerp.distributed import (DistributedCERPRunner,  # noqa: E402
-                                  destroy_distributed, init_distributed)
+from pyg_cerp.distributed import (destroy_distributed,  # noqa: E402
+                                  init_distributed)
 
 KNOWN = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020'}
 
@@ -303,12 +303,8 @@ def main_loop(args: argparse.Namespace, config: CERPConfig,
     kwargs: Dict[str, Any] = dict(out_dir=out,
                                   progress=not args.no_progress,
                                   data_info=getattr(args, 'data_info', None))
-    if world.is_distributed:
-        runner = DistributedCERPRunner(config, data, build_recommender,
-                                       sampler, world=world, **kwargs)
-    else:
-        runner = CERPRunner(config, data, build_recommender, sampler,
-                            **kwargs)
+    runner = CERPRunner(config, data, build_recommender, sampler,
+                        world=world, **kwargs)
     # Only rank 0 writes: it holds the lock on `out` until the results are
     # written, so a second run on the same folder fails at once.
     lock = FolderLock(out) if world.is_main else contextlib.nullcontext()

@@ -1,4 +1,5 @@
 r"""Vectorised BPR triple sampling."""
+import copy
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -6,9 +7,18 @@ from torch import Tensor
 
 from pyg_cerp.utils.validation import check_edge_ids, check_int
 
-__all__ = ['BPRSampler']
+__all__ = ['BPRSampler', 'ShardedBatch']
 
 Triple = Tuple[Tensor, Tensor, Tensor]
+
+
+class ShardedBatch(tuple):
+    r"""This rank's :obj:`(users, pos, neg)` share of a global batch (a plain
+    3-tuple for unpacking), with the whole global batch in
+    :attr:`global_batch` (yielded by :class:`BPRSampler` with
+    :obj:`split_batches=True`), from which the pruning regulariser's entity
+    set of the global batch is computed."""
+    global_batch: Optional[Triple] = None
 
 
 def _mix_seed(*parts: int) -> int:
@@ -60,6 +70,17 @@ class BPRSampler:
     slices are disjoint.  Negatives are drawn per rank from
     (seed, epoch, rank).
 
+    With :obj:`split_batches=True` the sharding is exact instead: every rank
+    draws the single-process epoch (same permutation and negatives) and
+    yields the strided share :obj:`[rank::world_size]` of each of its
+    batches (a :class:`ShardedBatch`), so :obj:`batch_size` is the *global*
+    batch and the ranks together train on exactly the single-process
+    triples.  Every rank draws the whole epoch
+    (:math:`O(|\mathcal{E}| \cdot \textrm{num\_negatives})` per rank and
+    epoch), and in a last batch with fewer triples than ranks some ranks get
+    an empty share.  :meth:`shard` turns a single-process sampler into this
+    rank's.
+
     Args:
         edge_index (torch.Tensor): Training (user, item) pairs of shape
             :obj:`[2, num_edges]`, local ids.
@@ -82,6 +103,9 @@ class BPRSampler:
             evenly over ranks. (default: :obj:`False`)
         rank (int, optional): This process' rank. (default: :obj:`0`)
         world_size (int, optional): The number of ranks. (default: :obj:`1`)
+        split_batches (bool, optional): Shard each single-process batch
+            across ranks exactly (see above) instead of the epoch.
+            (default: :obj:`False`)
     """
     def __init__(
         self,
@@ -97,6 +121,7 @@ class BPRSampler:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        split_batches: bool = False,
     ) -> None:
         if not isinstance(edge_index, Tensor):
             raise TypeError(f"'edge_index' must be a torch.Tensor "
@@ -134,6 +159,7 @@ class BPRSampler:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.split_batches = bool(split_batches)
         self.epoch = 0
 
         # Sorted unique keys u * I + i of all training positives:
@@ -148,10 +174,33 @@ class BPRSampler:
                                  f"{num_items} items, so no negative item "
                                  f"exists (use reject_positives=False)")
 
+    def shard(self, rank: int, world_size: int) -> 'BPRSampler':
+        r"""A copy of this single-process sampler that yields rank
+        :obj:`rank`'s exact share of each of its batches
+        (:obj:`split_batches=True`, same :obj:`batch_size`, now global).
+
+        Args:
+            rank (int): This process's rank.
+            world_size (int): The number of ranks.
+        """
+        if self.world_size != 1:
+            raise ValueError(f"Only a single-process sampler can be sharded "
+                             f"(got world_size={self.world_size})")
+        check_int('world_size', world_size, minimum=1)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"'rank' must be in [0, {world_size}) "
+                             f"(got {rank})")
+        out = copy.copy(self)
+        out.rank, out.world_size, out.split_batches = rank, world_size, True
+        return out
+
     @property
     def num_pairs(self) -> int:
-        r"""The number of positive pairs this rank visits per epoch."""
+        r"""The number of positive pairs this rank visits per epoch (all
+        of them with :obj:`split_batches`, of which it keeps its share)."""
         num_edges = self.edge_index.size(1)
+        if self.split_batches:
+            return num_edges
         if self.drop_last:
             return num_edges // self.world_size
         return -(-num_edges // self.world_size)
@@ -196,7 +245,7 @@ class BPRSampler:
             perm = torch.randperm(num_edges, generator=gen)
         else:
             perm = torch.arange(num_edges)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.split_batches:
             total = self.num_pairs * self.world_size
             if total > num_edges:  # pad like DistributedSampler
                 reps = -(-total // num_edges)
@@ -270,12 +319,20 @@ class BPRSampler:
         perm = self.permutation(epoch)
         users = self.edge_index[0, perm]
         pos = self.edge_index[1, perm]
+        stream = 0 if self.split_batches else self.rank
         gen = torch.Generator().manual_seed(
-            _mix_seed(self.seed, epoch, self.rank, 1))
+            _mix_seed(self.seed, epoch, stream, 1))
         neg = self.sample_negatives(users, gen)
+        step = self.world_size
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             end = start + self.batch_size
-            yield users[start:end], pos[start:end], neg[start:end]
+            batch = users[start:end], pos[start:end], neg[start:end]
+            if not self.split_batches:
+                yield batch
+                continue
+            out = ShardedBatch(t[self.rank::step] for t in batch)
+            out.global_batch = batch
+            yield out
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_pairs={self.num_pairs}, '
@@ -283,4 +340,5 @@ class BPRSampler:
                 f'num_negatives={self.num_negatives}, '
                 f'batch_size={self.batch_size}, '
                 f'reject_positives={self.reject_positives}, '
-                f'rank={self.rank}, world_size={self.world_size})')
+                f'rank={self.rank}, world_size={self.world_size}, '
+                f'split_batches={self.split_batches})')

@@ -12,13 +12,14 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from pyg_cerp.distributed import DistContext, sync_scheduler_decisions
 from pyg_cerp.metrics import _check_ks
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.train.loop import evaluate, make_optimizer, train_epoch
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
-from pyg_cerp.utils.io import (FolderLock, atomic_save, content_digest,
-                               safe_load)
+from pyg_cerp.utils.io import (CheckpointError, FolderLock, atomic_save,
+                               content_digest, safe_load)
 from pyg_cerp.utils.validation import (check_edge_ids, check_finite_loss,
                                        check_float, check_int)
 
@@ -554,13 +555,23 @@ class CERPRunner:
         log (Callable[[str], None], optional): Where log lines go.
             (default: :obj:`print`)
         progress (bool, optional): Show :obj:`tqdm` progress bars.
-        rank (int, optional): The process rank; only rank 0 logs and writes
-            checkpoints (for a distributed version, which must also shard
-            the sampler and average gradients). (default: :obj:`0`)
+        rank (int, optional): The process rank when :obj:`world` is not
+            given; only rank 0 logs and writes checkpoints. (default: :obj:`0`)
         data_info (Dict[str, Any], optional): Describes the data (*e.g.*,
             :obj:`name` and raw-file :obj:`files` checksums), stored in the
             checkpoint with :func:`data_identity` and shown when a resume is
             refused because the data differ. (default: :obj:`None`)
+        world (pyg_cerp.distributed.DistContext, optional): The ranks to
+            train on (:obj:`None` or one process: single-process training).
+            On :math:`W > 1` ranks, the sampler of :obj:`make_sampler` (the
+            single-process one, whose batch size is the global batch) is
+            sharded with its :meth:`shard`, every stage's model is
+            :meth:`~Recommender.partition`-ed, the steps, the epoch losses
+            and the evaluation go through the :obj:`world` arguments of
+            :func:`~pyg_cerp.train.train_epoch` and
+            :func:`~pyg_cerp.train.evaluate`, the scheduler's decisions are
+            rank 0's, and rank 0 alone writes the checkpoint and reads it on
+            resume (broadcast to every rank). (default: :obj:`None`)
 
     Checkpoints carry a SHA-256 of their content and the identity of the
     data; :meth:`load` refuses a corrupted file, another configuration or
@@ -582,17 +593,29 @@ class CERPRunner:
         progress: bool = False,
         rank: int = 0,
         data_info: Optional[Dict[str, Any]] = None,
+        world: Optional[DistContext] = None,
     ) -> None:
         if not isinstance(config, CERPConfig):
             raise TypeError(f"'config' must be a CERPConfig "
                             f"(got {type(config).__name__})")
+        if world is not None and not isinstance(world, DistContext):
+            raise TypeError(f"'world' must be a DistContext "
+                            f"(got {type(world).__name__})")
         _check_data(data)
         self.config = config
-        self.rank = int(rank)
+        self.world = world if world is not None else DistContext()
+        self.rank = int(rank) if world is None else world.rank
         self.data = data
         self.data_identity = data_identity(data, **(data_info or {}))
         self.build_recommender = build_recommender
         self.sampler = make_sampler(config.seed)
+        if self.world.is_distributed:
+            if not callable(getattr(self.sampler, 'shard', None)):
+                raise TypeError(f"Training on several ranks needs a sampler "
+                                f"with 'shard(rank, world_size)' (got "
+                                f"'{type(self.sampler).__name__}')")
+            self.sampler = self.sampler.shard(self.world.rank,
+                                              self.world.world_size)
         self.embedding_factory = embedding_factory or self._default_embedding
         self.out_dir = out_dir
         self.log = log if self.rank == 0 else (lambda msg: None)
@@ -620,7 +643,9 @@ class CERPRunner:
 
     def _build(self, kind: str, stage_index: int) -> Recommender:
         torch.manual_seed(self.config.seed * 1000 + stage_index)
-        return self.build_recommender(self.embedding_factory(kind))
+        model = self.build_recommender(self.embedding_factory(kind))
+        return model.partition(self.world) if self.world.is_distributed \
+            else model
 
     def _optimizer(self, model: Module,
                    stage: str = 'full') -> torch.optim.Optimizer:
@@ -636,27 +661,20 @@ class CERPRunner:
     def _stage_sampler(self, stage: str) -> Any:
         r"""The sampler of a stage: phase 1 draws batches of
         :obj:`prune_batch_size` (a copy of the sampler with that batch
-        size; for a sharding wrapper with an inner :obj:`sampler`, of the
-        inner one), the other stages of :obj:`batch_size`."""
+        size), the other stages of :obj:`batch_size`."""
         size = self.config.prune_schedule()[0]
         if stage != 'prune':
             return self.sampler
-        wrapper = self.sampler if hasattr(self.sampler, 'sampler') else None
-        inner = self.sampler.sampler if wrapper is not None else self.sampler
-        if not hasattr(inner, 'batch_size'):
+        if not hasattr(self.sampler, 'batch_size'):
             raise TypeError(f"'prune_batch_size' needs a sampler with a "
                             f"'batch_size' attribute (got "
-                            f"'{type(inner).__name__}'); pass "
+                            f"'{type(self.sampler).__name__}'); pass "
                             f"prune_batch_size=None")
-        if inner.batch_size == size:
+        if self.sampler.batch_size == size:
             return self.sampler
-        inner = copy.copy(inner)
-        inner.batch_size = int(size)
-        if wrapper is None:
-            return inner
-        wrapper = copy.copy(wrapper)
-        wrapper.sampler = inner
-        return wrapper
+        sampler = copy.copy(self.sampler)
+        sampler.batch_size = int(size)
+        return sampler
 
     def _scheduler(self, model: Recommender) -> PruningScheduler:
         cfg = self.config
@@ -672,16 +690,17 @@ class CERPRunner:
                                 gamma_at_onset=cfg.gamma_at_onset,
                                 pace_epochs=cfg.pace_epochs)
 
-    # Overridden by pyg_cerp.distributed.DistributedCERPRunner ##############
+    # Training and evaluation on the ranks of `world` ######################
 
     def _train_epoch(self, model: Recommender, *args: Any,
                      **kwargs: Any) -> Dict[str, Any]:
-        return train_epoch(model, *args, **kwargs)
+        return train_epoch(model, *args, world=self.world, **kwargs)
 
     def _evaluate(self, model: Recommender) -> Dict[str, float]:
         cfg = self.config
         return evaluate(model, self.data.train, self.data.test, cfg.ks,
-                        max_users=cfg.eval_users, seed=cfg.seed)
+                        max_users=cfg.eval_users, seed=cfg.seed,
+                        world=self.world)
 
     # State ###################################################################
 
@@ -704,7 +723,29 @@ class CERPRunner:
     def load(self) -> bool:
         r"""Loads the checkpoint (with :obj:`weights_only=True`, verifying its
         SHA-256); returns whether one existed. The stored config and data
-        identity must equal the current ones."""
+        identity must equal the current ones. On several ranks, rank 0 reads
+        it and broadcasts it (an error on rank 0 is raised on every rank)."""
+        if not self.world.is_distributed:
+            return self._load()
+        payload: Any = None
+        if self.world.is_main:
+            try:
+                found = self._load()
+                payload = ('ok', found, self.state if found else None)
+            except Exception as e:  # raised on every rank below
+                payload = ('error', type(e).__name__, str(e))
+        payload = self.world.broadcast_object(payload)
+        if payload[0] == 'error':
+            error = {'ResumeError': ResumeError,
+                     'CheckpointError': CheckpointError}.get(payload[1],
+                                                             RuntimeError)
+            raise error(f'Rank 0 could not load the checkpoint: '
+                        f'{payload[2]}')
+        if payload[1]:
+            self.state = payload[2]
+        return bool(payload[1])
+
+    def _load(self) -> bool:
         path = self.checkpoint_path
         if path is None or not os.path.isfile(path):
             return False
@@ -845,7 +886,8 @@ class CERPRunner:
                 prune = self.state['prune'] = dict(
                     init_model=copy.deepcopy(model.state_dict()),
                     target_models={}, done=False, reached=[])
-                for t in scheduler.on_train_start():  # Met at step 0.
+                for t in sync_scheduler_decisions(  # Met at step 0.
+                        scheduler, scheduler.on_train_start(), self.world):
                     prune['target_models'][target_key(t)] = copy.deepcopy(
                         model.state_dict())
         elif name != 'full':
@@ -903,7 +945,8 @@ class CERPRunner:
             check_finite_loss(stats['loss'],
                               f"stage '{name}' epoch {epoch + 1}")
             if scheduler is not None:
-                new = scheduler.on_epoch_end()
+                new = sync_scheduler_decisions(
+                    scheduler, scheduler.on_epoch_end(), self.world)
                 if new:
                     on_reached(new)
             epoch += 1

@@ -1,5 +1,6 @@
-r"""Training and evaluation steps shared by the examples, the benchmark and
-(later) the distributed trainer."""
+r"""Training and evaluation steps shared by the examples, the benchmarks and
+:class:`~pyg_cerp.train.CERPRunner`, in one process or on the ranks of a
+:class:`~pyg_cerp.distributed.DistContext` (:obj:`world`)."""
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, \
     Tuple
@@ -9,6 +10,9 @@ from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
 
+from pyg_cerp.distributed import (DistContext, all_reduce_gradients,
+                                  reduce_metric_sums,
+                                  sync_scheduler_decisions)
 from pyg_cerp.metrics import ranking_metrics_from_scores
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
@@ -97,6 +101,7 @@ def train_step(
     scheduler: Optional[PruningScheduler] = None,
     clip_grad_norm: Optional[float] = 100.,
     l2_reg: float = 0.,
+    world: Optional[DistContext] = None,
 ) -> Dict[str, Any]:
     r"""One optimisation step on :math:`\mathcal{L} = \mathcal{L}_{\textrm{BPR}}
     + \gamma_t \mathcal{L}_{\textrm{prune}}` (the second term only with a
@@ -116,13 +121,35 @@ def train_step(
         l2_reg (float, optional): Weight :math:`\lambda` of
             :meth:`Recommender.l2_penalty` added to the loss (LightGCN's
             regulariser on the batch's ego embeddings). (default: :obj:`0.`)
+        world (pyg_cerp.distributed.DistContext, optional): The ranks
+            (:obj:`None` or one process: this single-process step). On
+            :math:`W > 1` ranks, :obj:`batch` is this rank's share
+            :math:`\mathcal{B}_r` of the global batch :math:`\mathcal{B}`
+            (a :class:`~pyg_cerp.sampling.ShardedBatch`) and rank :math:`r`
+            back-propagates its part of the global loss,
+
+            .. math::
+                \mathcal{L}_r = \frac{|\mathcal{B}_r|}{|\mathcal{B}|}
+                (\mathcal{L}_{\textrm{BPR}}(\mathcal{B}_r) + \lambda
+                \mathcal{L}_{2}(\mathcal{B}_r)) + s_r \gamma_t
+                \mathcal{L}_{\textrm{prune}}(\mathcal{E}_r),
+
+            with :math:`\mathcal{E}_r` its strided share of the global
+            batch's entities and :math:`s_r` such that :math:`\sum_r
+            \mathcal{L}_r = \mathcal{L}`; the gradients are summed over the
+            ranks (:func:`~pyg_cerp.distributed.all_reduce_gradients`) and
+            the scheduler's decisions are rank 0's. (default: :obj:`None`)
 
     Returns:
         A dictionary with :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached
-        scalar tensors: reading them synchronises the device, which the loop
-        does once per epoch) and :obj:`'reached'` (targets newly reached, a
-        list).
+        scalar tensors, on :math:`W > 1` ranks this rank's part: their sum
+        over ranks is the global value; reading them synchronises the device,
+        which the loop does once per epoch) and :obj:`'reached'` (targets
+        newly reached, a list).
     """
+    if world is not None and world.is_distributed:
+        return _distributed_step(recommender, optimizer, batch, scheduler,
+                                 clip_grad_norm, l2_reg, world)
     users, pos, neg = batch
     if neg.dim() == 1:
         neg = neg.unsqueeze(-1)
@@ -151,6 +178,76 @@ def train_step(
                 reg.detach(), reached=reached)
 
 
+def _distributed_step(recommender: Recommender, optimizer: Optimizer,
+                      batch: Batch, scheduler: Optional[PruningScheduler],
+                      clip_grad_norm: Optional[float], l2_reg: float,
+                      world: DistContext) -> Dict[str, Any]:
+    # See `train_step`: this rank's part of the global loss, gradients
+    # summed over ranks. An empty share still runs the (collective)
+    # propagation, with a zero loss.
+    users, pos, neg = (t.to(_device_of(recommender)) for t in batch)
+    if neg.dim() == 1:
+        neg = neg.unsqueeze(-1)
+    full = getattr(batch, 'global_batch', None)
+    n_local = users.numel()
+    n = full[0].numel() if full is not None else world.global_count(n_local)
+    share = n_local / n
+    bpr = recommender.loss(users, pos, neg)
+    if n_local == 0:
+        bpr = bpr.nan_to_num(0.) * 0.
+    loss = share * bpr
+    if l2_reg and n_local:
+        loss = loss + share * l2_reg * recommender.l2_penalty(users, pos, neg)
+    reg = None
+    if scheduler is not None:
+        index, scale = _regularizer_share(recommender, scheduler, full,
+                                          (users, pos, neg), world)
+        reg = scheduler.regularizer(index) if index.numel() else None
+        if reg is not None:
+            reg = reg * scale
+            loss = loss + reg
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    all_reduce_gradients(recommender.parameters(), world)
+    if clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(recommender.parameters(),
+                                       clip_grad_norm, foreach=True)
+    optimizer.step()
+    reached = scheduler.step() if scheduler is not None else []
+    if scheduler is not None:
+        reached = sync_scheduler_decisions(scheduler, reached, world)
+    return dict(loss=loss.detach(), bpr=(share * bpr).detach(),
+                reg=torch.zeros_like(bpr.detach()) if reg is None else
+                reg.detach(), reached=reached)
+
+
+def _regularizer_share(recommender: Recommender,
+                       scheduler: PruningScheduler, full: Optional[Batch],
+                       local: Batch, world: DistContext) -> Tuple[Tensor,
+                                                                   float]:
+    # The entities on which this rank computes the regulariser and its
+    # weight, so that the ranks' terms sum to the single-process one: its
+    # strided share of the global batch's entities (users deduplicated over
+    # the global batch), weighted by its fraction for a mean; for a sum with
+    # a threshold drive (a parameter-only term), every rank takes all
+    # entities with weight 1 / W. Without the global batch (an epoch-sharded
+    # sampler), this rank's own entities stand for its share.
+    if full is not None:
+        entities = recommender.entities(*(t.to(local[0].device)
+                                          for t in full))
+        index = world.shard(entities)
+    else:
+        entities = index = recommender.entities(*local)
+        num = world.global_count(index.numel())
+        return index, (index.numel() / num
+                       if scheduler.reduction == 'mean' else 1.)
+    if scheduler.reduction == 'mean':
+        return index, index.numel() / entities.numel()
+    if not scheduler.threshold_drive:
+        return index, 1.
+    return entities, 1. / world.world_size
+
+
 def train_epoch(
     recommender: Recommender,
     optimizer: Optimizer,
@@ -164,6 +261,7 @@ def train_epoch(
     desc: str = '',
     step_fn: Optional[Callable[..., Dict[str, Any]]] = None,
     l2_reg: float = 0.,
+    world: Optional[DistContext] = None,
 ) -> Dict[str, Any]:
     r"""Trains one epoch over :obj:`sampler` (which is told the epoch through
     :obj:`set_epoch` if it has it, so that a sharded, seeded sampler yields a
@@ -186,10 +284,15 @@ def train_epoch(
         progress (bool, optional): Show a :obj:`tqdm` progress bar.
         desc (str, optional): The progress bar description.
         step_fn (Callable, optional): Replaces :func:`train_step` (same
-            signature), *e.g.*, the data-parallel
-            :class:`pyg_cerp.distributed.DDPTrainStep`. (default: :obj:`None`)
+            signature). (default: :obj:`None`)
         l2_reg (float, optional): See :func:`train_step` (passed to the step
             only when non-zero). (default: :obj:`0.`)
+        world (pyg_cerp.distributed.DistContext, optional): The ranks, see
+            :func:`train_step` (passed to the step only when it has more than
+            one); the sampler yields this rank's shares (*e.g.*,
+            :meth:`BPRSampler.shard <pyg_cerp.sampling.BPRSampler.shard>`),
+            and the returned losses are global (one all-reduce per epoch).
+            (default: :obj:`None`)
 
     Returns:
         The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,
@@ -207,10 +310,13 @@ def train_epoch(
         iterator = bar = tqdm(sampler, total=total, desc=desc, leave=False,
                               dynamic_ncols=True)
     sums: Dict[str, Any] = dict(loss=0., bpr=0., reg=0.)
+    distributed = world is not None and world.is_distributed
     steps, reached, stopped = 0, [], False
     start = time.perf_counter()
     for batch in iterator:
-        extra = dict(l2_reg=l2_reg) if l2_reg else {}
+        extra: Dict[str, Any] = dict(l2_reg=l2_reg) if l2_reg else {}
+        if distributed:
+            extra['world'] = world
         out = (step_fn or train_step)(recommender, optimizer, batch,
                                       scheduler, clip_grad_norm, **extra)
         steps += 1
@@ -227,6 +333,11 @@ def train_epoch(
             break
     if bar is not None:
         bar.close()
+    if distributed:  # The ranks' parts of the losses add up.
+        total = world.all_reduce(torch.tensor(
+            [float(sums[k]) for k in sums], dtype=torch.float64,
+            device=world.device))
+        sums = dict(zip(sums, total.tolist()))
     stats: Dict[str, Any] = {
         k: float(v) / max(steps, 1)
         for k, v in sums.items()
@@ -269,6 +380,7 @@ def evaluate(
     ks: Sequence[int] = (5, 10, 20, 50),
     max_users: Optional[int] = None,
     seed: int = 0,
+    world: Optional[DistContext] = None,
 ) -> Dict[str, float]:
     r"""Full-ranking evaluation: Recall@k and NDCG@k over every item, with the
     training positives of each user masked, averaged over the users with test
@@ -285,18 +397,27 @@ def evaluate(
             many users only (for scorers whose full ranking is too expensive,
             *e.g.*, an MLP on a CPU). (default: :obj:`None`: all users)
         seed (int, optional): The seed of that sample. (default: :obj:`0`)
+        world (pyg_cerp.distributed.DistContext, optional): The ranks: rank
+            :math:`r` ranks the items for the users :math:`r, r + W, \ldots`
+            and the per-user metric sums and counts are all-reduced in
+            float64, so every rank returns the single-process metrics (up to
+            summation order). (default: :obj:`None`: one process)
     """
     train_edge_index, test_edge_index = sample_eval_users(
         train_edge_index, test_edge_index, recommender.num_users, max_users,
         seed)
+    distributed = world is not None and world.is_distributed
     was_training = recommender.training
     recommender.eval()
     try:
         score_fn = recommender.score_function()
-        out = ranking_metrics_from_scores(score_fn, recommender.num_users,
-                                          recommender.num_items,
-                                          train_edge_index, test_edge_index,
-                                          ks=tuple(ks))
+        out = ranking_metrics_from_scores(
+            score_fn, recommender.num_users, recommender.num_items,
+            train_edge_index, test_edge_index, ks=tuple(ks),
+            **(dict(user_ids=world.shard(recommender.num_users),
+                    return_sums=True) if distributed else {}))
+        if distributed:
+            return reduce_metric_sums(out, out.pop('num_users'), world)
         return {key: float(value) for key, value in out.items()}
     finally:
         recommender.train(was_training)

@@ -1,11 +1,12 @@
 r"""Backbones trained by the CERP pipeline behind one small interface."""
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from pyg_cerp.distributed import DistContext, RowPartition
 from pyg_cerp.nn.propagation import RowGatherTensor
 
 ScoreFn = Callable[[Tensor], Tensor]
@@ -129,6 +130,17 @@ class Recommender(Module):
         evaluation mode."""
         raise NotImplementedError
 
+    def partition(self, world: DistContext) -> 'Recommender':
+        r"""Splits the work of a step that does not depend on the batch over
+        the ranks of :obj:`world` (from then on every rank must run the same
+        steps and evaluations); returns :obj:`self`. Nothing to split by
+        default: the triples of a batch are split by the sampler.
+
+        Args:
+            world (pyg_cerp.distributed.DistContext): The ranks.
+        """
+        return self
+
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_users={self.num_users}, '
                 f'num_items={self.num_items}, embedding={self.embedding})')
@@ -168,6 +180,7 @@ class LightGCNRecommender(Recommender):
                 f"num_items = {num_users + num_items}")
         self.model = model
         self.adj = adj
+        self.row_partition: Optional[RowPartition] = None
 
     @property
     def embedding(self) -> Module:
@@ -179,10 +192,27 @@ class LightGCNRecommender(Recommender):
     def propagate(self) -> Tensor:
         r"""The final node embeddings :math:`\mathbf{E}`, shape
         :obj:`[N_U + N_I, d]`."""
-        out = self.model.get_embedding(self.adj)
+        if self.row_partition is not None:
+            out = self.row_partition(self.model.embedding.weight,
+                                     self.model.alpha)
+        else:
+            out = self.model.get_embedding(self.adj)
         # Row gathers back-propagate through `index_add_` (see
         # `RowGatherTensor`), also for models without the fused propagation.
         return out.as_subclass(RowGatherTensor)
+
+    def partition(self, world: DistContext) -> 'LightGCNRecommender':
+        r"""Propagates by row blocks of :obj:`adj` over the ranks of
+        :obj:`world` (:class:`~pyg_cerp.distributed.RowPartition`: each rank
+        does :math:`1/W` of the sparse products); a no-op for one process.
+        Needs a symmetric sparse :obj:`adj` and untrained layer weights.
+
+        Args:
+            world (pyg_cerp.distributed.DistContext): The ranks.
+        """
+        if world.is_distributed:
+            self.row_partition = RowPartition(self.adj, world)
+        return self
 
     def scores(self, users: Tensor, pos: Tensor, neg: Tensor):
         out = self.propagate()
