@@ -6,6 +6,7 @@ from .nn import (CompactEmbedding, CompositionalEmbedding, MLPScorer, SymmetricL
 from .datasets import Gowalla, LightGCNDataset, Yelp2020
 from .metrics import RankingEvaluator, ranking_metrics, ranking_metrics_from_scores
 from .sampling import BPRSampler
+from .train import CERPConfig, CERPRunner, PruningScheduler
 
 from . import serving  # noqa: F401 (pyg_cerp.serving as a submodule)
 
@@ -21,6 +22,9 @@ __all__ = [
     'Gowalla',
     'Yelp2020',
     'BPRSampler',
+    'PruningScheduler',
+    'CERPConfig',
+    'CERPRunner',
     'ranking_metrics',
     'ranking_metrics_from_scores',
     'RankingEvaluator',
