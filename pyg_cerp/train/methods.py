@@ -510,6 +510,8 @@ class ConvergedRunner:
             model = self._build(emb, seed)
             res = self._fit(model, cfg, seed, f'{m.name}@{budget:g}')
             best = (model, res)
+            if m.name == 'full':  # What 'magnitude' prunes: train it once.
+                self._full[seed] = (copy.deepcopy(model.state_dict()), res)
         elif m.kind == 'magnitude':
             state, full_res = self.full_model(seed)
             full = self._build(build_embedding('full', self.num_entities,
