@@ -33,8 +33,10 @@ declare -A GROUP=(
   [cerp10]="--methods cerp,cerp-noreg --budgets 0.1"
   [base10]="--methods qr-mul,pep,hash,qr-add --budgets 0.1"
   [seeds]="--methods cerp --budgets 0.05,0.01,0.1 --seeds 1,2"
+  [bseeds]="--methods qr-mul --budgets 0.01 --seeds 1,2"
+  [mseeds]="--methods full,magnitude --budgets 0.05,0.1 --seeds 1,2"
 )
-ORDER=${CELLS:-"full cerp5 base5 cerp1 base1 cerp10 base10 seeds"}
+ORDER=${CELLS:-"full cerp5 base5 cerp1 base1 cerp10 base10 seeds bseeds mseeds"}
 for g in $ORDER; do
   echo "== $g: ${GROUP[$g]} ($(date -u +%FT%TZ), commit $(git rev-parse --short HEAD))"
   # shellcheck disable=SC2086
