@@ -43,6 +43,9 @@ def export(model: Module, dtype: Union[str, torch.dtype] = torch.float32,
     :obj:`model.embedding.to_compact(dtype, layout, decode)` (see
     :meth:`~pyg_cerp.nn.CompositionalEmbedding.to_compact` for the
     arguments); the training embedding is not copied."""
+    if not hasattr(getattr(model, 'embedding', None), 'to_compact'):
+        raise TypeError(f"'model.embedding' must be a CompositionalEmbedding "
+                        f"(got {type(getattr(model, 'embedding', None))})")
     compact = model.embedding.to_compact(dtype, layout, decode)
     served = copy.deepcopy(model, {id(model.embedding): compact})
     return served.eval().requires_grad_(False)

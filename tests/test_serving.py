@@ -71,6 +71,8 @@ def test_export_copies_only_the_rest():
     assert served.embedding.dtype_name == 'int8'
     assert isinstance(model.embedding, CompositionalEmbedding)
     assert not served.training and torch.equal(served.alpha, model.alpha)
+    with pytest.raises(TypeError, match='CompositionalEmbedding'):
+        serving.export(LightGCN(NU + NI, D, num_layers=3))
 
 
 @pytest.mark.parametrize('layout', ['csr', 'bitmap'])

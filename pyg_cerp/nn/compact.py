@@ -41,7 +41,8 @@ def _pack_bits(mask: Tensor) -> Tensor:
     rows, cols = mask.shape
     padded = F.pad(mask.to(torch.uint8), (0, (-cols) % 8))
     shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
-    return (padded.view(rows, -1, 8) << shifts).sum(-1).to(torch.uint8)
+    padded = padded.view(rows, (cols + 7) // 8, 8)
+    return (padded << shifts).sum(-1).to(torch.uint8)
 
 
 class CompressedTable(Module):
