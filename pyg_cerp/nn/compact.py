@@ -177,8 +177,10 @@ class CompressedTable(Module):
                                       device=self.values.device))
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str,
-                              *args: Any) -> None:
-        error_msgs = args[-1]
+                              local_metadata: Any, strict: bool,
+                              missing_keys: Any, unexpected_keys: Any,
+                              error_msgs: Any) -> None:
+        # Adopts the stored tensors (their sizes depend on the data).
         found = {k[len(prefix):]: v for k, v in state_dict.items()
                  if k.startswith(prefix)}
         try:
@@ -242,7 +244,8 @@ class CompressedTable(Module):
             if int(bits.sum()) != nnz:
                 raise FormatError(f"the bitmap marks {int(bits.sum())} "
                                   f"non-zeros, but {nnz} values are stored")
-        return {k: v.contiguous() for k, v in t.items()}
+        return {k: v.to(self.values.device).contiguous()
+                for k, v in t.items()}
 
     def extra_repr(self) -> str:
         return (f'{self.num_rows}, {self.num_cols}, layout={self.layout}, '
