@@ -38,16 +38,13 @@ from torch import Tensor
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from pyg_cerp.nn import CompositionalEmbedding  # noqa: E402
+from torch_geometric.nn.models import LightGCN  # noqa: E402
 
-try:  # merged from the 'prop' branch
-    from pyg_cerp.nn import symmetric_spmm
-except ImportError:  # pragma: no cover
-    def symmetric_spmm(adj: Tensor, x: Tensor) -> Tensor:
-        return adj @ x
-from pyg_cerp.serving import (CompactLightGCNRecommender,  # noqa: E402
-                              InteractionIndex, lightgcn_propagate,
-                              normalized_adjacency, topk_deterministic)
+from pyg_cerp import serving  # noqa: E402
+from pyg_cerp.metrics import deterministic_topk  # noqa: E402
+from pyg_cerp.nn import (CompactEmbedding, CompositionalEmbedding,  # noqa
+                         symmetric_spmm, use_symmetric_propagation)
+from pyg_cerp.utils import lightgcn_adjacency  # noqa: E402
 
 NUM_USERS, NUM_ITEMS = 29858, 40981
 PRECISIONS = ('float32', 'float16', 'int8')
@@ -209,7 +206,8 @@ import ctypes, gc, os, sys, tempfile, torch
 sys.path.insert(0, sys.argv[3])
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.compact import CompactEmbedding
-from pyg_cerp.serving import CompactLightGCNRecommender
+from torch_geometric.nn.models import LightGCN
+from pyg_cerp import serving
 libc = ctypes.CDLL('libc.so.6')
 def rss():
     gc.collect()
@@ -217,27 +215,36 @@ def rss():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 torch.set_num_threads(1)
-cls = {'emb': CompactEmbedding, 'lgcn': CompactLightGCNRecommender}[sys.argv[1]]
-with tempfile.TemporaryDirectory() as tmp:  # warm up every code path
-    for layout in ('csr', 'bitmap'):
-        for dtype in ('float32', 'float16', 'int8'):
-            small = CompositionalEmbedding(100, 8, 10, threshold_init=-2.)
-            small.to_compact(dtype, layout).save(tmp + '/s.pt')
-            for decode in ('cache', 'lookup'):
-                CompactEmbedding.load(tmp + '/s.pt', decode)(
-                    torch.arange(5))
-    if sys.argv[1] == 'lgcn':
-        CompactLightGCNRecommender.from_embedding(
-            CompositionalEmbedding(30, 8, 10), torch.tensor([[0, 1], [2, 3]]),
-            10, 20).save(tmp + '/r.pt')
-        CompactLightGCNRecommender.load(tmp + '/r.pt')
+kind, path, decode, layers, n, d = sys.argv[1], sys.argv[2], sys.argv[4], *map(
+    int, sys.argv[5:8])
+def lgcn(n, d):
+    model = LightGCN(n, d, layers, normalize=False)
+    model.embedding = CompactEmbedding(n, d, 1, decode=decode)
+    return model
+tmp = tempfile.mkdtemp()  # warm up every code path
+for layout in ('csr', 'bitmap'):
+    for dtype in ('float32', 'float16', 'int8'):
+        small = CompositionalEmbedding(100, 8, 10, threshold_init=-2.)
+        small.to_compact(dtype, layout).save(tmp + '/s.pt')
+        for dec in ('cache', 'lookup'):
+            CompactEmbedding.load(tmp + '/s.pt', dec)(torch.arange(5))
+if kind == 'lgcn':
+    small = LightGCN(30, 8, layers)
+    small.embedding = CompositionalEmbedding(30, 8, 10)
+    serving.save(serving.export(small), tmp + '/r.pt')
+    serving.load(lgcn(30, 8), tmp + '/r.pt')
+    model = lgcn(n, d)
 before = rss()
-obj = cls.load(sys.argv[2], decode=sys.argv[4])
+if kind == 'lgcn':
+    obj = serving.load(model, path)
+else:
+    obj = CompactEmbedding.load(path, decode=decode)
 print(rss() - before)
 '''
 
 
-def rss_delta(kind: str, path: str, decode: str) -> Optional[int]:
+def rss_delta(kind: str, path: str, decode: str,
+              sizes: Tuple[int, int, int] = (3, 1, 1)) -> Optional[int]:
     r"""RSS growth of a fresh process when loading :obj:`path`, after
     warming up the code paths on a tiny file; glibc is told to return freed
     memory (fixed mmap threshold, :obj:`malloc_trim`), so load-time
@@ -248,8 +255,8 @@ def rss_delta(kind: str, path: str, decode: str) -> Optional[int]:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536',
                MALLOC_TRIM_THRESHOLD_='65536')
     out = subprocess.run([sys.executable, '-c', _RSS_SCRIPT, kind, path,
-                          root, decode], capture_output=True, text=True,
-                         env=env)
+                          root, decode, *map(str, sizes)],
+                         capture_output=True, text=True, env=env)
     try:
         return int(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -257,27 +264,17 @@ def rss_delta(kind: str, path: str, decode: str) -> Optional[int]:
 
 
 def topk_lists(user_emb: Tensor, item_emb: Tensor, users: Tensor,
-               exclude_mask_fn, k: int) -> Tensor:
+               train: Tensor, k: int) -> Tensor:
     scores = user_emb[users] @ item_emb.t()
-    exclude_mask_fn(users, scores)
-    return topk_deterministic(scores, k)[1]
+    return deterministic_topk(serving.exclude_(scores, users, train), k)
 
 
-def make_excluder(train: Tensor, nu: int):
-    perm = torch.argsort(train[0], stable=True)
-    items = train[1][perm]
-    ptr = torch.cat([torch.zeros(1, dtype=torch.long),
-                     torch.bincount(train[0], minlength=nu).cumsum(0)])
-
-    def apply(users: Tensor, scores: Tensor) -> None:
-        start, end = ptr[users], ptr[users + 1]
-        length = end - start
-        row = torch.repeat_interleave(torch.arange(users.numel()), length)
-        offset = torch.cumsum(length, 0) - length
-        src = torch.arange(int(length.sum())) - offset[row] + start[row]
-        scores[row, items[src]] = float('-inf')
-
-    return apply
+def lightgcn(emb: torch.nn.Module, alpha: Tensor) -> LightGCN:
+    r"""PyG's LightGCN over a pre-normalised adjacency, with :obj:`emb`."""
+    model = LightGCN(emb.num_embeddings, emb.embedding_dim, alpha.numel() - 1,
+                     alpha=alpha, normalize=False)
+    model.embedding = emb
+    return use_symmetric_propagation(model, check_symmetric=False).eval()
 
 
 def agreement(a: Tensor, b: Tensor) -> float:
@@ -288,34 +285,11 @@ def agreement(a: Tensor, b: Tensor) -> float:
 
 def ndcg_at(user_emb: Tensor, item_emb: Tensor, train: Tensor, test: Tensor,
             k: int = 20, batch_size: int = 1024) -> float:
-    r"""Full-ranking NDCG@k (training items excluded), via
-    :func:`pyg_cerp.metrics.ranking_metrics` when available, else the
-    standard LightGCN definition."""
-    try:
-        from pyg_cerp.metrics import ranking_metrics
-        out = ranking_metrics(user_emb, item_emb, train, test, ks=(k, ),
-                              batch_size=batch_size)
-        return float(out[f'ndcg@{k}'])
-    except ImportError:
-        pass
-    nu = user_emb.size(0)
-    excl = make_excluder(train, nu)
-    test_users = torch.unique(test[0])
-    tperm = torch.argsort(test[0], stable=True)
-    t_items = test[1][tperm]
-    t_ptr = torch.cat([torch.zeros(1, dtype=torch.long),
-                       torch.bincount(test[0], minlength=nu).cumsum(0)])
-    disc = 1. / torch.log2(torch.arange(k) + 2.)
-    total = 0.
-    for s in range(0, test_users.numel(), batch_size):
-        users = test_users[s:s + batch_size]
-        top = topk_lists(user_emb, item_emb, users, excl, k)
-        for r, u in enumerate(users.tolist()):
-            truth = t_items[t_ptr[u]:t_ptr[u + 1]]
-            hit = torch.isin(top[r], truth).float()
-            idcg = disc[:min(truth.numel(), k)].sum()
-            total += float((hit * disc).sum() / idcg)
-    return total / test_users.numel()
+    r"""Full-ranking NDCG@k (training items excluded)."""
+    from pyg_cerp.metrics import ranking_metrics
+    out = ranking_metrics(user_emb, item_emb, train, test, ks=(k, ),
+                          batch_size=batch_size)
+    return float(out[f'ndcg@{k}'])
 
 
 # Main ########################################################################
@@ -396,8 +370,7 @@ def main(argv=None) -> None:
     print(f'torch {torch.__version__}, {args.threads} thread(s), medians of '
           f'{args.repeat} runs; lookup = 1,000 random ids\n')
 
-    excl = make_excluder(train, nu)
-    train_index = InteractionIndex.from_edge_index(train, nu, ni)
+    adj = lightgcn_adjacency(train, nu, ni)
     gen = torch.Generator().manual_seed(0)
     agree_users = torch.randperm(nu, generator=gen)[:args.agree_users]
     ids = torch.randint(n, (1000, ), generator=gen)
@@ -408,9 +381,7 @@ def main(argv=None) -> None:
     sources: Dict[float, str] = {}
     base_state = None
     alpha0 = torch.full((args.num_layers + 1, ), 1. / (args.num_layers + 1))
-    adj = None
     if args.quick_train and not args.checkpoint:
-        adj = normalized_adjacency(train, nu, ni)
         torch.manual_seed(0)
         base = CompositionalEmbedding(n, d, args.bucket_size)
         t0 = time.perf_counter()
@@ -455,9 +426,8 @@ def main(argv=None) -> None:
         trained = (args.checkpoint is not None or base_state is not None) \
             and folder is not None
         with torch.no_grad():
-            e_train = lightgcn_propagate(emb.weight.detach(), train, nu, ni,
-                                         alpha)
-        top_train = topk_lists(e_train[:nu], e_train[nu:], agree_users, excl,
+            e_train = lightgcn(emb, alpha).get_embedding(adj)
+        top_train = topk_lists(e_train[:nu], e_train[nu:], agree_users, train,
                                20)
         with torch.no_grad():
             t_train = median_us(lambda: emb(ids), args.repeat)
@@ -482,12 +452,11 @@ def main(argv=None) -> None:
             t_lookup = median_us(lambda c=lookup: c(ids), args.repeat)
             rss_c = rss_delta('emb', path, 'cache')
             rss_l = rss_delta('emb', path, 'lookup')
-            # Serving (LightGCN, E0 compact + graph, propagated at load).
-            rec = CompactLightGCNRecommender.from_embedding(
-                emb, train, nu, ni, num_layers=alpha.numel() - 1,
-                alpha=alpha, dtype=prec)
-            u_emb, i_emb = rec.embeddings()
-            top = topk_lists(u_emb, i_emb, agree_users, excl, 20)
+            # Serving: PyG's LightGCN with the compact E0 plugged in.
+            with torch.no_grad():
+                e_served = lightgcn(compact, alpha).get_embedding(adj)
+            u_emb, i_emb = e_served[:nu], e_served[nu:]
+            top = topk_lists(u_emb, i_emb, agree_users, train, 20)
             agree = agreement(top, top_train)
             ndcg = None
             if trained and not args.no_ndcg:
@@ -507,40 +476,35 @@ def main(argv=None) -> None:
                 f'{t_cache:.0f} / {t_lookup:.0f} | '
                 f'{t_train / t_cache:.1f}x | {agree:.3f} | '
                 f"{'n/a' if ndcg is None else f'{ndcg:.4f}'} | {rel} |")
-            del rec, u_emb, i_emb
+            del e_served, u_emb, i_emb
             gc.collect()
 
         print('\n'.join(['  ' + r for r in emb_rows[-4:]]), file=sys.stderr,
               flush=True)
-        # LightGCN serving files: propagate (E0 + graph) vs final (dense E).
-        for mode, prec in (('propagate', 'float32'), ('propagate', 'int8'),
-                           ('final', 'float32'), ('final', 'float16'),
-                           ('final', 'int8')):
-            t0 = time.perf_counter()
-            rec = CompactLightGCNRecommender.from_embedding(
-                emb, train, nu, ni, num_layers=alpha.numel() - 1,
-                alpha=alpha, mode=mode, dtype=prec)
-            path = os.path.join(tmp, f'lgcn_{budget:g}_{mode}_{prec}.pt')
-            rec.save(path)
+        # Served LightGCN files: PyG's LightGCN state (alpha, compact E0).
+        for prec in PRECISIONS:
+            served = lightgcn(emb.to_compact(prec), alpha)
+            path = os.path.join(tmp, f'lgcn_{budget:g}_{prec}.pt')
+            serving.save(served, path)
             disk = os.path.getsize(path)
             t0 = time.perf_counter()
-            loaded = CompactLightGCNRecommender.load(path)
+            skeleton = lightgcn(CompactEmbedding(n, d, 1), alpha)
+            loaded = serving.load(skeleton, path)
             t_load = time.perf_counter() - t0
             users = agree_users[:256]
+            kw = dict(exclude=train, edge_index=adj, num_users=nu)
             t_rec = median_us(
-                lambda ld=loaded: ld.recommend(users, 20, exclude=train_index),
+                lambda ld=loaded: serving.recommend(ld, users, 20, **kw),
                 max(3, args.repeat // 10))
-            rss_c = rss_delta('lgcn', path, 'cache')
-            rss_l = (rss_delta('lgcn', path, 'lookup') if mode == 'final'
-                     else None)
-            top = loaded.recommend(agree_users, 20, exclude=train_index)
+            rss_c = rss_delta('lgcn', path, 'cache',
+                              (alpha.numel() - 1, n, d))
+            top = serving.recommend(loaded, agree_users, 20, **kw)
             lgcn_rows.append(
-                f'| {budget:g} | {mode} | {prec} | {fmt_bytes(disk)} | '
-                f'{100 * disk / full:.2f}% | {fmt_bytes(rss_c)}'
-                f"{'' if rss_l is None else ' / ' + fmt_bytes(rss_l)} | "
+                f'| {budget:g} | {prec} | {fmt_bytes(disk)} | '
+                f'{100 * disk / full:.2f}% | {fmt_bytes(rss_c)} | '
                 f'{1e3 * t_load:.0f} ms | {t_rec / 1e3:.1f} ms | '
                 f'{agreement(top, top_train):.3f} |')
-            del rec, loaded
+            del served, loaded
             gc.collect()
 
     print('## CompactEmbedding (E0) per budget and precision\n')
@@ -560,12 +524,12 @@ def main(argv=None) -> None:
           'threshold tables. Top-20 agreement: mean overlap of the top-20 '
           '(training items excluded) with the training model\'s, LightGCN '
           f'scores, {agree_users.numel()} sampled users.\n')
-    print('## LightGCN serving file: E0 compact + graph (propagate at load) '
-          'vs final propagated embeddings (dense)\n')
-    print('| budget | mode | precision | bytes on disk | disk / full fp32 | '
-          'RSS delta after load (cache / lookup) | load time | recommend '
-          '256 users, k=20 | top-20 agreement |')
-    print('|' + '---|' * 9)
+    print('## Served LightGCN file (serving.save: alpha + compact E0; the '
+          'training graph is not stored)\n')
+    print('| budget | precision | bytes on disk | disk / full fp32 | '
+          'RSS delta after load | load time | recommend 256 users, k=20 '
+          '(propagates) | top-20 agreement |')
+    print('|' + '---|' * 8)
     for row in lgcn_rows:
         print(row)
     shutil.rmtree(tmp, ignore_errors=True)

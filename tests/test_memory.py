@@ -1,21 +1,33 @@
 import pytest
 import torch
 
-from pyg_cerp.memory import (bitmap_nbytes, csr_nbytes, dense_nbytes,
-                             memory_report, stored_nbytes, table_nbytes)
+from pyg_cerp.memory import (best_layout, layout_nbytes, memory_report,
+                             stored_nbytes, table_nbytes)
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
 from pyg_cerp.nn.compositional import CompositionalEmbedding
 
 
 def test_format_formulas_by_hand():
-    assert dense_nbytes(10, 64) == 2560
+    assert layout_nbytes(10, 64, 640, 'dense') == 2560
     # 100 non-zeros, d = 64: uint8 column indices, 11 int32 row pointers.
-    assert csr_nbytes(10, 64, 100) == 100 * 5 + 11 * 4
+    assert layout_nbytes(10, 64, 100, 'csr') == 100 * 5 + 11 * 4
     # d = 300 needs int16 column indices.
-    assert csr_nbytes(10, 300, 100) == 100 * 6 + 11 * 4
-    assert bitmap_nbytes(10, 64, 100) == 10 * 8 + 400
-    assert bitmap_nbytes(10, 65, 100) == 10 * 9 + 400
+    assert layout_nbytes(10, 300, 100, 'csr') == 100 * 6 + 11 * 4
+    assert layout_nbytes(10, 64, 100, 'bitmap') == 10 * 8 + 400
+    assert layout_nbytes(10, 65, 100, 'bitmap') == 10 * 9 + 400
+    # Reduced precision: 2 bytes per value; int8 adds a float32 scale a row.
+    assert layout_nbytes(10, 64, 100, 'bitmap', 'float16') == 10 * 8 + 200
+    assert layout_nbytes(10, 64, 100, 'csr', torch.int8) == \
+        100 * 2 + 11 * 4 + 10 * 4
+    assert layout_nbytes(10, 64, 0, 'dense', 'int8') == 640 + 40
+    # The crossover at d = 64 (uint8 column ids): 8 B/row vs 1 B/nnz + ptr.
+    assert best_layout(10, 64, 35) == 'csr'
+    assert best_layout(10, 64, 36) == 'bitmap'  # a tie
+    with pytest.raises(ValueError, match='layout'):
+        layout_nbytes(10, 64, 1, 'coo')
+    with pytest.raises(ValueError, match='dtype'):
+        layout_nbytes(10, 64, 1, 'csr', torch.bfloat16)
 
 
 def test_table_picks_the_smallest_format():
@@ -49,19 +61,19 @@ def test_module_bytes():
     hs = HashEmbedding.for_budget(n, d, 0.1)
     assert stored_nbytes(hs) == 4 * d * 100
     cerp = CompositionalEmbedding(n, d, 100, threshold_init=-100.)
-    report = memory_report(cerp, use_compact=False)
+    report = memory_report(cerp)
     # Unpruned: both tables as bitmaps (16 values + 2 bitmap bytes per row).
     assert report.nbytes == 2 * 100 * (d * 4 + 2) and report.nonzero == 3200
     assert report.formats() == 'P:bitmap,Q:bitmap'
     # Only the used rows of Q are stored: N = 1000, b = 300 uses
     # ceil(1000 / ceil(1000/300)) = 250 rows of Q.
     cerp = CompositionalEmbedding(n, d, 300, threshold_init=-100.)
-    report = memory_report(cerp, use_compact=False)
+    report = memory_report(cerp)
     assert report.tables['Q'].rows == 250 and report.tables['P'].rows == 300
     cerp = CompositionalEmbedding(n, d, 100, threshold_init=-100.)
     with torch.no_grad():
         cerp.threshold_P.fill_(100.)  # prune all of P
-    report = memory_report(cerp, use_compact=False)
+    report = memory_report(cerp)
     # Empty: CSR needs 101 row pointers (404 B), the bitmap 100 * 2 B.
     assert report.tables['P'].format == 'bitmap'
     assert report.tables['P'].nbytes == 200
@@ -71,12 +83,10 @@ def test_module_bytes():
         stored_nbytes(torch.nn.Linear(2, 2))
 
 
-def test_agrees_with_compact_export_when_available():
+@pytest.mark.parametrize('dtype', ['float32', 'float16', 'int8'])
+def test_agrees_with_compact_export(dtype):
     cerp = CompositionalEmbedding(1000, 16, 300, threshold_init=-3.)
-    if not hasattr(cerp, 'to_compact'):
-        pytest.skip('CompositionalEmbedding.to_compact (branch compact) is '
-                    'not merged yet')
-    ours = memory_report(cerp, use_compact=False)
-    theirs = memory_report(cerp, use_compact=True)
-    assert theirs.source == 'to_compact'
-    assert ours.nbytes == theirs.nbytes
+    compact = cerp.to_compact(dtype)
+    report = memory_report(cerp, dtype)
+    assert report.nbytes == compact.nbytes == stored_nbytes(cerp, dtype)
+    assert report.formats() == f'P:{compact.P.layout},Q:{compact.Q.layout}'

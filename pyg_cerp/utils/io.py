@@ -1,4 +1,5 @@
-r"""Atomic, checksummed checkpoint I/O and a lock for output folders."""
+r"""Atomic, checksummed file I/O (checkpoints, compact embeddings, served
+models) and a lock for output folders."""
 import errno
 import hashlib
 import os
@@ -6,10 +7,12 @@ import pickle
 import socket
 import tempfile
 import zipfile
+from contextlib import suppress
 from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 
 PathLike = Union[str, os.PathLike]
 
@@ -23,10 +26,18 @@ LOAD_ERRORS = (OSError, RuntimeError, pickle.UnpicklingError, EOFError,
                TypeError, AttributeError, UnicodeDecodeError, OverflowError,
                MemoryError)
 
+_RESUME_HINT = ("Delete it (or pass another output folder) and start again "
+                "without resuming, or restore an intact copy.")
 
-class CheckpointError(ValueError):
-    r"""Raised when a checkpoint file is truncated, corrupted (its content
-    does not match its SHA-256 checksum) or not a checkpoint at all."""
+
+class FormatError(ValueError):
+    r"""Raised when a file is truncated, corrupted (its content does not
+    match its SHA-256 checksum), of another format or version, or fails
+    validation. The message names the file."""
+
+
+class CheckpointError(FormatError):
+    r"""A :class:`FormatError` of a training checkpoint."""
 
 
 def content_digest(obj: Any, h: Optional['hashlib._Hash'] = None) -> str:
@@ -59,24 +70,29 @@ def content_digest(obj: Any, h: Optional['hashlib._Hash'] = None) -> str:
     return h.hexdigest()
 
 
-def atomic_save(obj: Any, path: PathLike, checksum: bool = False) -> None:
+def atomic_save(obj: Any, path: PathLike, checksum: bool = False,
+                format: str = CHECKPOINT_FORMAT,
+                version: int = CHECKPOINT_VERSION) -> None:
     r"""Saves :obj:`obj` with :func:`torch.save` atomically: it is written to a
     temporary file in the same folder, flushed to disk and renamed over
-    :obj:`path`, so a crash never leaves a truncated file and an existing file
-    is only replaced by a complete one.
+    :obj:`path`, so a crash never leaves a truncated file.
 
     Args:
-        obj (Any): What to save (plain tensors, numbers, strings, lists and
-            dicts of these, so that :func:`load` works with
-            :obj:`weights_only=True`).
+        obj (Any): Plain tensors, numbers, strings and lists/dicts of these
+            (loadable with :obj:`weights_only=True`).
         path (str or os.PathLike): The destination.
-        checksum (bool, optional): Wrap :obj:`obj` with a SHA-256 checksum of
-            its content (:func:`content_digest`), verified by
+        checksum (bool, optional): Store
+            :obj:`dict(format, version, sha256, content=obj)` with the
+            SHA-256 of :obj:`obj` (:func:`content_digest`), verified by
             :func:`safe_load`: :func:`torch.load` does not detect a flipped
             byte inside tensor data. (default: :obj:`False`)
+        format (str, optional): The file's format name (with
+            :obj:`checksum`). (default: :obj:`'pyg_cerp.checkpoint'`)
+        version (int, optional): The format version (with :obj:`checksum`).
+            (default: :obj:`1`)
     """
     if checksum:
-        obj = dict(format=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION,
+        obj = dict(format=format, version=version,
                    sha256=content_digest(obj), content=obj)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -95,62 +111,95 @@ def atomic_save(obj: Any, path: PathLike, checksum: bool = False) -> None:
         raise
 
 
-def _is_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get('format') == CHECKPOINT_FORMAT
-
-
 def safe_load(path: PathLike, map_location: Any = 'cpu',
-              require_checksum: bool = False) -> Any:
+              require_checksum: bool = False,
+              format: str = CHECKPOINT_FORMAT,
+              version: int = CHECKPOINT_VERSION) -> Any:
     r"""Loads a file written by :func:`atomic_save` with
-    :obj:`weights_only=True` (no arbitrary code is executed). A file written
-    with :obj:`checksum=True` is verified against its SHA-256 and unwrapped.
+    :obj:`weights_only=True` (no code is executed). A checksummed file must
+    have :obj:`format` and :obj:`version`, is verified against its SHA-256
+    and unwrapped.
 
     Args:
         path (str or os.PathLike): The file.
         map_location (optional): See :func:`torch.load`. (default: :obj:`'cpu'`)
         require_checksum (bool, optional): Refuse a file without a checksum.
             (default: :obj:`False`)
+        format (str, optional): The expected format name.
+            (default: :obj:`'pyg_cerp.checkpoint'`)
+        version (int, optional): The readable version. (default: :obj:`1`)
 
     Raises:
         FileNotFoundError: If there is no file at :obj:`path`.
-        CheckpointError: (a :class:`ValueError`) If the file is truncated,
-            corrupted, not a :func:`torch.save` file, holds objects that
-            :obj:`weights_only=True` refuses, or fails its checksum; the
-            message names the file and what to do.
+        FormatError: (:class:`CheckpointError` for checkpoints) If the file
+            is truncated, corrupted, not a :func:`torch.save` file, holds
+            objects that :obj:`weights_only=True` refuses, is of another
+            format or version, or fails its checksum.
     """
     path = os.fspath(path)
-    todo = ("Delete it (or pass another output folder) and start again "
-            "without resuming, or restore an intact copy.")
+    is_ckpt = format == CHECKPOINT_FORMAT
+    error = CheckpointError if is_ckpt else FormatError
+    kind = 'pyg_cerp checkpoint' if is_ckpt else format
+    hint = _RESUME_HINT if is_ckpt else 'Save it again or restore a copy.'
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No checkpoint file at '{path}'")
+        raise FileNotFoundError(f"No {kind.split()[-1]} file at '{path}'")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
         raise
     except LOAD_ERRORS as e:
         first = str(e).splitlines()[0] if str(e) else ''
-        raise CheckpointError(
-            f"Cannot read '{path}': the file is truncated, corrupted or not "
-            f"a pyg_cerp checkpoint ({type(e).__name__}: {first}). "
-            f"{todo}") from e
-    if not _is_checkpoint(obj):
+        raise error(f"Cannot read '{path}': the file is truncated, corrupted "
+                    f"or not a {kind} file ({type(e).__name__}: "
+                    f"{first}). {hint}") from e
+    if not (isinstance(obj, dict) and
+            {'format', 'version', 'sha256', 'content'} <= set(obj)):
         if require_checksum:
-            raise CheckpointError(
-                f"'{path}' has no checksum (it was not written by this "
-                f"version of pyg_cerp), so its content cannot be verified. "
-                f"{todo}")
+            raise error(f"'{path}' is not a {kind} file: it has no "
+                        f"checksum (it was not written by this version of "
+                        f"pyg_cerp), so its content cannot be verified. "
+                        f"{hint}")
         return obj
-    version = obj.get('version')
-    if version != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"'{path}' has checkpoint version {version!r}, but this pyg_cerp "
-            f"reads version {CHECKPOINT_VERSION} only.")
-    stored, content = obj.get('sha256'), obj.get('content')
-    if not isinstance(stored, str) or content_digest(content) != stored:
-        raise CheckpointError(
-            f"'{path}' is corrupted: its content does not match the SHA-256 "
-            f"checksum stored with it. {todo}")
-    return content
+    if obj['format'] != format:
+        raise error(f"'{path}' holds format {obj['format']!r}, expected "
+                    f"{format!r}")
+    found = obj['version']
+    if found != version:
+        newer = (' (written by a newer pyg_cerp: upgrade to read it)'
+                 if isinstance(found, int) and found > version else '')
+        raise error(f"'{path}' has {format} format version {found!r}, but "
+                    f"this pyg_cerp reads version {version} only{newer}.")
+    if content_digest(obj['content']) != obj['sha256']:
+        raise error(f"'{path}' is corrupted: its content does not match the "
+                    f"SHA-256 checksum stored with it. {hint}")
+    return obj['content']
+
+
+def save_module(module: Module, path: PathLike, version: int = 1) -> None:
+    r"""Writes :obj:`module.state_dict()` atomically with a SHA-256
+    (format :obj:`'pyg_cerp.<class name>'`); read it with
+    :func:`load_module`."""
+    atomic_save(dict(module.state_dict()), path, checksum=True,
+                format=f'pyg_cerp.{type(module).__name__}', version=version)
+
+
+def load_module(module: Module, path: PathLike, version: int = 1) -> Module:
+    r"""Loads a file of :func:`save_module` into :obj:`module` (of the same
+    class) with :obj:`weights_only=True` and returns it.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        FormatError: If it is unreadable, corrupted, of another class or
+            version, or does not fit :obj:`module`.
+    """
+    state = safe_load(path, require_checksum=True, version=version,
+                      format=f'pyg_cerp.{type(module).__name__}')
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError) as e:
+        raise FormatError(f"Cannot load '{os.fspath(path)}' into "
+                          f"{type(module).__name__}: {e}") from e
+    return module
 
 
 # Output-folder locks ########################################################
@@ -166,7 +215,7 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 
@@ -202,7 +251,6 @@ class FolderLock:
             _HELD[self.path] += 1
             return self
         os.makedirs(self.folder, exist_ok=True)
-        me = f'{socket.gethostname()} {os.getpid()}'
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY,
@@ -216,10 +264,8 @@ class FolderLock:
                 pid = int(owner['pid']) if owner['pid'].isdigit() else -1
                 if owner['host'] == socket.gethostname() and \
                         not _pid_alive(pid):
-                    try:  # stale: its process is gone
+                    with suppress(FileNotFoundError):  # stale: process gone
                         os.remove(self.path)
-                    except FileNotFoundError:
-                        pass
                     continue
                 raise RuntimeError(
                     f"Output folder '{self.folder}' is in use by another run "
@@ -228,7 +274,7 @@ class FolderLock:
                     f"another output folder; if no such run exists, delete "
                     f"the lock file.") from None
             with os.fdopen(fd, 'w') as f:
-                f.write(me + '\n')
+                f.write(f'{socket.gethostname()} {os.getpid()}\n')
             _HELD[self.path] = 1
             return self
         raise RuntimeError(f"Could not lock '{self.folder}' (lock file "
@@ -243,10 +289,8 @@ class FolderLock:
             return
         _HELD.pop(self.path, None)
         if count == 1:
-            try:
+            with suppress(FileNotFoundError):
                 os.remove(self.path)
-            except FileNotFoundError:
-                pass
 
     def __enter__(self) -> 'FolderLock':
         return self.acquire()

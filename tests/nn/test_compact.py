@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from pyg_cerp.nn import CompositionalEmbedding
-from pyg_cerp.nn.compact import (CompactEmbedding, CompressedTable,
-                                 FormatError, write_file)
+from pyg_cerp.memory import layout_nbytes
+from pyg_cerp.nn.compact import CompactEmbedding, FormatError
+from pyg_cerp.utils.io import content_digest
 
 LAYOUTS = ['csr', 'bitmap', 'auto']
 DECODES = ['cache', 'lookup']
@@ -107,8 +108,11 @@ def test_nbytes_equals_hand_count():
         compact = emb.to_compact(dtype, layout)
         assert compact.nnz == 20
         assert compact.nbytes == nbytes, (layout, dtype)
-        assert compact.P.nbytes == CompressedTable.nbytes_of(
-            7, 16, 19, layout, dtype)
+        assert compact.P.nbytes == layout_nbytes(7, 16, 19, layout, dtype)
+        # The counter is the real storage: the bytes of the saved buffers.
+        assert compact.nbytes == sum(
+            t.numel() * t.element_size() for t in compact.state_dict().values()
+            if torch.is_tensor(t))
         # Cached mode adds the two dense float32 tables (7 + 5 rows).
         cached = compact.resident_nbytes
         lookup = compact.set_decode('lookup').resident_nbytes
@@ -129,7 +133,7 @@ def test_auto_layout_picks_the_smaller_table_each():
     assert compact.P.layout == 'bitmap' and compact.Q.layout == 'csr'
     for table in (compact.P, compact.Q):
         assert table.nbytes == min(
-            CompressedTable.nbytes_of(table.num_rows, 64, table.nnz, lay)
+            layout_nbytes(table.num_rows, 64, table.nnz, lay)
             for lay in ('csr', 'bitmap'))
     assert 'layout=(P: bitmap, Q: csr)' in repr(compact)
 
@@ -152,7 +156,14 @@ def test_save_load_round_trip(tmp_path, layout, dtype):
         assert loaded.P.layout == layout and loaded.dtype_name == dtype
     raw = torch.load(path, weights_only=True)
     assert raw['format'] == 'pyg_cerp.CompactEmbedding'
-    assert raw['version'] == 1
+    assert raw['version'] == 2
+    # The payload is the state dict, restored into any module holding one.
+    assert set(raw['content']) == set(compact.state_dict())
+    model = torch.nn.Module()
+    model.embedding = CompactEmbedding(1, 1, 1)
+    model.load_state_dict({'embedding.' + k: v for k, v in
+                           raw['content'].items()})
+    assert torch.equal(model.embedding.weight, compact.weight)
 
 
 def test_corrupted_and_truncated_files(tmp_path):
@@ -197,20 +208,28 @@ def test_corrupted_and_truncated_files(tmp_path):
         CompactEmbedding.load(tmp_path / 'missing.pt')
 
 
+def rewrite(path, change, **header):
+    # Changes a saved file and recomputes its checksum.
+    raw = torch.load(path, weights_only=True)
+    change(raw['content'])
+    raw.update(header, sha256=content_digest(raw['content']))
+    torch.save(raw, path)
+
+
 def test_wrong_version_or_format(tmp_path):
-    data = make().to_compact().to_dict()
     path = tmp_path / 'v2.pt'
-    write_file({**data, 'version': 2}, path)
-    with pytest.raises(FormatError, match='version 2.*reads version 1.*'
+    make().to_compact().save(path)
+    rewrite(path, lambda c: None, version=3)
+    with pytest.raises(FormatError, match='version 3.*reads version 2.*'
                        'upgrade'):
         CompactEmbedding.load(path)
-    write_file({**data, 'format': 'something.else'}, path)
+    rewrite(path, lambda c: None, format='something.else')
     with pytest.raises(FormatError, match="format 'something.else'"):
         CompactEmbedding.load(path)
     torch.save({'state_dict': {}}, path)
-    with pytest.raises(FormatError, match='not a pyg_cerp compact file'):
+    with pytest.raises(FormatError, match='not a pyg_cerp.CompactEmbedding'):
         CompactEmbedding.load(path)
-    torch.save(data, path)  # no checksum
+    torch.save(make().to_compact().state_dict(), path)  # no checksum
     with pytest.raises(FormatError, match='no checksum'):
         CompactEmbedding.load(path)
 
@@ -228,48 +247,54 @@ def test_code_in_file_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('layout,field,tamper,match', [
-    ('csr', 'col', lambda t: t.fill_(200), 'column ids'),
-    ('csr', 'crow', lambda t: t.__setitem__(1, 10**6), 'row pointers'),
-    ('csr', 'crow', lambda t: t.__setitem__(2, 0), 'monotone'),
-    ('csr', 'col', lambda t: t.zero_(), 'strictly increasing'),
+    ('csr', 'col', lambda t: t.fill_(200), 'col_indices < ncols'),
+    ('csr', 'crow', lambda t: t.__setitem__(1, 10**6), 'crow_indices'),
+    ('csr', 'crow', lambda t: t.__setitem__(2, 0), 'crow_indices'),
+    ('csr', 'col', lambda t: t.zero_(), 'sorted and distinct'),
     ('bitmap', 'bitmap', lambda t: t.__setitem__(0, 255), 'marks'),
     ('bitmap', 'values', lambda t: t.__setitem__(0, float('nan')), 'NaN'),
 ])
 def test_tampered_tables_are_rejected(tmp_path, layout, field, tamper, match):
     # The checksum is recomputed: validation must catch the tampering.
-    data = make(threshold_init=-2.).to_compact(layout=layout).to_dict()
-    tamper(data['P'][field])
     path = tmp_path / 'tampered.pt'
-    write_file(data, path)
-    with pytest.raises(FormatError, match=match):
+    make(threshold_init=-2.).to_compact(layout=layout).save(path)
+    rewrite(path, lambda c: tamper(c[f'P.{field}']))
+    with pytest.raises(FormatError, match=match) as info:
         CompactEmbedding.load(path)
+    assert 'tampered.pt' in str(info.value)
+
+
+def _set(key, value):
+    return lambda c: c.__setitem__(key, value)
 
 
 @pytest.mark.parametrize('change,match', [
-    (lambda d: d['P'].__setitem__('values', d['P']['values'].double()),
-     'dtype'),
-    (lambda d: d['P'].__setitem__('values', 'abc'), 'must be a tensor'),
-    (lambda d: d.__setitem__('bucket_size', 14), 'shape'),
-    (lambda d: d.__setitem__('num_embeddings', -1), 'positive int'),
-    (lambda d: d['Q'].__setitem__('num_rows', 20), 'shape'),
-    (lambda d: d['P'].__setitem__('layout', 'coo'), 'unknown layout'),
-    (lambda d: d['P'].__setitem__('scale', torch.ones(15)), 'scale'),
+    (lambda c: c.__setitem__('P.values', c['P.values'].double()), 'dtype'),
+    (_set('P.values', 'abc'), 'must be a tensor'),
+    (lambda c: c['_extra_state'].__setitem__('bucket_size', 14), 'shape'),
+    (lambda c: c['_extra_state'].__setitem__('num_embeddings', -1),
+     'positive int'),
+    (lambda c: c.pop('P.crow'), 'unknown layout'),
+    (_set('P.scale', torch.ones(15)), 'scale'),
+    (_set('P.extra', torch.ones(15)), 'unknown layout'),
 ])
 def test_inconsistent_headers_are_rejected(tmp_path, change, match):
-    data = make().to_compact(layout='csr').to_dict()
-    change(data)
     path = tmp_path / 'bad.pt'
-    write_file(data, path)
+    make().to_compact(layout='csr').save(path)
+    rewrite(path, change)
     with pytest.raises(FormatError, match=match):
         CompactEmbedding.load(path)
 
 
 def test_int8_tampered_scale_and_range(tmp_path):
-    data = make().to_compact('int8').to_dict()
-    data['P']['scale'][0] = -1.
     path = tmp_path / 'bad.pt'
-    write_file(data, path)
+    make().to_compact('int8').save(path)
+    rewrite(path, lambda c: c['P.scale'].__setitem__(0, -1.))
     with pytest.raises(FormatError, match='scale'):
+        CompactEmbedding.load(path)
+    make().to_compact('int8').save(path)
+    rewrite(path, lambda c: c['P.values'].__setitem__(0, -128))
+    with pytest.raises(FormatError, match=r'\[-127, 127\]'):
         CompactEmbedding.load(path)
 
 
