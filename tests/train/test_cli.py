@@ -336,3 +336,22 @@ def test_second_run_on_same_out_fails(folder, tmp_path):
         proc.kill()
         proc.wait()
     assert not (out / 'results.json').exists()
+
+
+def test_torchrun_module(folder, tmp_path):
+    # The documented data-parallel launch: `torchrun ... -m pyg_cerp.train`.
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1',
+               GLOO_SOCKET_IFNAME='lo')
+    out = tmp_path / 'o'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+           '--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{port}',
+           '--max-restarts=0', '-m', 'pyg_cerp.train', '--dataset',
+           str(folder), '--out', str(out), '--no-baseline'] + TINY
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=150, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'data-parallel: 2 ranks (gloo)' in proc.stdout
+    assert json.load(open(out / 'results.json'))['world_size'] == 2
