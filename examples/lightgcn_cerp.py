@@ -11,8 +11,6 @@ The full, resumable pipeline is `python -m pyg_cerp.train --help`.
 import argparse
 import os
 import os.path as osp
-import sys
-import warnings
 
 import torch
 from torch_geometric.nn.models import LightGCN
@@ -47,12 +45,9 @@ parser.add_argument('--export', default='results/lightgcn_cerp-export')
 
 def main(argv=None):
     args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args:  # The options of the pipeline: run it (deprecated).
-        warnings.warn('Pipeline options: use python -m pyg_cerp.train',
-                      FutureWarning)
-        from pyg_cerp.train.cli import main as pipeline
-        argv = sys.argv[1:] if argv is None else list(argv)
-        return pipeline(['--backbone', 'lightgcn'] + argv)
+    if pipeline_args:  # Options of the full pipeline: run it (deprecated).
+        from pyg_cerp.train.cli import forward_from_example
+        return forward_from_example('lightgcn', argv)
 
     if args.dataset == 'gowalla':  # Checksum-verified, downloaded if missing.
         dataset = Gowalla(osp.join(args.root, 'gowalla'))

@@ -13,8 +13,6 @@ The full resumable pipeline: `python -m pyg_cerp.train --backbone mlp`.
 import argparse
 import os
 import os.path as osp
-import sys
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +46,9 @@ parser.add_argument('--export', default='results/mlp_cerp-export')
 
 def main(argv=None):
     args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args:  # The options of the pipeline: run it (deprecated).
-        warnings.warn('Pipeline options: use python -m pyg_cerp.train '
-                      '--backbone mlp', FutureWarning)
-        from pyg_cerp.train.cli import main as pipeline
-        argv = sys.argv[1:] if argv is None else list(argv)
-        return pipeline(['--backbone', 'mlp'] + argv)
+    if pipeline_args:  # Options of the full pipeline: run it (deprecated).
+        from pyg_cerp.train.cli import forward_from_example
+        return forward_from_example('mlp', argv)
 
     if args.dataset == 'gowalla':  # Checksum-verified, downloaded if missing.
         dataset = Gowalla(osp.join(args.root, 'gowalla'))

@@ -24,6 +24,7 @@ import re
 import sys
 import time
 import typing
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -32,10 +33,10 @@ from torch.nn import Module
 from pyg_cerp.datasets import (ChecksumError, Gowalla, LightGCNDataset,
                                Yelp2020, open_folder)
 from pyg_cerp.distributed import destroy_distributed, init_distributed
-from pyg_cerp.train.cerp import (CERPConfig, CERPRunner, Interactions,
-                                 ResumeError)
-from pyg_cerp.train.data import interactions_from_dataset, make_sampler
-from pyg_cerp.train.recommender import LightGCNRecommender, MLPRecommender
+from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
+                            LightGCNRecommender, MLPRecommender,
+                            interactions_from_dataset, make_sampler)
+from pyg_cerp.train.cerp import ResumeError
 from pyg_cerp.utils.io import CheckpointError, FolderLock
 
 #: The base configuration of each backbone (:obj:`--backbone`). The MLP's
@@ -153,13 +154,13 @@ def add_config_arguments(parser: argparse.ArgumentParser,
             if typing.get_origin(tp) in (tuple, list):
                 tp, kwargs['nargs'] = typing.get_args(tp)[0], '+'
             kwargs['type'] = _optional(tp) if optional else tp
-            kwargs['metavar'] = f.name.upper()
             if f.name in CHOICES:
                 kwargs['choices'] = CHOICES[f.name]
-                del kwargs['metavar']
+            else:
+                kwargs['metavar'] = tp.__name__.upper()
         default = _show(getattr(defaults, f.name))
-        help = docs.get(f.name, '')
-        kwargs['help'] = f'{help} (default: {default})'.strip()
+        text = docs.get(f.name, '')
+        kwargs['help'] = f'{text} (default: {default})'.strip()
         group.add_argument('--' + f.name.replace('_', '-'),
                            *ALIASES.get(f.name, []), dest=f.name, **kwargs)
 
@@ -463,3 +464,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     data, info = load_data(args)
     return run(args, config, data, info)
+
+
+def forward_from_example(backbone: str,
+                         argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    r"""Runs :func:`main` for an example script given pipeline options
+    (deprecated: the examples only show the user's own loop)."""
+    warnings.warn(f'Options of the pipeline: use python -m pyg_cerp.train '
+                  f'--backbone {backbone}', FutureWarning, stacklevel=2)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return main(['--backbone', backbone] + argv)

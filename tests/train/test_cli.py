@@ -127,13 +127,13 @@ GOWALLA_SLICE = ['--subset', '500', '800', '--dim', '8', '--bucket-size',
 @pytest.mark.data
 @pytest.mark.parametrize('backbone', ['lightgcn', 'mlp'])
 def test_main_job_on_gowalla_slice_as_the_old_script(backbone, data_root,
-                                                     tmp_path):
+                                                     tmp_path, monkeypatch):
     # The README's main job, `--subset 500 800` and 2 epochs per model,
     # through the checksummed `Gowalla` class: the old metrics, the same
-    # files and contents format.
-    out = tmp_path / 'o'
-    main(['--backbone', backbone, '--root', data_root, '--out', str(out)] +
-         GOWALLA_SLICE)
+    # files (in the old default folder) and contents format.
+    monkeypatch.chdir(tmp_path)
+    main(['--backbone', backbone, '--root', data_root] + GOWALLA_SLICE)
+    out = tmp_path / 'results' / f'{backbone}_cerp-gowalla'
     assert_same_results(out, OLD_GOWALLA[backbone])
     summary = json.load(open(out / 'results.json'))
     assert set(summary) == {'config', 'results', 'history', 'pruning',
