@@ -274,19 +274,24 @@ def test_inside_pyg_lightgcn():
 
 @pytest.mark.parametrize('n,b', [(100, 12), (97, 10), (64, 64), (10, 1),
                                  (50, 7), (13, 13)])
-def test_composed_weight_gradcheck(n, b):
-    from pyg_cerp.nn.compositional import _ComposeAll
+@pytest.mark.parametrize('op', ['add', 'mul'])
+def test_compose_matches_indexing_and_gradcheck(n, b, op):
+    from pyg_cerp.nn import compose
     gen = torch.Generator().manual_seed(0)
     P = torch.randn(b, 3, dtype=torch.double, generator=gen,
                     requires_grad=True)
-    Q = torch.randn(b, 3, dtype=torch.double, generator=gen,
-                    requires_grad=True)
     m = math.ceil(n / b)
-    out = _ComposeAll.apply(P, Q, n, m)
-    ref = P[torch.arange(n) % b] + Q[torch.arange(n) // m]
-    assert torch.equal(out, ref)
-    assert torch.autograd.gradcheck(lambda P, Q: _ComposeAll.apply(P, Q, n, m),
-                                    (P, Q))
+    for m, rows in [(m, b), (b, math.ceil(n / b))]:  # CERP, then QR.
+        Q = torch.randn(rows, 3, dtype=torch.double, generator=gen,
+                        requires_grad=True)
+        k = torch.arange(n)
+        ref = (P[k % b] + Q[k // m] if op == 'add' else P[k % b] * Q[k // m])
+        assert torch.equal(compose(P, Q, n, m, op), ref)
+        assert torch.equal(compose(P, Q, k.view(2, -1) if n % 2 == 0 else k,
+                                   m, op).reshape(n, 3), ref)
+        for pad in (False, True):
+            assert torch.autograd.gradcheck(
+                lambda P, Q: compose(P, Q, n, m, op, pad_grad=pad), (P, Q))
 
 
 def test_soft_threshold_gradients_match_operator_chain():
