@@ -22,18 +22,12 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pyg_cerp.nn.compositional import (SoftThresholdPruning, _check_ids,
-                                       _Counts, compose, computed_weight,
-                                       soft_threshold)
-from pyg_cerp.utils.validation import check_float, check_int
+                                       _check_sizes, _Counts, compose,
+                                       computed_weight, soft_threshold)
+from pyg_cerp.utils.validation import check_int
 
-__all__ = [
-    'FullEmbedding',
-    'PEPEmbedding',
-    'QREmbedding',
-    'HashEmbedding',
-    'budget_rows',
-    'magnitude_mask',
-]
+__all__ = ['FullEmbedding', 'PEPEmbedding', 'QREmbedding', 'HashEmbedding',
+           'budget_rows', 'magnitude_mask']
 
 StoredTables = List[Tuple[str, Tensor, bool]]
 
@@ -89,17 +83,6 @@ class _Stored(_Counts):
         r"""The bytes of the stored form (see :mod:`pyg_cerp.memory`)."""
         from pyg_cerp.memory import stored_nbytes
         return stored_nbytes(self)
-
-
-def _check_sizes(num_embeddings: int, embedding_dim: int,
-                 name: Optional[str] = None, rows: int = 0) -> None:
-    check_int('num_embeddings', num_embeddings)
-    check_int('embedding_dim', embedding_dim)
-    if name is not None:
-        check_int(name, rows)
-        if rows > num_embeddings:
-            raise ValueError(f"'{name}' must be in [1, num_embeddings="
-                             f"{num_embeddings}] (got {rows})")
 
 
 class FullEmbedding(_Stored, torch.nn.Embedding):
@@ -163,11 +146,10 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
         embedding_dim (int): The embedding size :math:`d`.
         threshold_init (float, optional): The initial threshold logit, as
             for CERP. (default: :obj:`-100.`)
-        check_index (bool, optional): Whether :meth:`forward` checks the ids.
+        check_index (bool, optional): Check the ids in :meth:`forward`.
             (default: :obj:`True`)
-        device (torch.device, optional): The device of the parameters.
-        dtype (torch.dtype, optional): The floating point type of the
-            parameters.
+        device (torch.device, optional): The device.
+        dtype (torch.dtype, optional): The floating point type.
     """
     pruned_names = (('V', 'threshold', 'mask'), )
 
@@ -177,13 +159,9 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
                  dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         _check_sizes(num_embeddings, embedding_dim)
-        check_float('threshold_init', threshold_init)
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.threshold_init = float(threshold_init)
-        self.check_index = check_index
-        self._init_pruning((num_embeddings, embedding_dim), threshold_init,
-                           device, dtype)
+        self._init_pruning(num_embeddings, embedding_dim,
+                           (num_embeddings, embedding_dim), threshold_init,
+                           check_index, device, dtype)
         self.reset_parameters()
 
     def pruned_table(self) -> Tensor:
@@ -267,11 +245,10 @@ class QREmbedding(_Stored, Module):
             :math:`1 \leq m \leq N`.
         operation (str, optional): :obj:`'add'` or :obj:`'mul'`.
             (default: :obj:`'add'`)
-        check_index (bool, optional): Whether :meth:`forward` checks the ids.
+        check_index (bool, optional): Check the ids in :meth:`forward`.
             (default: :obj:`True`)
-        device (torch.device, optional): The device of the parameters.
-        dtype (torch.dtype, optional): The floating point type of the
-            parameters.
+        device (torch.device, optional): The device.
+        dtype (torch.dtype, optional): The floating point type.
     """
     _stored = ('R', 'Q')
 
@@ -395,11 +372,10 @@ class HashEmbedding(_Stored, Module):
         hash (str, optional): :obj:`'universal'` or :obj:`'mod'`.
             (default: :obj:`'universal'`)
         seed (int, optional): The seed of :math:`a, c`. (default: :obj:`0`)
-        check_index (bool, optional): Whether :meth:`forward` checks the ids.
+        check_index (bool, optional): Check the ids in :meth:`forward`.
             (default: :obj:`True`)
-        device (torch.device, optional): The device of the parameters.
-        dtype (torch.dtype, optional): The floating point type of the
-            parameters.
+        device (torch.device, optional): The device.
+        dtype (torch.dtype, optional): The floating point type.
     """
     PRIME = 2**31 - 1
     _stored = ('W', )

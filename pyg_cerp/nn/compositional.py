@@ -72,6 +72,17 @@ def computed_weight(tensor: Tensor, owner: Module) -> ComposedWeight:
     return out
 
 
+def _check_sizes(num_embeddings: int, embedding_dim: int,
+                 name: Optional[str] = None, rows: int = 0) -> None:
+    check_int('num_embeddings', num_embeddings)
+    check_int('embedding_dim', embedding_dim)
+    if name is not None:
+        check_int(name, rows)
+        if rows > num_embeddings:
+            raise ValueError(f"'{name}' must be in [1, num_embeddings="
+                             f"{num_embeddings}] (got {rows})")
+
+
 def _check_ids(index: Tensor, num_embeddings: int, check: bool) -> None:
     # Ids >= N would hash to valid rows: checked by default, without a device
     # synchronisation (`check_index` asserts asynchronously off the CPU).
@@ -295,11 +306,16 @@ class SoftThresholdPruning(_Counts, Module):
     #: The (table, threshold logits, mask) attribute names of each table.
     pruned_names: Tuple[Tuple[str, str, str], ...] = ()
 
-    def _init_pruning(self, shape: Tuple[int, int], threshold_init: float,
-                      device: Optional[torch.device],
+    def _init_pruning(self, num_embeddings: int, embedding_dim: int,
+                      shape: Tuple[int, int], threshold_init: float,
+                      check_index: bool, device: Optional[torch.device],
                       dtype: Optional[torch.dtype]) -> None:
-        # Registration order (the state-dict order): tables, thresholds,
-        # masks, mode.
+        check_float('threshold_init', threshold_init)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.threshold_init = float(threshold_init)
+        self.check_index = check_index
+        # The state-dict order: tables, thresholds, masks, mode.
         for i in (0, 1):
             for names in self.pruned_names:
                 setattr(self, names[i], Parameter(
@@ -371,29 +387,22 @@ class SoftThresholdPruning(_Counts, Module):
         """
         masks = self.masks() if masks is None else masks
         masks = (masks, ) if isinstance(masks, Tensor) else tuple(masks)
-        names = [n[0] for n in self.pruned_names]
+        names, tables = [n[0] for n in self.pruned_names], self._get(0)
         if len(masks) != len(names):
             raise ValueError(f"'masks' must hold one mask per table {names} "
                              f"(got {len(masks)})")
-        tables = self._get(0)
+        missing = sorted(set(names) - set(rewind_to or names))
+        if missing:
+            raise KeyError(f"'rewind_to' lacks {missing}")
+        values = (self.pruned_tables() if rewind_to is None else
+                  [rewind_to[name] for name in names])
         shape = tuple(tables[0].shape)
-        for name, mask in zip(names, masks):
-            if tuple(mask.shape) != shape:
-                raise ValueError(f"Mask for '{name}' must have shape {shape} "
-                                 f"(got {tuple(mask.shape)})")
-        if rewind_to is None:
-            values = self.pruned_tables()
-        else:
-            missing = sorted(set(names) - set(rewind_to))
-            if missing:
-                raise KeyError(f"'rewind_to' lacks {missing}")
-            values = [rewind_to[name] for name in names]
-            for name, value in zip(names, values):
-                if tuple(value.shape) != shape:
-                    raise ValueError(
-                        f"'rewind_to[{name!r}]' must have shape {shape} (got "
-                        f"{tuple(value.shape)}): it must come from "
-                        f"'initial_state()' of an embedding of the same sizes")
+        for name, mask, value in zip(names, masks, values):
+            for what, t in ((f"Mask for '{name}'", mask),
+                            (f"'rewind_to[{name!r}]'", value)):
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"{what} must have shape {shape} (got "
+                                     f"{tuple(t.shape)})")
         for table, value in zip(tables, values):
             table.copy_(value)
         for buffer, mask in zip(self._get(2), masks):
@@ -480,52 +489,36 @@ class CompositionalEmbedding(SoftThresholdPruning):
         threshold_init (float, optional): The initial threshold logit; the
             official :obj:`-100.` prunes nothing at first.
             (default: :obj:`-100.`)
-        check_index (bool, optional): If set to :obj:`False`, does not check
-            that ids lie in :math:`[0, N)` in :meth:`forward` (the check never
-            synchronises the device). (default: :obj:`True`)
-        device (torch.device, optional): The device of the parameters.
-        dtype (torch.dtype, optional): The floating point type of the
-            parameters.
+        check_index (bool, optional): Check that ids lie in :math:`[0, N)` in
+            :meth:`forward` (it never synchronises the device).
+            (default: :obj:`True`)
+        device (torch.device, optional): The device.
+        dtype (torch.dtype, optional): The floating point type.
     """
     pruned_names = (('P', 'threshold_P', 'mask_P'),
                     ('Q', 'threshold_Q', 'mask_Q'))
 
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        bucket_size: int,
-        threshold_init: float = -100.,
-        check_index: bool = True,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int,
+                 bucket_size: int, threshold_init: float = -100.,
+                 check_index: bool = True,
+                 device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
-        check_int('num_embeddings', num_embeddings)
-        check_int('embedding_dim', embedding_dim)
-        check_int('bucket_size', bucket_size)
-        check_float('threshold_init', threshold_init)
-        if bucket_size > num_embeddings:
-            raise ValueError(
-                f"'bucket_size' must be in [1, num_embeddings={num_embeddings}]"
-                f" (got {bucket_size})")
+        _check_sizes(num_embeddings, embedding_dim, 'bucket_size', bucket_size)
         if bucket_size * bucket_size < num_embeddings:
             warnings.warn(
                 f"'bucket_size'={bucket_size} is below sqrt(num_embeddings)="
                 f"{math.sqrt(num_embeddings):.1f}: some entities share both "
                 f"rows and get identical embeddings (use bucket_size >= "
                 f"{math.ceil(math.sqrt(num_embeddings))})", stacklevel=2)
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
         self.bucket_size = bucket_size
         #: The number :math:`\lceil N/b \rceil` of entities per row of Q.
         self.rows_per_q = math.ceil(num_embeddings / bucket_size)
         #: The number of rows of Q that are used.
         self.num_q_rows_used = math.ceil(num_embeddings / self.rows_per_q)
-        self.threshold_init = float(threshold_init)
-        self.check_index = check_index
-        self._init_pruning((bucket_size, embedding_dim), threshold_init,
-                           device, dtype)
+        self._init_pruning(num_embeddings, embedding_dim,
+                           (bucket_size, embedding_dim), threshold_init,
+                           check_index, device, dtype)
         self._register_load_state_dict_pre_hook(_check_sizes_on_load,
                                                 with_module=True)
         self.reset_parameters()
