@@ -190,12 +190,10 @@ def symmetric_spmm(adj: Tensor, x: Tensor, check: bool = False,
         adj (torch.Tensor): :math:`\mathbf{A}`, :math:`N \times N`, sparse
             (CSR is several times faster than COO or CSC), without gradient.
         x (torch.Tensor): :math:`\mathbf{X}`, :math:`N \times F`.
-        check (bool, optional): Validates the symmetry of :obj:`adj` (once
-            per object). (default: :obj:`False`)
-        rtol (float, optional): Relative tolerance of the check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the check.
-            (default: :obj:`1e-8`)
+        check (bool, optional): Validate the symmetry of :obj:`adj` once.
+            (default: :obj:`False`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
     """
     _check_operands(adj, x, 'symmetric_spmm',
                     hint="; use 'torch.sparse.mm' instead")
@@ -218,10 +216,8 @@ class SymmetricLGConv(LGConv):
             once (a :class:`ValueError` if it is not symmetric); switch off
             only for known symmetric matrices, gradients are silently wrong
             otherwise. (default: :obj:`True`)
-        rtol (float, optional): Relative tolerance of the check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the check.
-            (default: :obj:`1e-8`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
         **kwargs (optional): Arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
     """
@@ -317,10 +313,8 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
         model (torch_geometric.nn.models.LightGCN): The model.
         check_symmetric (bool, optional): Validate the symmetry of each new
             sparse adjacency once. (default: :obj:`True`)
-        rtol (float, optional): Relative tolerance of the check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the check.
-            (default: :obj:`1e-8`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
         fused (bool, optional): Step 2. (default: :obj:`True`)
     """
     if not isinstance(model, LightGCN):
@@ -421,12 +415,10 @@ def symmetric_lightgcn_propagation(adj: Tensor, x: Tensor, alpha: Tensor,
             (preferably CSR), without gradient.
         x (torch.Tensor): :math:`\mathbf{X}`, :math:`N \times F`.
         alpha (torch.Tensor): The :math:`L + 1` layer weights.
-        check (bool, optional): Validates the symmetry of :obj:`adj` (once
-            per object). (default: :obj:`False`)
-        rtol (float, optional): Relative tolerance of the check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the check.
-            (default: :obj:`1e-8`)
+        check (bool, optional): As in :func:`symmetric_spmm`.
+            (default: :obj:`False`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
     """
     _check_operands(adj, x, 'symmetric_lightgcn_propagation')
     if alpha.dim() != 1 or alpha.numel() < 1:
