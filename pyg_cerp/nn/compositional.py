@@ -55,12 +55,14 @@ class ComposedWeight(Tensor):
                 return self
             if self._was_reset:  # Remaining steps of the same initialiser.
                 return self
+            name = 'embedding' if owner is None else type(owner).__name__
             raise RuntimeError(
                 f"'{getattr(func, '__name__', func)}' modifies "
-                f"'{type(owner).__name__}.weight' in place, but this matrix "
-                f"is computed from the stored tables on every access, so the "
-                f"change would be lost. Modify the tables instead, or call "
-                f"'reset_parameters()' to re-initialise the embedding.")
+                f"'{name}.weight' in place, but this matrix is computed from "
+                f"the stored tables on every access, so the change would be "
+                f"lost. Modify the "
+                f"tables instead, or call 'reset_parameters()' to "
+                f"re-initialise the embedding.")
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **(kwargs or {}))
 
@@ -156,7 +158,7 @@ class _ComposeAll(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         grad, m, (b, q) = grad.contiguous(), ctx.rows_per_q, ctx.sizes
-        grad_p = grad_q = gp = gq = grad
+        gp = gq = grad
         if ctx.op == 'mul':  # grad[k] * Q[k // m] and grad[k] * P[k % b].
             P, Q = ctx.saved_tensors
             gp, gq = grad.clone(), grad.clone()
@@ -538,7 +540,7 @@ class CompositionalEmbedding(SoftThresholdPruning):
         Args:
             index (torch.Tensor, optional): The entity ids of the batch
                 (:obj:`None`: all :math:`N`). (default: :obj:`None`)
-            K (float, optional): The sharpness :math:`K`. (default: :obj:`100.`)
+            K (float, optional): The sharpness. (default: :obj:`100.`)
             reduction (str, optional): :obj:`'mean'` (over entities) or
                 :obj:`'sum'`. (default: :obj:`'mean'`)
         """
