@@ -25,16 +25,9 @@ from torch_geometric.nn.models import LightGCN
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import is_torch_sparse_tensor
 
-__all__ = [
-    'SymmetricSpMM',
-    'symmetric_spmm',
-    'is_symmetric',
-    'check_symmetric',
-    'SymmetricLGConv',
-    'RowGatherTensor',
-    'use_symmetric_propagation',
-    'symmetric_lightgcn_propagation',
-]
+__all__ = ['SymmetricSpMM', 'symmetric_spmm', 'is_symmetric',
+           'check_symmetric', 'SymmetricLGConv', 'RowGatherTensor',
+           'use_symmetric_propagation', 'symmetric_lightgcn_propagation']
 
 
 def _cached(cache: Dict[int, Tuple[Any, Any, Any]], tensor: Tensor,
