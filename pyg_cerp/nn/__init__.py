@@ -1,8 +1,8 @@
 r"""Embedding modules and scorers."""
 from .compositional import (ComposedWeight, CompositionalEmbedding,
-                            soft_threshold)
+                            SoftThresholdPruning, compose, soft_threshold)
 from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
-                        QREmbedding)
+                        QREmbedding, budget_rows, magnitude_mask)
 from .compact import CompactEmbedding, CompressedTable, DenseTable, FormatError
 from .mlp import MLPScorer
 from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
@@ -12,12 +12,16 @@ from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
 __all__ = [
     'CompositionalEmbedding',
     'ComposedWeight',
+    'SoftThresholdPruning',
+    'compose',
     'soft_threshold',
     'MLPScorer',
     'FullEmbedding',
     'PEPEmbedding',
     'QREmbedding',
     'HashEmbedding',
+    'budget_rows',
+    'magnitude_mask',
     'CompactEmbedding',
     'CompressedTable',
     'DenseTable',

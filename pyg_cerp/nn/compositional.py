@@ -2,7 +2,8 @@ r"""Compositional embeddings with learnable soft-threshold pruning (CERP)."""
 import math
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -14,10 +15,8 @@ from pyg_cerp.utils.validation import (check_float, check_index,
 if TYPE_CHECKING:  # pragma: no cover
     from pyg_cerp.nn.compact import CompactEmbedding
 
-# In-place initialisers that mean "re-initialise this embedding". PyG's
-# ``LightGCN.reset_parameters()`` calls ``xavier_uniform_(embedding.weight)``,
-# which ends in ``Tensor.uniform_``; other ``torch.nn.init`` functions end in
-# one of these too.
+# In-place initialisers that mean "re-initialise this embedding" (PyG's
+# `LightGCN.reset_parameters()` calls `xavier_uniform_(embedding.weight)`).
 _INIT_METHODS = frozenset({
     Tensor.uniform_, Tensor.normal_, Tensor.zero_, Tensor.fill_,
     Tensor.bernoulli_, Tensor.exponential_, Tensor.geometric_,
@@ -25,7 +24,7 @@ _INIT_METHODS = frozenset({
 })
 
 
-def _is_inplace(func) -> bool:
+def _is_inplace(func: Callable) -> bool:
     name = getattr(func, '__name__', '')
     if name.startswith('__i') and name.endswith('__'):  # x += y etc.
         return True
@@ -35,99 +34,188 @@ def _is_inplace(func) -> bool:
 
 
 class ComposedWeight(Tensor):
-    r"""The :obj:`N x d` matrix returned by
-    :attr:`CompositionalEmbedding.weight`.
-
-    It behaves exactly like a plain :class:`torch.Tensor` (every operation on
-    it returns plain tensors and gradients flow to the meta tables), with one
-    exception: since the matrix is *computed*, an in-place modification would
-    silently be lost. Therefore
-
-    * an in-place random or constant initialiser (:meth:`uniform_`,
-      :meth:`normal_`, :meth:`zero_`, :meth:`fill_`, ..., as called by
-      :obj:`torch.nn.init.xavier_uniform_` in PyG's
-      :meth:`LightGCN.reset_parameters`) re-initialises the owning module via
-      its :meth:`~CompositionalEmbedding.reset_parameters` (follow-up in-place
-      steps of the same initialiser, *e.g.*, in :obj:`trunc_normal_`, are then
-      ignored), and
-    * any other in-place operation raises a :class:`RuntimeError`.
-    """
-    _owner: Optional['weakref.ReferenceType[CompositionalEmbedding]'] = None
+    r"""The :math:`N \times d` :attr:`weight` that an embedding computes from
+    its tables: a plain :class:`torch.Tensor`, except that an in-place
+    initialiser (*e.g.*, :obj:`xavier_uniform_` in PyG's
+    :meth:`LightGCN.reset_parameters`) calls the owner's
+    :meth:`reset_parameters` and any other in-place operation raises (the
+    change would be lost)."""
+    _owner: Optional['weakref.ReferenceType[Module]'] = None
     _was_reset: bool = False
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         if args and isinstance(args[0], ComposedWeight) and _is_inplace(func):
             self = args[0]
+            owner = self._owner() if self._owner is not None else None
             if func in _INIT_METHODS:
-                owner = self._owner() if self._owner is not None else None
                 if owner is not None:
                     owner.reset_parameters()
                 self._was_reset = True
                 return self
             if self._was_reset:  # Remaining steps of the same initialiser.
                 return self
+            name = 'embedding' if owner is None else type(owner).__name__
             raise RuntimeError(
                 f"'{getattr(func, '__name__', func)}' modifies "
-                f"'CompositionalEmbedding.weight' in place, but this matrix "
-                f"is computed from the meta tables P and Q on every access, "
-                f"so the change would be lost. Modify 'P'/'Q' instead, or "
-                f"call 'reset_parameters()' to re-initialise the embedding.")
+                f"'{name}.weight' in place, but this matrix is computed from "
+                f"the stored tables on every access, so the change would be "
+                f"lost. Modify the "
+                f"tables instead, or call 'reset_parameters()' to "
+                f"re-initialise the embedding.")
         with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+            return func(*args, **(kwargs or {}))
+
+
+def computed_weight(tensor: Tensor, owner: Module) -> ComposedWeight:
+    r"""Returns :obj:`tensor` as the :attr:`weight` of :obj:`owner`."""
+    out = tensor.as_subclass(ComposedWeight)
+    out._owner = weakref.ref(owner)
+    return out
+
+
+def _check_sizes(num_embeddings: int, embedding_dim: int,
+                 name: Optional[str] = None, rows: int = 0) -> None:
+    check_int('num_embeddings', num_embeddings)
+    check_int('embedding_dim', embedding_dim)
+    if name is not None:
+        check_int(name, rows)
+        if rows > num_embeddings:
+            raise ValueError(f"'{name}' must be in [1, num_embeddings="
+                             f"{num_embeddings}] (got {rows})")
+
+
+def _check_ids(index: Tensor, num_embeddings: int, check: bool) -> None:
+    # Ids >= N would hash to valid rows: checked by default, without a device
+    # synchronisation (`check_index` asserts asynchronously off the CPU).
+    if check:
+        check_index(index, num_embeddings, 'index')
+    else:  # Never a uint8 mask as ids.
+        check_index_dtype(index, 'index')
+
+
+# The composition kernel #####################################################
+
+_OPS = {'add': Tensor.add_, 'mul': Tensor.mul_}
+
+
+def _tile_(out: Tensor, p: Tensor, op: Callable) -> None:
+    # out[k] op= p[k % b], with one broadcast op over the complete tiles.
+    n, (b, d) = out.size(0), p.shape
+    full = n // b * b
+    op(out[:full].view(full // b, b, d), p.unsqueeze(0))
+    op(out[full:], p[:n - full])
+
+
+def _repeat_(out: Tensor, q: Tensor, m: int, op: Callable) -> None:
+    # out[k] op= q[k // m].
+    n, d = out.shape
+    full = n // m
+    op(out[:full * m].view(full, m, d), q[:full].unsqueeze(1))
+    if n > full * m:
+        op(out[full * m:], q[full])
+
+
+def _tile_sum(grad: Tensor, b: int, pad: bool = False) -> Tensor:
+    # The gradient of `_tile_`: out[i] = sum of grad[k] with k % b == i.
+    n, d = grad.shape
+    if pad and n % b:  # Over zero-padded complete tiles (another order).
+        grad = torch.cat([grad, grad.new_zeros(b - n % b, d)])
+        n = grad.size(0)
+    full = n // b * b
+    out = grad[:full].view(full // b, b, d).sum(0)
+    out[:n - full] += grad[full:]
+    return out
+
+
+def _repeat_sum(grad: Tensor, m: int, num_rows: int) -> Tensor:
+    # The gradient of `_repeat_`: out[j] = sum of grad[k] with k // m == j.
+    n, d = grad.shape
+    full = n // m
+    out = grad.new_zeros(num_rows, d)
+    out[:full] = grad[:full * m].view(full, m, d).sum(1)
+    if n > full * m:
+        out[full] = grad[full * m:].sum(0)
+    return out
 
 
 class _ComposeAll(torch.autograd.Function):
-    r"""All :math:`N` composed rows :math:`\hat{\mathbf{P}}_{k \bmod b} +
-    \hat{\mathbf{Q}}_{\lfloor k/m \rfloor}` with :math:`m = \lceil N/b
-    \rceil`, as one autograd node.
-
-    With :math:`M = mb \geq N`, the rows :math:`0, \ldots, M-1` viewed as
-    an :math:`m \times b` grid hold :math:`\hat{\mathbf{P}}` tiled, and
-    viewed as a :math:`b \times m` grid hold :math:`\hat{\mathbf{Q}}`
-    repeated, so the forward pass is one broadcast copy plus one broadcast
-    in-place add, and the backward pass two strided sums. Measured 2-3x faster
-    than the equivalent ``expand``/``reshape``/slice chain, whose backward
-    allocates and pads :math:`M \times d` gradients twice.
-    """
+    # All rows: a broadcast copy and in-place op forward, strided sums
+    # backward (2-3x faster than an `expand`/`reshape`/slice chain).
     @staticmethod
-    def forward(ctx, p_hat: Tensor, q_hat: Tensor, num_rows: int,
-                rows_per_q: int) -> Tensor:
-        b, d = p_hat.shape
-        m = rows_per_q
-        out = p_hat.new_empty(m * b, d)
-        out.view(m, b, d).copy_(p_hat.unsqueeze(0))
-        out.view(b, m, d).add_(q_hat.unsqueeze(1))
-        ctx.shape = (num_rows, b, m, d)
-        return out[:num_rows]
+    def forward(ctx, P: Tensor, Q: Tensor, num_rows: int, rows_per_q: int,
+                op: str, pad_grad: bool) -> Tensor:
+        out = P.new_empty(num_rows, P.size(1))
+        _tile_(out, P, Tensor.copy_)
+        _repeat_(out, Q, rows_per_q, _OPS[op])
+        ctx.rows_per_q, ctx.op, ctx.pad_grad = rows_per_q, op, pad_grad
+        ctx.sizes = (P.size(0), Q.size(0))
+        if op == 'mul':
+            ctx.save_for_backward(P, Q)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        n, b, m, d = ctx.shape
-        grad = grad.contiguous()
-        grad_p = grad_q = None
-        if ctx.needs_input_grad[0]:
-            full = n // b  # Complete tiles of P.
-            grad_p = grad[:full * b].view(full, b, d).sum(0)
-            rest = n - full * b
-            if rest:
-                grad_p[:rest] += grad[full * b:]
-        if ctx.needs_input_grad[1]:
-            full = n // m  # Q rows used by m entities each.
-            grad_q = grad.new_zeros(b, d)
-            grad_q[:full] = grad[:full * m].view(full, m, d).sum(1)
-            if n - full * m:
-                grad_q[full] = grad[full * m:].sum(0)
-        return grad_p, grad_q, None, None
+        grad, m, (b, q) = grad.contiguous(), ctx.rows_per_q, ctx.sizes
+        gp = gq = grad
+        if ctx.op == 'mul':  # grad[k] * Q[k // m] and grad[k] * P[k % b].
+            P, Q = ctx.saved_tensors
+            gp, gq = grad.clone(), grad.clone()
+            _repeat_(gp, Q, m, Tensor.mul_)
+            _tile_(gq, P, Tensor.mul_)
+        grad_p = _tile_sum(gp, b, ctx.pad_grad) if ctx.needs_input_grad[0] \
+            else None
+        grad_q = _repeat_sum(gq, m, q) if ctx.needs_input_grad[1] else None
+        return grad_p, grad_q, None, None, None, None
+
+
+def compose(P: Tensor, Q: Tensor, index: Union[Tensor, int], rows_per_q: int,
+            op: str = 'add', pad_grad: bool = False) -> Tensor:
+    r"""The compositional embeddings
+
+    .. math::
+        \mathbf{e}_k = \mathbf{P}_{k \bmod b} \circ
+        \mathbf{Q}_{\lfloor k / m \rfloor},
+        \qquad \circ \in \{+, \odot\},
+
+    of the ids :obj:`index` (not checked), :math:`b` the rows of :obj:`P`,
+    :math:`m` = :obj:`rows_per_q` (CERP: :math:`\lceil N/b \rceil`, the
+    quotient-remainder trick: :math:`b`). For an integer :math:`N`, all rows
+    as one autograd node without index tensors; otherwise two row gathers
+    (whose :obj:`index_add_` backward is several times faster on CPU than the
+    :obj:`index_put_` of advanced indexing).
+
+    Args:
+        P (torch.Tensor): The :math:`b \times d` table.
+        Q (torch.Tensor): The table of at least :math:`\lceil N/m \rceil`
+            rows.
+        index (torch.Tensor or int): Ids of any shape, or :math:`N`.
+        rows_per_q (int): :math:`m`.
+        op (str, optional): :obj:`'add'` or :obj:`'mul'`.
+            (default: :obj:`'add'`)
+        pad_grad (bool, optional): For an integer :obj:`index`, sums the
+            gradient of :obj:`P` over zero-padded tiles (the float summation
+            order that :class:`~pyg_cerp.nn.QREmbedding` keeps, bit for bit).
+            (default: :obj:`False`)
+
+    Returns:
+        A tensor of shape :obj:`[*index.shape, d]` (:obj:`[N, d]`).
+    """
+    if not isinstance(index, Tensor):
+        return _ComposeAll.apply(P, Q, int(index), rows_per_q, op, pad_grad)
+    flat = index.reshape(-1)
+    p_rows = P.index_select(0, flat % P.size(0))
+    q_rows = Q.index_select(0, flat // rows_per_q)
+    out = p_rows.add_(q_rows) if op == 'add' else p_rows * q_rows
+    return out.view(*index.shape, P.size(1))
+
+
+# Soft-threshold pruning #####################################################
 
 
 class _TanhSquareSum(torch.autograd.Function):
-    r""":math:`\sum \tanh^2(K \mathbf{E})` with the gradient
-    :math:`2K \tanh(K\mathbf{E}) (1 - \tanh^2(K\mathbf{E}))`, in three
-    passes over :math:`\mathbf{E}` instead of the eight of the autograd
-    chain (measured 2.5x faster for 57k x 64 entries on CPU)."""
+    # sum(tanh(K E)^2) in three passes (the autograd chain takes eight).
     @staticmethod
     def forward(ctx, emb: Tensor, K: float) -> Tensor:
         t = emb.mul(K).tanh_()
@@ -171,16 +259,12 @@ class _SoftThreshold(torch.autograd.Function):
 
 def soft_threshold(value: Tensor, threshold: Tensor) -> Tensor:
     r"""The element-wise soft threshold of CERP/PEP,
-
-    .. math::
-        \hat{\mathbf{V}} = \mathrm{sign}(\mathbf{V}) \odot
-        \mathrm{ReLU}(|\mathbf{V}| - \sigma(\mathbf{S})),
-
-    with the gradients :math:`\partial \hat{v} / \partial v = [|v| >
-    \sigma(s)]` and :math:`\partial \hat{v} / \partial s =
-    -\mathrm{sign}(v) [|v| > \sigma(s)] \, \sigma(s)(1 - \sigma(s))`,
-    computed by one autograd node (four elementwise passes instead of the
-    twelve of the operator chain).
+    :math:`\hat{\mathbf{V}} = \mathrm{sign}(\mathbf{V}) \odot
+    \mathrm{ReLU}(|\mathbf{V}| - \sigma(\mathbf{S}))`, as one autograd node
+    (four element-wise passes instead of twelve), with
+    :math:`\partial \hat{v} / \partial v = [|v| > \sigma(s)]` and
+    :math:`\partial \hat{v} / \partial s = -\mathrm{sign}(v) [|v| >
+    \sigma(s)] \, \sigma(s)(1 - \sigma(s))`.
 
     Args:
         value (torch.Tensor): The values :math:`\mathbf{V}`.
@@ -190,148 +274,79 @@ def soft_threshold(value: Tensor, threshold: Tensor) -> Tensor:
     return _SoftThreshold.apply(value, threshold)
 
 
-class CompositionalEmbedding(Module):
-    r"""The compositional embedding with regularized pruning from the
-    `"Learning Compact Compositional Embeddings via Regularized Pruning for
-    Recommendation" <https://arxiv.org/abs/2309.03518>`_ paper (CERP).
+class _Counts:
+    num_embeddings: int
+    embedding_dim: int
 
-    A drop-in replacement for :class:`torch.nn.Embedding`: entity
-    :math:`k \in \{0, \ldots, N-1\}` is represented by the sum of one row of
-    each of two meta tables :math:`\mathbf{P}, \mathbf{Q} \in
-    \mathbb{R}^{b \times d}`,
+    @property
+    def num_full_params(self) -> int:
+        r"""The size :math:`Nd` of the full embedding table."""
+        return self.num_embeddings * self.embedding_dim
 
-    .. math::
-        \mathbf{e}_k = \hat{\mathbf{P}}_{k \bmod b} +
-        \hat{\mathbf{Q}}_{\lfloor k / \lceil N/b \rceil \rfloor},
+    def full_table_fraction(self) -> float:
+        r"""Non-zeros over :math:`Nd` (the memory relative to the full
+        table)."""
+        return self.num_nonzero() / self.num_full_params
 
-    where both tables are pruned by learnable element-wise soft thresholds
-    :math:`\mathbf{S}_P, \mathbf{S}_Q \in \mathbb{R}^{b \times d}`,
 
-    .. math::
-        \hat{\mathbf{P}} = \mathrm{sign}(\mathbf{P}) \odot
-        \mathrm{ReLU}(|\mathbf{P}| - \sigma(\mathbf{S}_P)),
+def _sync_mode_on_load(module: 'SoftThresholdPruning', _) -> None:
+    module._set_threshold_grad()
 
-    and likewise for :math:`\mathbf{Q}`. For :math:`b \geq \sqrt{N}`, every
-    entity gets a unique pair of meta rows, and each row of :math:`\mathbf{P}`
-    and :math:`\mathbf{Q}` is shared by at most :math:`\lceil N/b \rceil`
-    entities. The module stores :math:`2bd` values instead of :math:`Nd`
-    (plus as many threshold logits during training).
 
-    The pruning is driven by the thresholds (weight decay on
-    :math:`\mathbf{S}` slowly raises :math:`\sigma(\mathbf{S})`, as in the
-    official implementation) and kept complementary by
-    :meth:`pruning_loss`. Once a memory target is reached,
-    :meth:`freeze_masks` switches to *retrain mode*: the non-zero pattern is
-    frozen as binary masks, the thresholds are switched off, and the values can
-    be rewound to their initial state (lottery-ticket style).
+class SoftThresholdPruning(_Counts, Module):
+    r"""Learnable element-wise soft-threshold pruning of tables
+    :math:`\mathbf{V}` (CERP's :math:`\mathbf{P}, \mathbf{Q}`, PEP's
+    :math:`\mathbf{V}`) by threshold logits :math:`\mathbf{S}` of their
+    shape, :math:`\hat{\mathbf{V}} = \mathrm{sign}(\mathbf{V}) \odot
+    \mathrm{ReLU}(|\mathbf{V}| - \sigma(\mathbf{S}))` (see
+    :func:`soft_threshold`). :meth:`freeze_masks` switches to *retrain mode*,
+    :math:`\hat{\mathbf{V}} = \mathbf{V} \odot \mathbf{M}` with the frozen
+    non-zero pattern :math:`\mathbf{M}`, the thresholds off and the values
+    optionally rewound (lottery-ticket style); masks and mode are in the
+    state dict. Subclasses name the (table, threshold, mask) attributes in
+    :attr:`pruned_names` and call :meth:`_init_pruning`."""
+    #: The (table, threshold logits, mask) attribute names of each table.
+    pruned_names: Tuple[Tuple[str, str, str], ...] = ()
 
-    :attr:`weight` returns the full, differentiable :math:`N \times d`
-    matrix, so the module plugs into models that read
-    :obj:`self.embedding.weight`, such as PyG's
-    :class:`~torch_geometric.nn.models.LightGCN`:
-
-    .. code-block:: python
-
-        model = LightGCN(num_nodes, 64, num_layers=3)
-        model.embedding = CompositionalEmbedding(num_nodes, 64, 5000)
-
-    Args:
-        num_embeddings (int): The number of entities :math:`N`.
-        embedding_dim (int): The embedding size :math:`d`.
-        bucket_size (int): The number of rows :math:`b` of each meta table,
-            :math:`1 \leq b \leq N`. A warning is raised for
-            :math:`b < \sqrt{N}`, where some entities share both meta rows and
-            hence have identical embeddings.
-        threshold_init (float, optional): The initial value of every threshold
-            logit. The default :obj:`-100.` (the official code) gives
-            :math:`\sigma(\mathbf{S}) \approx 0`: nothing is pruned at first.
-            (default: :obj:`-100.`)
-        check_index (bool, optional): If set to :obj:`False`, does not check
-            that ids are integer and in :math:`[0, N)` in :meth:`forward`
-            (saves a device synchronisation per call). (default: :obj:`True`)
-        device (torch.device, optional): The device of the parameters.
-        dtype (torch.dtype, optional): The floating point type of the
-            parameters.
-    """
-    def __init__(
-        self,
-        num_embeddings: int,
-        embedding_dim: int,
-        bucket_size: int,
-        threshold_init: float = -100.,
-        check_index: bool = True,
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        super().__init__()
-        check_int('num_embeddings', num_embeddings)
-        check_int('embedding_dim', embedding_dim)
-        check_int('bucket_size', bucket_size)
+    def _init_pruning(self, num_embeddings: int, embedding_dim: int,
+                      shape: Tuple[int, int], threshold_init: float,
+                      check_index: bool, device: Optional[torch.device],
+                      dtype: Optional[torch.dtype]) -> None:
         check_float('threshold_init', threshold_init)
-        if bucket_size > num_embeddings:
-            raise ValueError(
-                f"'bucket_size' must be in [1, num_embeddings={num_embeddings}]"
-                f" (got {bucket_size})")
-        if bucket_size * bucket_size < num_embeddings:
-            warnings.warn(
-                f"'bucket_size'={bucket_size} is below sqrt(num_embeddings)="
-                f"{math.sqrt(num_embeddings):.1f}: some of the "
-                f"{num_embeddings} entities share both their P and their Q "
-                f"row and therefore get identical embeddings. Use "
-                f"bucket_size >= {math.ceil(math.sqrt(num_embeddings))} for "
-                f"unique embeddings.", UserWarning, stacklevel=2)
-
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
-        self.bucket_size = bucket_size
-        #: The number of consecutive entities sharing one row of Q.
-        self.rows_per_q = math.ceil(num_embeddings / bucket_size)
-        #: The number of rows of Q that are actually used.
-        self.num_q_rows_used = math.ceil(num_embeddings / self.rows_per_q)
         self.threshold_init = float(threshold_init)
         self.check_index = check_index
-
-        factory = dict(device=device, dtype=dtype)
-        self.P = Parameter(torch.empty(bucket_size, embedding_dim, **factory))
-        self.Q = Parameter(torch.empty(bucket_size, embedding_dim, **factory))
-        self.threshold_P = Parameter(
-            torch.empty(bucket_size, embedding_dim, **factory))
-        self.threshold_Q = Parameter(
-            torch.empty(bucket_size, embedding_dim, **factory))
-        self.register_buffer(
-            'mask_P',
-            torch.ones(bucket_size, embedding_dim, dtype=torch.bool,
-                       device=device))
-        self.register_buffer(
-            'mask_Q',
-            torch.ones(bucket_size, embedding_dim, dtype=torch.bool,
-                       device=device))
+        # The state-dict order: tables, thresholds, masks, mode.
+        for i in (0, 1):
+            for names in self.pruned_names:
+                setattr(self, names[i], Parameter(
+                    torch.empty(shape, device=device, dtype=dtype)))
+        for _, _, mask in self.pruned_names:
+            self.register_buffer(
+                mask, torch.ones(shape, dtype=torch.bool, device=device))
         self.register_buffer('retraining',
                              torch.zeros((), dtype=torch.bool, device=device))
-        self._register_load_state_dict_pre_hook(self._check_shapes_on_load)
-        self.register_load_state_dict_post_hook(self._sync_mode_on_load)
-        self.reset_parameters()
+        self.register_load_state_dict_post_hook(_sync_mode_on_load)
 
-    # Parameters ##############################################################
+    def _get(self, i: int) -> Tuple[Tensor, ...]:
+        return tuple(getattr(self, names[i]) for names in self.pruned_names)
 
     def reset_parameters(self) -> None:
-        r"""Re-initialises :math:`\mathbf{P}, \mathbf{Q}` (Xavier uniform, as
-        in the official code), sets every threshold logit to
-        :obj:`threshold_init` and leaves retrain mode (masks all ones)."""
-        torch.nn.init.xavier_uniform_(self.P)
-        torch.nn.init.xavier_uniform_(self.Q)
+        r"""Re-initialises the tables (Xavier uniform), sets the threshold
+        logits to :obj:`threshold_init` and leaves retrain mode."""
+        for table in self._get(0):
+            torch.nn.init.xavier_uniform_(table)
         with torch.no_grad():
-            self.threshold_P.fill_(self.threshold_init)
-            self.threshold_Q.fill_(self.threshold_init)
-            self.mask_P.fill_(True)
-            self.mask_Q.fill_(True)
+            for threshold, mask in zip(self._get(1), self._get(2)):
+                threshold.fill_(self.threshold_init)
+                mask.fill_(True)
             self.retraining.fill_(False)
         self._set_threshold_grad()
 
     def _set_threshold_grad(self) -> None:
-        trainable = not self.is_retraining
-        self.threshold_P.requires_grad_(trainable)
-        self.threshold_Q.requires_grad_(trainable)
+        for threshold in self._get(1):
+            threshold.requires_grad_(not self.is_retraining)
 
     @property
     def is_retraining(self) -> bool:
@@ -339,293 +354,253 @@ class CompositionalEmbedding(Module):
         return bool(self.retraining)
 
     def initial_state(self) -> Dict[str, Tensor]:
-        r"""Returns a copy of the current values of :math:`\mathbf{P}` and
-        :math:`\mathbf{Q}`, to be passed as :obj:`rewind_to` in
-        :meth:`freeze_masks` later."""
-        return {'P': self.P.detach().clone(), 'Q': self.Q.detach().clone()}
+        r"""A copy of the tables by name, for :meth:`freeze_masks`."""
+        return {names[0]: table.detach().clone()
+                for names, table in zip(self.pruned_names, self._get(0))}
 
-    # Pruning #################################################################
-
-    def pruned_tables(self) -> Tuple[Tensor, Tensor]:
-        r"""Returns the pruned meta tables
-        :math:`(\hat{\mathbf{P}}, \hat{\mathbf{Q}})`. In retrain mode, these
-        are :math:`\mathbf{P} \odot \mathbf{M}_P` and
-        :math:`\mathbf{Q} \odot \mathbf{M}_Q`."""
+    def pruned_tables(self) -> Tuple[Tensor, ...]:
+        r"""The pruned tables :math:`\hat{\mathbf{V}}` (in retrain mode
+        :math:`\mathbf{V} \odot \mathbf{M}`)."""
         if self.is_retraining:
-            return self.P * self.mask_P, self.Q * self.mask_Q
-        return (soft_threshold(self.P, self.threshold_P),
-                soft_threshold(self.Q, self.threshold_Q))
+            return tuple(t * m for t, m in zip(self._get(0), self._get(2)))
+        return tuple(soft_threshold(t, s)
+                     for t, s in zip(self._get(0), self._get(1)))
 
     @torch.no_grad()
-    def masks(self) -> Tuple[Tensor, Tensor]:
-        r"""Returns the boolean non-zero patterns of
-        :math:`(\hat{\mathbf{P}}, \hat{\mathbf{Q}})`."""
-        p_hat, q_hat = self.pruned_tables()
-        return p_hat != 0, q_hat != 0
+    def masks(self) -> Tuple[Tensor, ...]:
+        r"""The boolean non-zero patterns of :meth:`pruned_tables`."""
+        return tuple(t != 0 for t in self.pruned_tables())
 
     @torch.no_grad()
     def freeze_masks(
         self,
-        masks: Optional[Tuple[Tensor, Tensor]] = None,
+        masks: Optional[Union[Tensor, Sequence[Tensor]]] = None,
         rewind_to: Optional[Dict[str, Tensor]] = None,
     ) -> None:
-        r"""Switches to retrain mode: freezes the non-zero pattern as binary
-        masks and switches the thresholds off (they get no gradient).
+        r"""Switches to retrain mode (the thresholds get no gradient).
 
         Args:
-            masks ((torch.Tensor, torch.Tensor), optional): The boolean masks
-                :math:`(\mathbf{M}_P, \mathbf{M}_Q)` to freeze, *e.g.*, a
-                snapshot taken when a memory target was reached. If
-                :obj:`None`, the current non-zero pattern is used.
-                (default: :obj:`None`)
-            rewind_to (Dict[str, torch.Tensor], optional): Values for
-                :math:`\mathbf{P}` and :math:`\mathbf{Q}` (keys :obj:`'P'`,
-                :obj:`'Q'`, as returned by :meth:`initial_state`) to rewind
-                to. If :obj:`None`, the current *pruned* values are kept, so
-                the composed embeddings do not change at the switch.
-                (default: :obj:`None`)
+            masks (Sequence[torch.Tensor], optional): A boolean mask per table
+                (*e.g.*, a snapshot of :meth:`masks`; a tensor for one table).
+                :obj:`None`: the current pattern. (default: :obj:`None`)
+            rewind_to (Dict[str, torch.Tensor], optional): Values to rewind
+                the tables to (from :meth:`initial_state`). :obj:`None`: the
+                current pruned values. (default: :obj:`None`)
         """
-        if masks is None:
-            masks = self.masks()
-        mask_p, mask_q = masks
-        shape = (self.bucket_size, self.embedding_dim)
-        for name, mask in (('P', mask_p), ('Q', mask_q)):
-            if tuple(mask.shape) != shape:
-                raise ValueError(f"Mask for '{name}' must have shape {shape} "
-                                 f"(got {tuple(mask.shape)})")
-        if rewind_to is None:
-            p_hat, q_hat = self.pruned_tables()
-            self.P.copy_(p_hat)
-            self.Q.copy_(q_hat)
-        else:
-            missing = {'P', 'Q'} - set(rewind_to)
-            if missing:
-                raise KeyError(f"'rewind_to' lacks {sorted(missing)}")
-            for name in ('P', 'Q'):
-                value = rewind_to[name]
-                if tuple(value.shape) != shape:
-                    raise ValueError(
-                        f"'rewind_to[{name!r}]' must have shape {shape} (got "
-                        f"{tuple(value.shape)}): it must come from "
-                        f"'initial_state()' of an embedding with the same "
-                        f"bucket_size and embedding_dim")
-            self.P.copy_(rewind_to['P'])
-            self.Q.copy_(rewind_to['Q'])
-        self.mask_P.copy_(mask_p.to(torch.bool))
-        self.mask_Q.copy_(mask_q.to(torch.bool))
+        masks = self.masks() if masks is None else masks
+        masks = (masks, ) if isinstance(masks, Tensor) else tuple(masks)
+        names, tables = [n[0] for n in self.pruned_names], self._get(0)
+        if len(masks) != len(names):
+            raise ValueError(f"'masks' must hold one mask per table {names} "
+                             f"(got {len(masks)})")
+        missing = sorted(set(names) - set(rewind_to or names))
+        if missing:
+            raise KeyError(f"'rewind_to' lacks {missing}")
+        values = (self.pruned_tables() if rewind_to is None else
+                  [rewind_to[name] for name in names])
+        shape = tuple(tables[0].shape)
+        for name, mask, value in zip(names, masks, values):
+            for what, t in ((f"Mask for '{name}'", mask),
+                            (f"'rewind_to[{name!r}]'", value)):
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"{what} must have shape {shape} (got "
+                                     f"{tuple(t.shape)})")
+        for table, value in zip(tables, values):
+            table.copy_(value)
+        for buffer, mask in zip(self._get(2), masks):
+            buffer.copy_(mask.to(torch.bool))
         self.retraining.fill_(True)
         self._set_threshold_grad()
 
-    def pruning_loss(self, index: Optional[Tensor] = None,
-                     K: float = 100., reduction: str = 'mean') -> Tensor:
+    @torch.no_grad()
+    def num_nonzero(self) -> int:
+        r"""The non-zeros of :meth:`pruned_tables` (a
+        :class:`FloatingPointError` for :obj:`nan`, a diverged training)."""
+        tables = self.pruned_tables()
+        nnz, nan = torch.stack([sum(t.count_nonzero() for t in tables),
+                                sum(t.isnan().sum() for t in tables)]).tolist()
+        if nan:
+            raise FloatingPointError(
+                f"{type(self).__name__} holds {nan} nan value(s) in its "
+                f"pruned tables (training diverged), so its memory cannot be "
+                f"counted. Lower the learning rates or check the inputs.")
+        return int(nnz)
+
+    def _config_repr(self) -> str:
+        return ''
+
+    def extra_repr(self) -> str:
+        out = (f'{self.num_embeddings}, {self.embedding_dim}'
+               f'{self._config_repr()}, '
+               f'mode={"retrain" if self.is_retraining else "prune"}')
+        try:
+            nnz = self.num_nonzero()
+        except FloatingPointError:  # Printing a diverged model must work.
+            return out + ', nonzero=nan'
+        out += f', nonzero={nnz}'
+        if hasattr(self, 'num_meta_params'):
+            out += f', meta_density={nnz / self.num_meta_params:.4f}'
+        return out + f', full_table_fraction={nnz / self.num_full_params:.4f}'
+
+
+def _check_sizes_on_load(module: 'CompositionalEmbedding', state_dict: Dict,
+                         prefix: str, *args) -> None:
+    # The tensors alone cannot tell two embeddings of another N but the same
+    # b and d apart, although they hash entities to other rows.
+    extra = state_dict.get(prefix + '_extra_state')
+    if extra is None:
+        return
+    mine = module.get_extra_state()
+    diff = {k: (extra.get(k), v) for k, v in mine.items()
+            if extra.get(k) != v} if isinstance(extra, dict) else extra
+    if diff:
+        raise RuntimeError(
+            f"Cannot load the state of a CompositionalEmbedding with other "
+            f"sizes into '{prefix or 'self'}' (differences as (state dict, "
+            f"module): {diff}; expected the sizes {mine}): the entities "
+            f"would map to other meta rows.")
+
+
+class CompositionalEmbedding(SoftThresholdPruning):
+    r"""The compositional embedding with regularized pruning from the
+    `"Learning Compact Compositional Embeddings via Regularized Pruning for
+    Recommendation" <https://arxiv.org/abs/2309.03518>`_ paper (CERP).
+
+    A drop-in :class:`torch.nn.Embedding`: entity :math:`k < N` sums a row
+    of each of two meta tables :math:`\mathbf{P}, \mathbf{Q} \in
+    \mathbb{R}^{b \times d}` (see :func:`compose`), pruned by learnable
+    soft thresholds (see :class:`SoftThresholdPruning`),
+
+    .. math::
+        \mathbf{e}_k = \hat{\mathbf{P}}_{k \bmod b} +
+        \hat{\mathbf{Q}}_{\lfloor k / \lceil N/b \rceil \rfloor},
+        \qquad \hat{\mathbf{P}} = \mathrm{sign}(\mathbf{P}) \odot
+        \mathrm{ReLU}(|\mathbf{P}| - \sigma(\mathbf{S}_P)).
+
+    Rows are unique per entity for :math:`b \geq \sqrt{N}`;
+    :meth:`pruning_loss` keeps the zeros of the two tables complementary.
+    :attr:`weight` is the differentiable :math:`N \times d` matrix, so
+    :obj:`lightgcn.embedding = CompositionalEmbedding(N, 64, 5000)` works.
+
+    Args:
+        num_embeddings (int): The number of entities :math:`N`.
+        embedding_dim (int): The embedding size :math:`d`.
+        bucket_size (int): The rows :math:`b` of each meta table,
+            :math:`1 \leq b \leq N` (a warning for :math:`b < \sqrt{N}`, where
+            some entities get identical embeddings).
+        threshold_init (float, optional): The initial threshold logit; the
+            official :obj:`-100.` prunes nothing at first.
+            (default: :obj:`-100.`)
+        check_index (bool, optional): Check that ids lie in :math:`[0, N)` in
+            :meth:`forward` (it never synchronises the device).
+            (default: :obj:`True`)
+        device (torch.device, optional): The device.
+        dtype (torch.dtype, optional): The floating point type.
+    """
+    pruned_names = (('P', 'threshold_P', 'mask_P'),
+                    ('Q', 'threshold_Q', 'mask_Q'))
+
+    def __init__(self, num_embeddings: int, embedding_dim: int,
+                 bucket_size: int, threshold_init: float = -100.,
+                 check_index: bool = True,
+                 device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        _check_sizes(num_embeddings, embedding_dim, 'bucket_size', bucket_size)
+        if bucket_size * bucket_size < num_embeddings:
+            warnings.warn(
+                f"'bucket_size'={bucket_size} is below sqrt(num_embeddings)="
+                f"{math.sqrt(num_embeddings):.1f}: some entities share both "
+                f"rows and get identical embeddings (use bucket_size >= "
+                f"{math.ceil(math.sqrt(num_embeddings))})", stacklevel=2)
+        self.bucket_size = bucket_size
+        #: The number :math:`\lceil N/b \rceil` of entities per row of Q.
+        self.rows_per_q = math.ceil(num_embeddings / bucket_size)
+        #: The number of rows of Q that are used.
+        self.num_q_rows_used = math.ceil(num_embeddings / self.rows_per_q)
+        self._init_pruning(num_embeddings, embedding_dim,
+                           (bucket_size, embedding_dim), threshold_init,
+                           check_index, device, dtype)
+        self._register_load_state_dict_pre_hook(_check_sizes_on_load,
+                                                with_module=True)
+        self.reset_parameters()
+
+    def pruning_loss(self, index: Optional[Tensor] = None, K: float = 100.,
+                     reduction: str = 'mean') -> Tensor:
         r"""The complementary pruning regulariser of CERP,
 
         .. math::
             \mathcal{L}_{\textrm{prune}} = -\frac{1}{|\mathcal{B}|}
             \sum_{k \in \mathcal{B}} \| \tanh(K \cdot \mathbf{e}_k) \|_2^2,
 
-        over the composed embeddings :math:`\mathbf{e}_k` of the entities in
-        :obj:`index`. :math:`\tanh(K x)^2 \approx 1` unless :math:`x \approx
-        0`, so the loss counts (smoothly) the non-zero entries of the composed
-        embeddings: it is minimised when the zeros of
-        :math:`\hat{\mathbf{P}}_{k \bmod b}` and
-        :math:`\hat{\mathbf{Q}}_{\lfloor k/\lceil N/b \rceil \rfloor}` are at
-        different positions, *i.e.*, when the two pruned tables are
-        complementary.
-
-        Scale: by default (:obj:`reduction='mean'`), the squared norm is
-        summed over dimensions and averaged over entities, so the value lies
-        in :math:`[-d, 0]` and its weight :math:`\gamma` does not depend on
-        the batch size (the official code sums over the batch, which ties
-        :math:`\gamma` to the batch size).
+        a smooth count of the non-zeros of the embeddings, minimal when the
+        zeros of :math:`\hat{\mathbf{P}}, \hat{\mathbf{Q}}` do not overlap
+        (in :math:`[-d, 0]` for :obj:`'mean'`; the official code sums).
 
         Args:
             index (torch.Tensor, optional): The entity ids of the batch
-                (duplicates count as often as they appear). If :obj:`None`,
-                all :math:`N` entities. (default: :obj:`None`)
-            K (float, optional): The sharpness :math:`K`. (default: :obj:`100.`)
+                (:obj:`None`: all :math:`N`). (default: :obj:`None`)
+            K (float, optional): The sharpness. (default: :obj:`100.`)
             reduction (str, optional): :obj:`'mean'` (over entities) or
                 :obj:`'sum'`. (default: :obj:`'mean'`)
         """
         if reduction not in ('mean', 'sum'):
             raise ValueError(f"'reduction' must be 'mean' or 'sum' "
                              f"(got {reduction!r})")
-        emb = self._compose_all() if index is None else self(index)
+        emb = (compose(*self.pruned_tables(), self.num_embeddings,
+                       self.rows_per_q) if index is None else self(index))
         emb = emb.reshape(-1, self.embedding_dim)
         out = -_TanhSquareSum.apply(emb, float(K))
         return out / max(emb.size(0), 1) if reduction == 'mean' else out
 
-    # Lookups #################################################################
-
-    def _compose_all(self) -> Tensor:
-        p_hat, q_hat = self.pruned_tables()
-        return _ComposeAll.apply(p_hat, q_hat, self.num_embeddings,
-                                 self.rows_per_q)
-
     @property
     def weight(self) -> Tensor:
-        r"""The full, differentiable :math:`N \times d` embedding matrix
-        :math:`[\mathbf{e}_0, \ldots, \mathbf{e}_{N-1}]`, recomputed from the
-        meta tables on every access (see :class:`ComposedWeight` for what
-        in-place operations on it do)."""
-        out = self._compose_all().as_subclass(ComposedWeight)
-        out._owner = weakref.ref(self)
-        return out
+        r"""The full, differentiable :math:`N \times d` matrix, recomputed on
+        every access (see :class:`ComposedWeight`)."""
+        return computed_weight(
+            compose(*self.pruned_tables(), self.num_embeddings,
+                    self.rows_per_q), self)
 
     def hash_index(self, index: Tensor) -> Tuple[Tensor, Tensor]:
-        r"""Returns the meta-table rows :math:`(k \bmod b,
-        \lfloor k / \lceil N/b \rceil \rfloor)` of the entity ids
-        :obj:`index`."""
+        r"""The meta rows :math:`(k \bmod b, \lfloor k / \lceil N/b \rceil
+        \rfloor)` of the ids :obj:`index`."""
         return index % self.bucket_size, index // self.rows_per_q
 
     def forward(self, index: Tensor) -> Tensor:
-        r"""Looks up the composed embeddings of :obj:`index`.
-
-        Args:
-            index (torch.Tensor): Integer entity ids in :math:`[0, N)` of any
-                shape.
-
-        Returns:
-            A tensor of shape :obj:`[*index.shape, d]`.
-        """
-        if self.check_index:
-            check_index(index, self.num_embeddings, 'index')
-        else:  # No synchronisation, but never a uint8 mask as ids.
-            check_index_dtype(index, 'index')
-        p_hat, q_hat = self.pruned_tables()
-        p_row, q_row = self.hash_index(index.reshape(-1))
-        # `index_select` back-propagates through `index_add_`, several times
-        # faster on CPU than the `index_put_` of advanced indexing.
-        out = p_hat.index_select(0, p_row).add_(q_hat.index_select(0, q_row))
-        return out.view(*index.shape, self.embedding_dim)
-
-    # Counting ################################################################
-
-    @torch.no_grad()
-    def num_nonzero(self) -> int:
-        r"""The number of non-zero values in
-        :math:`\hat{\mathbf{P}}` and :math:`\hat{\mathbf{Q}}` together.
-
-        Raises:
-            FloatingPointError: If a table holds :obj:`nan` (diverged
-                training), which would otherwise count as non-zero.
-        """
-        p_hat, q_hat = self.pruned_tables()
-        nnz, nan = torch.stack([
-            p_hat.count_nonzero() + q_hat.count_nonzero(),
-            p_hat.isnan().sum() + q_hat.isnan().sum()
-        ]).tolist()
-        if nan:
-            raise FloatingPointError(
-                f"CompositionalEmbedding holds {nan} nan value(s) in its "
-                f"pruned tables (P, Q or the thresholds are nan: training "
-                f"diverged), so its memory cannot be counted. Lower the "
-                f"learning rates or check the inputs for nan/inf.")
-        return int(nnz)
+        r"""The embeddings :obj:`[*index.shape, d]` of the integer ids
+        :obj:`index` in :math:`[0, N)`."""
+        _check_ids(index, self.num_embeddings, self.check_index)
+        return compose(*self.pruned_tables(), index, self.rows_per_q)
 
     @property
     def num_meta_params(self) -> int:
         r"""The size :math:`2bd` of the two meta tables."""
         return 2 * self.bucket_size * self.embedding_dim
 
-    @property
-    def num_full_params(self) -> int:
-        r"""The size :math:`Nd` of the full embedding table it replaces."""
-        return self.num_embeddings * self.embedding_dim
-
     def meta_density(self) -> float:
-        r"""Non-zeros over :math:`2bd`. The paper's "sparsity" is
-        :obj:`1 - meta_density()`."""
+        r"""Non-zeros over :math:`2bd` (the paper's sparsity is one minus
+        it)."""
         return self.num_nonzero() / self.num_meta_params
-
-    def full_table_fraction(self) -> float:
-        r"""Non-zeros over :math:`Nd`: the memory (in values) relative to the
-        full :math:`N \times d` table, as users budget it."""
-        return self.num_nonzero() / self.num_full_params
-
-    # Export ##################################################################
 
     def to_compact(self, dtype: torch.dtype = torch.float32,
                    layout: str = 'auto',
                    decode: str = 'cache') -> 'CompactEmbedding':
-        r"""Exports the pruned embedding to an inference-only
-        :class:`~pyg_cerp.nn.compact.CompactEmbedding` that stores only the
-        non-zero values of :math:`\hat{\mathbf{P}}` and of the used rows of
-        :math:`\hat{\mathbf{Q}}` (see there for the layouts and precisions).
-
-        Args:
-            dtype (torch.dtype or str, optional): The value precision:
-                :obj:`torch.float32`, :obj:`torch.float16` or
-                :obj:`torch.int8` (per-row absmax scales).
-                (default: :obj:`torch.float32`)
-            layout (str, optional): :obj:`'csr'`, :obj:`'bitmap'` or
-                :obj:`'auto'` (the smaller one, per table).
-                (default: :obj:`'auto'`)
-            decode (str, optional): :obj:`'cache'` (decode to dense tables
-                once) or :obj:`'lookup'` (decode per call).
-                (default: :obj:`'cache'`)
-        """
+        r"""The inference-only :class:`~pyg_cerp.nn.compact.CompactEmbedding`
+        (arguments as its :meth:`from_compositional`)."""
         from pyg_cerp.nn.compact import CompactEmbedding
         return CompactEmbedding.from_compositional(self, dtype=dtype,
                                                    layout=layout,
                                                    decode=decode)
 
-    # Serialisation ###########################################################
-
     def get_extra_state(self) -> Dict[str, int]:
-        r"""The sizes :math:`N`, :math:`d` and :math:`b`, stored in the state
-        dict (key :obj:`'_extra_state'`): the tensors alone cannot tell two
-        embeddings with another :math:`N` but the same :math:`b` and
-        :math:`d` apart, although they hash entities to other rows."""
+        r"""The sizes :math:`N, d, b` (key :obj:`'_extra_state'` of the
+        state dict; checked on load)."""
         return dict(num_embeddings=self.num_embeddings,
                     embedding_dim=self.embedding_dim,
                     bucket_size=self.bucket_size)
 
     def set_extra_state(self, state: Any) -> None:
-        # Checked (with the key prefix) in `_check_shapes_on_load`.
-        pass
+        pass  # Checked, with the key prefix, by `_check_sizes_on_load`.
 
-    def _check_shapes_on_load(self, state_dict, prefix, *args) -> None:
-        shape = (self.bucket_size, self.embedding_dim)
-        for name in ('P', 'Q', 'threshold_P', 'threshold_Q', 'mask_P',
-                     'mask_Q'):
-            value = state_dict.get(prefix + name)
-            if value is not None and tuple(value.shape) != shape:
-                raise RuntimeError(
-                    f"Cannot load '{prefix}{name}' of shape "
-                    f"{tuple(value.shape)} into {self}: expected {shape}")
-        extra = state_dict.get(prefix + '_extra_state')
-        if extra is not None:
-            mine = self.get_extra_state()
-            if not isinstance(extra, dict):
-                raise RuntimeError(f"Cannot load '{prefix}_extra_state' "
-                                   f"{extra!r} into {type(self).__name__}: "
-                                   f"expected a dict of sizes {mine}")
-            diff = {k: (extra.get(k), v) for k, v in mine.items()
-                    if extra.get(k) != v}
-            if diff:
-                raise RuntimeError(
-                    f"Cannot load the state of a CompositionalEmbedding with "
-                    f"other sizes into '{prefix or 'self'}' (differences as "
-                    f"(state dict, module): {diff}): the entities would map "
-                    f"to other meta rows. Build the module with the sizes of "
-                    f"the state dict.")
-
-    @staticmethod
-    def _sync_mode_on_load(module: 'CompositionalEmbedding',
-                           incompatible_keys) -> None:
-        module._set_threshold_grad()
-
-    def extra_repr(self) -> str:
-        mode = 'retrain' if self.is_retraining else 'prune'
-        try:
-            nnz = self.num_nonzero()
-        except FloatingPointError:  # printing a diverged model must work
-            return (f'{self.num_embeddings}, {self.embedding_dim}, '
-                    f'bucket_size={self.bucket_size}, mode={mode}, '
-                    f'nonzero=nan')
-        return (f'{self.num_embeddings}, {self.embedding_dim}, '
-                f'bucket_size={self.bucket_size}, mode={mode}, '
-                f'nonzero={nnz}, '
-                f'meta_density={nnz / self.num_meta_params:.4f}, '
-                f'full_table_fraction={nnz / self.num_full_params:.4f}')
+    def _config_repr(self) -> str:
+        return f', bucket_size={self.bucket_size}'

@@ -4,82 +4,52 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor
 from torch.nn import Module
-
 from torch_geometric.nn.models import MLP
+
+from pyg_cerp.utils.validation import check_index
 
 #: The named architectures of :class:`MLPScorer` (see its docstring).
 MLP_PRESETS = ('small', 'official')
 
 
 class MLPScorer(Module):
-    r"""Scores (user, item) pairs with a multi-layer perceptron over the
-    concatenated user and item embeddings (the MLP branch of NCF, `"Neural
-    Collaborative Filtering" <https://arxiv.org/abs/1708.05031>`_),
+    r"""Scores (user, item) pairs with an MLP over the concatenated user and
+    item embeddings (the MLP branch of `"Neural Collaborative Filtering"
+    <https://arxiv.org/abs/1708.05031>`_),
 
     .. math::
+        \hat{y}_{ui} = \mathrm{MLP}(\mathbf{x}_{ui}), \qquad
         \mathbf{x}_{ui} = [\mathbf{e}_u \,\|\, \mathbf{e}_{N_U + i}]
-        \;\Big/\; \max\!\left(1, \|\mathbf{x}_{ui}\|_0\right)
-        \ \text{(if normalize\_input)}, \qquad
-        \hat{y}_{ui} = \mathbf{w}^\top \mathbf{h}_L + c, \quad
-        \mathbf{h}_l = \mathrm{Dropout}(\mathrm{ReLU}(\mathrm{BN}(
-        \mathbf{W}_l \mathbf{h}_{l-1} + \mathbf{b}_l))),
-        \quad \mathbf{h}_0 = \mathbf{x}_{ui},
+        \ \big/ \max(1, \|[\mathbf{e}_u \,\|\, \mathbf{e}_{N_U + i}]\|_0)
+        \ \text{(with normalize\_input)},
 
-    where :math:`\|\mathbf{x}\|_0` counts the non-zero entries of the
-    :math:`2d`-dimensional input (for a pruned embedding, heavily pruned
-    entities get their few values scaled up) and :math:`\mathrm{BN}` is
-    batch normalisation (identity if :obj:`batch_norm=False`).
+    hidden layers Linear, BatchNorm (optional), ReLU, Dropout and a linear
+    output. Users and items share one embedding over :math:`N_U + N_I`
+    entities, items offset by :math:`N_U` (PyG's node order), so any module
+    with the :class:`torch.nn.Embedding` interface plugs in.
 
-    Two named architectures (:obj:`preset`):
-
-    * :obj:`'small'` (the default): one hidden layer of 64 units, no batch
-      normalisation, no input normalisation. Full-ranking evaluation costs
-      about :math:`2 \cdot 64` multiply-adds per (user, item) pair after the
-      first layer is split into its user and item halves
-      (:meth:`score_all`), so all of Gowalla's :math:`3 \cdot 10^4 \times 4
-      \cdot 10^4` pairs take about a minute on two CPU cores;
-    * :obj:`'official'`: the MLP of the official CERP code
-      (``CERP/models/modules.py``, class :obj:`MLP`, with torchfm's
-      :obj:`MultiLayerPerceptron`): input divided by its non-zero count,
-      :obj:`num_layers=3` *expanding* hidden layers of widths
-      :math:`2d \cdot 2, 2d \cdot 4, 2d \cdot 8` (:math:`256, 512, 1024` for
-      :math:`d = 64`), each Linear, BatchNorm, ReLU, Dropout(0), then a
-      Linear output; Xavier-uniform weights (biases as
-      :class:`torch.nn.Linear`). About :math:`6.6 \cdot 10^5`
-      multiply-adds per pair at :math:`d = 64`: full ranking needs a GPU.
-
-    Explicit arguments override the preset's values. In evaluation mode
-    batch normalisation is the affine map of its running statistics, so
-    :meth:`score_all` equals :meth:`forward` on every pair. In training mode
-    it normalises over the pairs of one call: score positives and negatives
-    in *one* call (as :class:`~pyg_cerp.train.MLPRecommender` does), or
-    their statistics differ and the normalisation removes the score gap BPR
-    learns from.
-
-    Users and items share one embedding module over :math:`N_U + N_I`
-    entities, users first, items offset by :math:`N_U` (the node order of
-    :meth:`HeteroData.to_homogeneous` and of PyG's
-    :class:`~torch_geometric.nn.models.LightGCN`), so any module with the
-    :class:`torch.nn.Embedding` interface plugs in: :class:`torch.nn.Embedding`
-    or :class:`~pyg_cerp.nn.CompositionalEmbedding`.
+    Presets: :obj:`'small'` (one hidden layer of 64, no normalisations;
+    :meth:`score_all` ranks all of Gowalla in about a minute on two cores)
+    and :obj:`'official'` (the official CERP MLP: input normalisation, hidden
+    widths :math:`4d, 8d, 16d` with batch normalisation; Xavier-uniform
+    weights; needs a GPU for full ranking). Explicit arguments override the
+    preset. In training mode batch normalisation mixes the pairs of one call:
+    score positives and negatives together (as
+    :class:`~pyg_cerp.train.MLPRecommender` does).
 
     Args:
         num_users (int): The number of users :math:`N_U`.
         num_items (int): The number of items :math:`N_I`.
-        embedding (torch.nn.Module): The embedding module over
-            :math:`N_U + N_I` entities; :obj:`embedding(index)` must return
-            :obj:`[*index.shape, d]` and it must expose
-            :obj:`embedding_dim`.
-        hidden_channels (Sequence[int], optional): The hidden layer sizes
-            (:obj:`None`: the preset's, :obj:`(64,)` or
-            :math:`(4d, 8d, 16d)`). (default: :obj:`None`)
+        embedding (torch.nn.Module): The embedding of :math:`N_U + N_I`
+            entities, with :obj:`embedding_dim`.
+        hidden_channels (Sequence[int], optional): The hidden sizes
+            (:obj:`None`: the preset's). (default: :obj:`None`)
         dropout (float, optional): Dropout after each hidden layer
-            (:obj:`None`: the preset's, :obj:`0.`). (default: :obj:`None`)
-        batch_norm (bool, optional): Batch normalisation after each hidden
-            linear layer (:obj:`None`: the preset's). (default: :obj:`None`)
-        normalize_input (bool, optional): Divide the concatenated input by
-            its number of non-zeros (at least 1) (:obj:`None`: the
-            preset's). (default: :obj:`None`)
+            (:obj:`None`: :obj:`0.`). (default: :obj:`None`)
+        batch_norm (bool, optional): Batch normalisation in the hidden layers
+            (:obj:`None`: the preset's). (default: :obj:`None`)
+        normalize_input (bool, optional): Divide the input by its number of
+            non-zeros (:obj:`None`: the preset's). (default: :obj:`None`)
         preset (str, optional): :obj:`'small'` or :obj:`'official'`.
             (default: :obj:`'small'`)
     """
@@ -133,32 +103,19 @@ class MLPScorer(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        r"""Resets all learnable parameters of the module: the embedding's,
-        Xavier-uniform weights of every linear layer (biases as
-        :class:`torch.nn.Linear`), batch-norm statistics and affine
-        parameters."""
+        r"""Resets the embedding, the MLP and (Xavier uniform) its linear
+        weights."""
         self.embedding.reset_parameters()
         self.mlp.reset_parameters()
         for lin in self.mlp.lins:
             torch.nn.init.xavier_uniform_(lin.weight)
 
-    def _check(self, index: Tensor, size: int, name: str) -> None:
-        from pyg_cerp.utils.validation import check_index
-        check_index(index, size, name)
-
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
-        r"""Scores the pairs :obj:`(user[i], item[i])` (broadcastable shapes of
-        local user and item ids).
-
-        Args:
-            user (torch.Tensor): Local user ids in :math:`[0, N_U)`.
-            item (torch.Tensor): Local item ids in :math:`[0, N_I)`.
-
-        Returns:
-            The scores, of the broadcast shape of :obj:`user` and :obj:`item`.
-        """
-        self._check(user, self.num_users, 'user')
-        self._check(item, self.num_items, 'item')
+        r"""The scores of the pairs :obj:`(user, item)` (broadcastable
+        local ids in :math:`[0, N_U)` and :math:`[0, N_I)`), of their
+        broadcast shape."""
+        check_index(user, self.num_users, 'user')
+        check_index(item, self.num_items, 'item')
         user, item = torch.broadcast_tensors(user, item)
         e_u = self.embedding(user)
         e_i = self.embedding(item + self.num_users)
@@ -170,24 +127,19 @@ class MLPScorer(Module):
         return self.mlp(x.reshape(-1, x.size(-1))).view(shape)
 
     def score_all(self, user: Tensor, item_batch_size: int = 8192) -> Tensor:
-        r"""Scores every item for each user in :obj:`user` (for full-ranking
-        evaluation, with batch normalisation in evaluation mode), in chunks
-        of :obj:`item_batch_size` items. The first linear layer is split into
-        its user and item halves, :math:`\mathbf{W}_1 \mathbf{x}_{ui} =
-        (\mathbf{W}_1^{(u)} \mathbf{e}_u + \mathbf{W}_1^{(i)}
-        \mathbf{e}_i) / c_{ui}` with :math:`c_{ui} = \max(1, \|\mathbf{e}_u
-        \|_0 + \|\mathbf{e}_i\|_0)` (:math:`1` without input normalisation),
-        so each half is computed once per user and item, not once per pair.
+        r"""The :obj:`[len(user), num_items]` scores of every item for the
+        local user ids :obj:`user` (full ranking, batch normalisation in
+        evaluation mode), with the first layer split into its user and item
+        halves, :math:`\mathbf{W}_1 \mathbf{x}_{ui} = (\mathbf{W}_1^{(u)}
+        \mathbf{e}_u + \mathbf{W}_1^{(i)} \mathbf{e}_i) / c_{ui}`, each
+        computed once per user or item.
 
         Args:
             user (torch.Tensor): Local user ids :obj:`[U]`.
             item_batch_size (int, optional): Items per chunk.
                 (default: :obj:`8192`)
-
-        Returns:
-            A tensor of shape :obj:`[len(user), num_items]`.
         """
-        self._check(user, self.num_users, 'user')
+        check_index(user, self.num_users, 'user')
         if item_batch_size < 1:
             raise ValueError(f"'item_batch_size' must be positive "
                              f"(got {item_batch_size})")

@@ -1,51 +1,22 @@
-r"""Fast LightGCN propagation over a *symmetric* sparse adjacency matrix.
+r"""LightGCN propagation over a *symmetric* sparse adjacency matrix.
 
-The symmetrically normalised LightGCN adjacency
+The normalised LightGCN adjacency :math:`\mathbf{\hat{A}} = \mathbf{D}^{-1/2}
+\mathbf{A} \mathbf{D}^{-1/2}` of an undirected graph is symmetric, so the
+gradient :math:`\mathbf{\hat{A}}^{\top} \mathbf{G}` of :math:`\mathbf{\hat{A}}
+\mathbf{X}` is :math:`\mathbf{\hat{A}} \mathbf{G}`: the backward pass can
+re-use the forward matrix instead of transposing it on every call, as
+:func:`torch.sparse.mm` does. :func:`use_symmetric_propagation` applies this
+to an unmodified PyG :class:`~torch_geometric.nn.models.LightGCN` by swapping
+its layers (the adjacency stays a plain CSR tensor):
 
-.. math::
-    \mathbf{\hat{A}} = \mathbf{D}^{-1/2} \mathbf{A} \mathbf{D}^{-1/2},
-    \qquad
-    \mathbf{A} = \begin{bmatrix} \mathbf{0} & \mathbf{R} \\
-    \mathbf{R}^{\top} & \mathbf{0} \end{bmatrix}
+.. code-block:: python
 
-is symmetric, :math:`\mathbf{\hat{A}}^{\top} = \mathbf{\hat{A}}`.
-The gradient of :math:`\mathbf{Y} = \mathbf{\hat{A}} \mathbf{X}` with respect
-to :math:`\mathbf{X}` is :math:`\mathbf{\hat{A}}^{\top} \mathbf{G}`, which
-:pytorch:`PyTorch` computes by transposing the sparse matrix on *every*
-backward call.
-For a symmetric matrix that transpose is unnecessary: the backward pass can
-re-use the forward matrix, :math:`\mathbf{\hat{A}} \mathbf{G}`.
-
-This module provides
-
-* :class:`SymmetricSpMM` / :func:`symmetric_spmm`: the autograd primitive,
-* :func:`check_symmetric` / :func:`is_symmetric`: the (one-off) validation,
-* :class:`SymmetricLGConv`: a drop-in :class:`~torch_geometric.nn.conv.LGConv`
-  that uses the primitive for :class:`torch.sparse.Tensor` inputs, and
-* :func:`use_symmetric_propagation`: swaps the convolutions of an existing,
-  unmodified :class:`torch_geometric.nn.models.LightGCN` in place, and
-* :func:`symmetric_lightgcn_propagation`: the whole multi-layer propagation
-  as one autograd node, for custom models.
-
-The integration swaps layers rather than wrapping the adjacency: PyG's
-:meth:`LightGCN.forward` and :meth:`MessagePassing.propagate` only accept
-:class:`torch.Tensor` / :class:`torch_sparse.SparseTensor` /
-:class:`~torch_geometric.EdgeIndex` connectivity, so a wrapper object would
-have to be a sparse :class:`torch.Tensor` subclass, which is fragile across
-:pytorch:`PyTorch` releases. With swapped layers, the adjacency stays a plain
-CSR tensor that also works with stock PyG code.
-
-Example:
-    >>> from torch_geometric.nn.models import LightGCN
-    >>> model = LightGCN(num_nodes, embedding_dim=64, num_layers=3,
-    ...                  normalize=False)
-    >>> model = use_symmetric_propagation(model)
-    >>> # `adj` is the pre-normalised symmetric torch CSR adjacency:
-    >>> out = model.get_embedding(adj)
+    model = use_symmetric_propagation(LightGCN(N, 64, 3, normalize=False))
+    out = model.get_embedding(adj)  # adj: the pre-normalised CSR matrix
 """
 import types
 import weakref
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -54,30 +25,38 @@ from torch_geometric.nn.models import LightGCN
 from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import is_torch_sparse_tensor
 
-__all__ = [
-    'SymmetricSpMM',
-    'symmetric_spmm',
-    'is_symmetric',
-    'check_symmetric',
-    'SymmetricLGConv',
-    'RowGatherTensor',
-    'use_symmetric_propagation',
-    'symmetric_lightgcn_propagation',
-]
+__all__ = ['SymmetricSpMM', 'symmetric_spmm', 'is_symmetric',
+           'check_symmetric', 'SymmetricLGConv', 'RowGatherTensor',
+           'use_symmetric_propagation', 'symmetric_lightgcn_propagation']
 
-# Adjacency objects that already passed `check_symmetric`, keyed by `id()`.
-# Values are held weakly, so an entry disappears together with its tensor and
-# a recycled `id()` can never be mistaken for a validated matrix.
-_VALIDATED: 'weakref.WeakValueDictionary[int, Tensor]' = (
-    weakref.WeakValueDictionary())
+
+def _cached(cache: Dict[int, Tuple[Any, Any, Any]], tensor: Tensor,
+            make: Callable[[], Any], version: Any = None) -> Any:
+    # A value derived from `tensor`, cached by `id()` while the tensor lives
+    # (a weak reference: a recycled id is never mistaken for the tensor).
+    key = id(tensor)
+    entry = cache.get(key)
+    if entry is not None and entry[0]() is tensor and entry[1] == version:
+        return entry[2]
+    value = make()
+    ref = weakref.ref(tensor, lambda _, key=key: cache.pop(key, None))
+    cache[key] = (ref, version, value)
+    return value
+
+
+# Matrices that passed `check_symmetric`, int32 copies of CSR matrices and
+# layer weights read from CUDA tensors (see `_cached`).
+_VALIDATED: Dict[int, Tuple[Any, Any, Any]] = {}
+_INT32_CSR: Dict[int, Tuple[Any, Any, Any]] = {}
+_COEFFICIENTS: Dict[int, Tuple[Any, Any, Any]] = {}
 
 
 def _check_sparse_matrix(adj: Any, name: str = 'adj') -> None:
     if not isinstance(adj, Tensor) or not is_torch_sparse_tensor(adj):
+        layout = (f" with layout '{adj.layout}'"
+                  if isinstance(adj, Tensor) else '')
         raise TypeError(f"'{name}' must be a 'torch.sparse.Tensor' (CSR, CSC "
-                        f"or COO layout), got '{type(adj).__name__}'"
-                        + (f" with layout '{adj.layout}'" if isinstance(
-                            adj, Tensor) else ''))
+                        f"or COO layout), got '{type(adj).__name__}'{layout}")
     if adj.dim() != 2 or adj.dense_dim() != 0:
         raise ValueError(f"'{name}' must be a two-dimensional sparse matrix "
                          f"with scalar values (got shape {tuple(adj.size())} "
@@ -99,155 +78,96 @@ def _check_operands(adj: Any, x: Tensor, caller: str, hint: str = '') -> None:
                          f"{tuple(x.size())})")
 
 
-def _max_asymmetry(adj: Tensor) -> Tuple[float, float, Tensor]:
-    r"""Returns :math:`\max |a_{ij} - a_{ji}|`, :math:`\max |a_{ij}|` and the
-    vector of all :math:`|a_{ij} - a_{ji}|` of a square sparse matrix."""
+def _asymmetry(adj: Tensor, rtol: float, atol: float) -> Tuple[Tensor, float]:
+    # |a_ij - a_ji| of all entries (a missing a_ji counts as 0) and the
+    # tolerance atol + rtol * max |a_ij|.
+    _check_sparse_matrix(adj)
     coo = adj.detach().to_sparse_coo().coalesce()
     if coo._nnz() == 0:
-        return 0.0, 0.0, coo.values().new_zeros(0)
+        return coo.values().new_zeros(0), atol
     diff = (coo - coo.t()).coalesce().values().abs()
-    scale = float(coo.values().abs().max())
-    return float(diff.max()) if diff.numel() > 0 else 0.0, scale, diff
+    return diff, atol + rtol * float(coo.values().abs().max())
 
 
 def is_symmetric(adj: Tensor, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
-    r"""Returns :obj:`True` if the square sparse matrix :obj:`adj` satisfies
-
-    .. math::
-        \max_{i,j} |a_{ij} - a_{ji}| \le \mathrm{atol} + \mathrm{rtol} \cdot
-        \max_{i,j} |a_{ij}|.
-
-    Structural asymmetry (an entry :math:`a_{ij}` stored without a matching
-    :math:`a_{ji}`) counts as a difference of :math:`|a_{ij}|`, so explicitly
-    stored zeros never cause a false negative.
-    The check costs a sort of the non-zeros (about half a second for the
-    1.6M non-zeros of Gowalla on two CPU cores); run it once per matrix.
+    r"""Whether the square sparse matrix :obj:`adj` (CSR, CSC or COO)
+    satisfies :math:`\max |a_{ij} - a_{ji}| \le \mathrm{atol} + \mathrm{rtol}
+    \max |a_{ij}|` (an :math:`a_{ij}` without :math:`a_{ji}` differs by
+    :math:`|a_{ij}|`). It sorts the non-zeros (0.5 s for Gowalla's 1.6M):
+    check once per matrix.
 
     Args:
-        adj (torch.Tensor): A square :class:`torch.sparse.Tensor` (CSR, CSC or
-            COO layout).
-        rtol (float, optional): Relative tolerance, measured against the
-            largest absolute entry of :obj:`adj`. (default: :obj:`1e-5`)
+        adj (torch.Tensor): The sparse matrix.
+        rtol (float, optional): Relative tolerance. (default: :obj:`1e-5`)
         atol (float, optional): Absolute tolerance. (default: :obj:`1e-8`)
-
-    Raises:
-        TypeError: If :obj:`adj` is not a :class:`torch.sparse.Tensor`.
-        ValueError: If :obj:`adj` is not a square two-dimensional matrix.
     """
-    _check_sparse_matrix(adj)
-    max_diff, scale, _ = _max_asymmetry(adj)
-    return max_diff <= atol + rtol * scale
+    diff, tol = _asymmetry(adj, rtol, atol)
+    return diff.numel() == 0 or float(diff.max()) <= tol
 
 
 def check_symmetric(adj: Tensor, rtol: float = 1e-5,
                     atol: float = 1e-8) -> Tensor:
-    r"""Validates that :obj:`adj` is a square, symmetric
-    :class:`torch.sparse.Tensor` (see :func:`is_symmetric` for the tolerance
-    criterion) and returns it unchanged.
-
-    Args:
-        adj (torch.Tensor): The sparse matrix to validate.
-        rtol (float, optional): Relative tolerance. (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance. (default: :obj:`1e-8`)
-
-    Raises:
-        TypeError: If :obj:`adj` is not a :class:`torch.sparse.Tensor`.
-        ValueError: If :obj:`adj` is not square or not symmetric.
-    """
-    _check_sparse_matrix(adj)
-    max_diff, scale, diff = _max_asymmetry(adj)
-    if max_diff > atol + rtol * scale:
-        num_bad = int((diff > atol + rtol * scale).sum())
+    r"""Returns :obj:`adj` if it is a square, symmetric sparse matrix (see
+    :func:`is_symmetric` for the arguments), raises a :class:`TypeError` or
+    :class:`ValueError` otherwise."""
+    diff, tol = _asymmetry(adj, rtol, atol)
+    if diff.numel() > 0 and float(diff.max()) > tol:
         raise ValueError(
             f"The sparse adjacency matrix of shape {tuple(adj.size())} is not "
-            f"symmetric: {num_bad} entries differ from their transposed "
-            f"counterpart (max |a_ij - a_ji| = {max_diff:.3g}, tolerance "
-            f"{atol + rtol * scale:.3g}). The symmetric propagation computes "
-            f"the backward pass as 'A @ grad' instead of 'A.t() @ grad' and "
-            f"is only correct for symmetric matrices, such as the "
-            f"symmetrically normalised LightGCN adjacency of an undirected "
-            f"graph. Symmetrise the graph first (e.g. with "
-            f"'torch_geometric.utils.to_undirected'), or use the stock "
-            f"'LGConv'.")
+            f"symmetric: {int((diff > tol).sum())} entries differ from their "
+            f"transposed counterpart (max |a_ij - a_ji| = "
+            f"{float(diff.max()):.3g}, tolerance {tol:.3g}). The symmetric "
+            f"propagation computes 'A @ grad' instead of 'A.t() @ grad', "
+            f"which is only correct for symmetric matrices. Symmetrise the "
+            f"graph first (e.g. with 'torch_geometric.utils.to_undirected'), "
+            f"or use the stock 'LGConv'.")
     return adj
 
 
-# int32-indexed copies of int64 CSR matrices, keyed by `id()` of the original:
-# (weak reference to the original, the copy). An entry disappears together
-# with its original.
-_INT32_CSR: Dict[int, Tuple['weakref.ref[Tensor]', Tensor]] = {}
+def _check_symmetric_once(adj: Tensor, rtol: float, atol: float,
+                          name: str = 'adj') -> None:
+    # In-place changes after the first check are not re-validated.
+    _check_sparse_matrix(adj, name)
+    _cached(_VALIDATED, adj, lambda: check_symmetric(adj, rtol, atol) is adj)
 
 
 def _kernel_matrix(adj: Tensor) -> Tensor:
-    r"""The matrix handed to the sparse kernel. On CPU, MKL takes 32-bit
-    indices, and :obj:`torch.sparse.mm` converts int64 CSR indices on every
-    call (measured 5 ms of an 80 ms Gowalla step), so the indices are
-    converted once per matrix object and the copy is reused."""
+    # MKL takes 32-bit indices; `torch.sparse.mm` converts int64 CSR indices
+    # on every call (5 ms of an 80 ms Gowalla step), so once per matrix here.
     if (adj.layout != torch.sparse_csr or adj.device.type != 'cpu'
             or adj.crow_indices().dtype == torch.int32
             or adj._nnz() >= 2**31 - 1):
         return adj
-    key = id(adj)
-    entry = _INT32_CSR.get(key)
-    if entry is not None and entry[0]() is adj:
-        return entry[1]
-    # The values are shared; `.detach()` keeps the copy from holding the
-    # original (and so its cache entry) alive.
-    converted = torch.sparse_csr_tensor(adj.crow_indices().int(),
-                                        adj.col_indices().int(),
-                                        adj.values().detach(), adj.size())
-    ref = weakref.ref(adj, lambda _, key=key: _INT32_CSR.pop(key, None))
-    _INT32_CSR[key] = (ref, converted)
-    return converted
+    # `.detach()`: the copy must not keep the original (and its entry) alive.
+    return _cached(_INT32_CSR, adj, lambda: torch.sparse_csr_tensor(
+        adj.crow_indices().int(), adj.col_indices().int(),
+        adj.values().detach(), adj.size()))
 
 
 def _spmm(adj: Tensor, x: Tensor) -> Tensor:
-    r"""Sparse-dense product without autograd bookkeeping.
-
-    :obj:`torch.sparse.mm` (the :obj:`addmm` path, MKL on CPU, cuSPARSE on
-    CUDA) is the fastest kernel measured here: on Gowalla (:math:`N = 70{,}839`,
-    1.6M non-zeros, :math:`d = 64`, 2 idle cores) 7.0-7.4 ms against 9.2-9.3
-    ms for the row-parallel :obj:`torch.sparse.mm(adj, x, 'sum')`.
-    """
+    # `torch.sparse.mm` (MKL, cuSPARSE) measured fastest: 7.0-7.4 ms on
+    # Gowalla (d = 64, two cores), 9.2 ms for `torch.sparse.mm(.., 'sum')`.
     return torch.sparse.mm(_kernel_matrix(adj), x)
 
 
 def _spmm_add(adj: Tensor, x: Tensor, y: Tensor, beta: float = 1.,
               alpha: float = 1.) -> Tensor:
-    r"""Returns :math:`\beta \mathbf{Y} + \alpha \mathbf{A} \mathbf{X}` in
-    one kernel call (no separate pass over the :math:`N \times d` output)."""
+    # beta * y + alpha * adj @ x in one kernel.
     return torch.addmm(y, _kernel_matrix(adj), x, beta=beta, alpha=alpha)
 
 
-def _check_symmetric_once(adj: Tensor, rtol: float, atol: float) -> None:
-    if _VALIDATED.get(id(adj)) is adj:
-        return
-    check_symmetric(adj, rtol=rtol, atol=atol)
-    _VALIDATED[id(adj)] = adj
-
-
 class SymmetricSpMM(torch.autograd.Function):
-    r"""Autograd function for :math:`\mathbf{Y} = \mathbf{A} \mathbf{X}` with
-    a symmetric sparse :math:`\mathbf{A}` (no gradient w.r.t.
-    :math:`\mathbf{A}`):
-
-    .. math::
-        \frac{\partial \mathcal{L}}{\partial \mathbf{X}} =
-        \mathbf{A}^{\top} \frac{\partial \mathcal{L}}{\partial \mathbf{Y}} =
-        \mathbf{A} \frac{\partial \mathcal{L}}{\partial \mathbf{Y}}.
-
-    The backward pass re-uses the forward matrix instead of transposing it.
-    Symmetry is *not* checked here; use :func:`symmetric_spmm` with
-    :obj:`check=True` or :func:`check_symmetric` beforehand.
-    """
+    r""":math:`\mathbf{Y} = \mathbf{A} \mathbf{X}` for a symmetric sparse
+    :math:`\mathbf{A}`, with the backward pass :math:`\mathbf{A}^{\top}
+    \mathbf{G} = \mathbf{A} \mathbf{G}` (no gradient for :math:`\mathbf{A}`;
+    symmetry is not checked here, see :func:`symmetric_spmm`)."""
     @staticmethod
     def forward(ctx: Any, adj: Tensor, x: Tensor) -> Tensor:
         ctx.adj = adj
         return _spmm(adj, x)
 
     @staticmethod
-    def backward(ctx: Any,
-                 grad_out: Tensor) -> Tuple[None, Optional[Tensor]]:
+    def backward(ctx: Any, grad_out: Tensor) -> Tuple[None, OptTensor]:
         grad_x = None
         if ctx.needs_input_grad[1]:
             grad_x = _spmm(ctx.adj, grad_out.contiguous())
@@ -256,30 +176,17 @@ class SymmetricSpMM(torch.autograd.Function):
 
 def symmetric_spmm(adj: Tensor, x: Tensor, check: bool = False,
                    rtol: float = 1e-5, atol: float = 1e-8) -> Tensor:
-    r"""Computes :math:`\mathbf{A} \mathbf{X}` for a symmetric sparse matrix
-    :math:`\mathbf{A}`, with a backward pass
-    :math:`\mathbf{A} \mathbf{G}` that re-uses :math:`\mathbf{A}` instead of
-    transposing it (see :class:`SymmetricSpMM`).
-
-    :math:`\mathbf{A}` should be in CSR layout: COO and CSC are accepted, but
-    :func:`torch.sparse.mm` is several times slower on them.
+    r""":math:`\mathbf{A} \mathbf{X}` for a symmetric sparse :math:`\mathbf{A}`
+    (see :class:`SymmetricSpMM`).
 
     Args:
-        adj (torch.Tensor): The symmetric sparse matrix :math:`\mathbf{A}` of
-            shape :math:`(N, N)`, a :class:`torch.sparse.Tensor`. Its values
-            must not require gradients.
-        x (torch.Tensor): The dense matrix :math:`\mathbf{X}` of shape
-            :math:`(N, F)`.
-        check (bool, optional): If set to :obj:`True`, validates that
-            :obj:`adj` is symmetric (once per :obj:`adj` object; in-place
-            modifications after the first check are not re-validated).
+        adj (torch.Tensor): :math:`\mathbf{A}`, :math:`N \times N`, sparse
+            (CSR is several times faster than COO or CSC), without gradient.
+        x (torch.Tensor): :math:`\mathbf{X}`, :math:`N \times F`.
+        check (bool, optional): Validate the symmetry of :obj:`adj` once.
             (default: :obj:`False`)
-        rtol (float, optional): Relative tolerance of the symmetry check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the symmetry check.
-            (default: :obj:`1e-8`)
-
-    :rtype: :class:`torch.Tensor`
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
     """
     _check_operands(adj, x, 'symmetric_spmm',
                     hint="; use 'torch.sparse.mm' instead")
@@ -289,42 +196,22 @@ def symmetric_spmm(adj: Tensor, x: Tensor, check: bool = False,
 
 
 class SymmetricLGConv(LGConv):
-    r"""The :class:`~torch_geometric.nn.conv.LGConv` operator with a fast
-    backward pass for symmetric :class:`torch.sparse.Tensor` adjacencies.
-
-    .. math::
-        \mathbf{X}^{\prime} = \mathbf{\hat{A}} \mathbf{X}, \qquad
-        \frac{\partial \mathcal{L}}{\partial \mathbf{X}} =
-        \mathbf{\hat{A}} \frac{\partial \mathcal{L}}
-        {\partial \mathbf{X}^{\prime}}
-
-    Outputs and gradients are identical to :class:`LGConv`.
-    When :obj:`edge_index` is a :class:`torch.sparse.Tensor` (preferably CSR,
-    typically the pre-normalised LightGCN adjacency with
-    :obj:`normalize=False`), sparse-dense products go through
-    :class:`SymmetricSpMM`, whose backward pass avoids the transposition that
-    :func:`torch.sparse.mm` performs on every call.
-    For all other inputs (:obj:`edge_index` of shape :obj:`[2, num_edges]`,
-    :class:`torch_sparse.SparseTensor`, :class:`~torch_geometric.EdgeIndex`,
-    sparse values that require gradients or non-sum aggregations) it falls
-    back to :class:`LGConv` unchanged.
+    r"""The :class:`~torch_geometric.nn.conv.LGConv` operator, whose
+    products with a :class:`torch.sparse.Tensor` adjacency (without gradient,
+    sum aggregation) go through :class:`SymmetricSpMM`; every other input
+    takes :class:`LGConv`'s path. Outputs and gradients equal
+    :class:`LGConv`'s.
 
     Args:
-        normalize (bool, optional): If set to :obj:`False`, output features
-            will not be normalized via symmetric normalization (use this with a
-            pre-normalised adjacency; normalising a symmetric matrix keeps it
-            symmetric). (default: :obj:`True`)
-        check_symmetric (bool, optional): If set to :obj:`True`, validates
-            every new sparse adjacency object once (it costs a sort of its
-            non-zeros) and raises a :class:`ValueError` if it is not square or
-            not symmetric. Set it to :obj:`False` only if the matrix is known
-            to be symmetric: gradients are silently wrong otherwise.
-            (default: :obj:`True`)
-        rtol (float, optional): Relative tolerance of the symmetry check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the symmetry check.
-            (default: :obj:`1e-8`)
-        **kwargs (optional): Additional arguments of
+        normalize (bool, optional): Normalise the adjacency (:obj:`False` for
+            a pre-normalised one). (default: :obj:`True`)
+        check_symmetric (bool, optional): Validate each new sparse adjacency
+            once (a :class:`ValueError` if it is not symmetric); switch off
+            only for known symmetric matrices, gradients are silently wrong
+            otherwise. (default: :obj:`True`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
+        **kwargs (optional): Arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
     """
     def __init__(self, normalize: bool = True, check_symmetric: bool = True,
@@ -338,13 +225,15 @@ class SymmetricLGConv(LGConv):
         return (isinstance(adj, Tensor) and is_torch_sparse_tensor(adj)
                 and not adj.requires_grad and self.aggr in ('add', 'sum'))
 
+    def _validate(self, adj: Tensor) -> None:
+        # The user's matrix, before any (symmetry-preserving) normalisation.
+        if self.check_symmetric:
+            _check_symmetric_once(adj, self.rtol, self.atol, 'edge_index')
+
     def forward(self, x: Tensor, edge_index: Adj,
                 edge_weight: OptTensor = None) -> Tensor:
-        if self.check_symmetric and self._use_symmetric(edge_index):
-            # Validate the user-facing matrix (before any normalisation, which
-            # preserves symmetry), once per adjacency object:
-            _check_sparse_matrix(edge_index, name='edge_index')
-            _check_symmetric_once(edge_index, rtol=self.rtol, atol=self.atol)
+        if self._use_symmetric(edge_index):
+            self._validate(edge_index)
         return super().forward(x, edge_index, edge_weight)
 
     def message_and_aggregate(self, adj_t: Adj, x: Tensor) -> Tensor:
@@ -357,23 +246,15 @@ class SymmetricLGConv(LGConv):
 
 
 class RowGatherTensor(Tensor):
-    r"""The node embeddings returned by a fused :meth:`LightGCN.get_embedding`
-    (see :func:`use_symmetric_propagation`).
-
-    A plain :class:`torch.Tensor` in every respect (every operation on it
-    returns plain tensors), except that gathering rows by an integer tensor,
-    :obj:`out[index]` (what :meth:`LightGCN.forward` and
-    :meth:`LightGCN.recommend` do), runs :func:`torch.index_select`. The
-    values are the same; the backward pass is an :obj:`index_add_` instead of
-    the :obj:`index_put_(accumulate=True)` of advanced indexing, measured 7x
-    faster on CPU (1.7 ms against 11.5 ms for 49,152 rows of
-    :math:`70{,}839 \times 64`). Ids must lie in :math:`[0, N)`:
-    :func:`torch.index_select` raises an :class:`IndexError` for negative
-    ones.
-    """
+    r"""The node embeddings of a fused :meth:`LightGCN.get_embedding` (see
+    :func:`use_symmetric_propagation`): a plain :class:`torch.Tensor`, except
+    that :obj:`out[index]` with an integer tensor (as in
+    :meth:`LightGCN.forward` and :meth:`recommend`) runs
+    :func:`torch.index_select`, whose :obj:`index_add_` backward is 7x
+    faster on CPU than the :obj:`index_put_` of advanced indexing. Ids must
+    lie in :math:`[0, N)`."""
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
         if func is Tensor.__getitem__ and len(args) == 2:
             self, index = args
             if (isinstance(index, Tensor) and index.dim() >= 1
@@ -383,29 +264,21 @@ class RowGatherTensor(Tensor):
                     out = torch.index_select(self, 0, index.reshape(-1))
                     return out.view(*index.shape, self.size(1))
         with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
-
-
-def _can_fuse(model: LightGCN, edge_index: Any, edge_weight: Any) -> bool:
-    return (edge_weight is None and isinstance(edge_index, Tensor)
-            and is_torch_sparse_tensor(edge_index)
-            and not edge_index.requires_grad
-            and all(isinstance(conv, SymmetricLGConv) and not conv.normalize
-                    and conv.aggr in ('add', 'sum') for conv in model.convs))
+            return func(*args, **(kwargs or {}))
 
 
 def _fused_get_embedding(self: LightGCN, edge_index: Adj,
                          edge_weight: OptTensor = None) -> Tensor:
-    r""":meth:`LightGCN.get_embedding` as one autograd node
-    (:func:`symmetric_lightgcn_propagation`) for a pre-normalised symmetric
-    :class:`torch.sparse.Tensor`; every other input goes through PyG's own
-    method."""
-    if not _can_fuse(self, edge_index, edge_weight):
+    # `LightGCN.get_embedding` as one autograd node for a pre-normalised
+    # sparse adjacency; everything else goes through PyG's method.
+    if not (edge_weight is None and isinstance(edge_index, Tensor)
+            and is_torch_sparse_tensor(edge_index)
+            and not edge_index.requires_grad
+            and all(isinstance(conv, SymmetricLGConv) and not conv.normalize
+                    and conv.aggr in ('add', 'sum') for conv in self.convs)):
         return LightGCN.get_embedding(self, edge_index, edge_weight)
-    conv = self.convs[0] if len(self.convs) > 0 else None
-    if conv is not None and conv.check_symmetric:
-        _check_sparse_matrix(edge_index, name='edge_index')
-        _check_symmetric_once(edge_index, rtol=conv.rtol, atol=conv.atol)
+    if len(self.convs) > 0:
+        self.convs[0]._validate(edge_index)
     out = symmetric_lightgcn_propagation(edge_index, self.embedding.weight,
                                          self.alpha)
     return out.as_subclass(RowGatherTensor)
@@ -415,45 +288,27 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
                               rtol: float = 1e-5, atol: float = 1e-8,
                               fused: bool = True) -> LightGCN:
     r"""Makes PyG's :class:`~torch_geometric.nn.models.LightGCN` propagate at
-    the speed of its sparse products, in place:
+    the speed of its sparse products, in place, and returns it:
 
-    1. every :class:`~torch_geometric.nn.conv.LGConv` in :obj:`model.convs`
-       is replaced by an equivalent :class:`SymmetricLGConv` (the backward
-       pass re-uses the symmetric matrix instead of transposing it);
-    2. with :obj:`fused=True`, :meth:`get_embedding` of *this instance*
-       computes the whole propagation and the layer combination
+    1. every :class:`~torch_geometric.nn.conv.LGConv` becomes an equivalent
+       :class:`SymmetricLGConv` (parameter-free: optimizers stay valid);
+    2. with :obj:`fused=True`, :meth:`get_embedding` of this instance computes
        :math:`\sum_{l=0}^{L} \alpha_l \mathbf{\hat{A}}^l \mathbf{X}` as one
-       autograd node (:func:`symmetric_lightgcn_propagation`: :math:`L`
-       sparse products forward, :math:`L` fused product-and-add kernels
-       backward, no per-layer temporaries in the graph), and returns a
-       :class:`RowGatherTensor`, whose row gathers in :meth:`forward` and
-       :meth:`recommend` back-propagate through :obj:`index_add_`.
+       autograd node (:func:`symmetric_lightgcn_propagation`) for a sparse
+       adjacency, :obj:`normalize=False` layers and no :obj:`edge_weight`,
+       and returns a :class:`RowGatherTensor` (:obj:`del
+       model.get_embedding` undoes it).
 
-    The fused path is taken for a :class:`torch.sparse.Tensor` adjacency
-    without :obj:`edge_weight`, with :obj:`normalize=False` layers (a
-    pre-normalised :math:`\mathbf{D}^{-1/2} \mathbf{A} \mathbf{D}^{-1/2}`);
-    every other input goes through PyG's own :meth:`get_embedding`.
-    The class and its :meth:`forward`, :meth:`recommend`,
-    :meth:`recommendation_loss` and :obj:`embedding` stay PyG's, and outputs
-    and gradients equal the stock model's (up to float rounding).
-    :class:`LGConv` has no parameters, so nothing is copied and optimizers
-    built before the call remain valid. :obj:`del model.get_embedding`
-    undoes step 2.
+    The class, :meth:`forward`, :meth:`recommend` and the outputs and
+    gradients (up to float rounding) stay PyG's.
 
     Args:
-        model (torch_geometric.nn.models.LightGCN): The model to modify.
-        check_symmetric (bool, optional): Whether the new layers validate the
-            symmetry of each new sparse adjacency (once per object).
-            (default: :obj:`True`)
-        rtol (float, optional): Relative tolerance of the symmetry check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the symmetry check.
-            (default: :obj:`1e-8`)
-        fused (bool, optional): Fuse the propagation and the layer
-            combination (step 2). (default: :obj:`True`)
-
-    Returns:
-        The same :obj:`model` object, for chaining.
+        model (torch_geometric.nn.models.LightGCN): The model.
+        check_symmetric (bool, optional): Validate the symmetry of each new
+            sparse adjacency once. (default: :obj:`True`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
+        fused (bool, optional): Step 2. (default: :obj:`True`)
     """
     if not isinstance(model, LightGCN):
         raise TypeError(f"'use_symmetric_propagation' expects a "
@@ -466,15 +321,9 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
             raise TypeError(f"Expected 'model.convs[{i}]' to be an 'LGConv' "
                             f"(got '{type(conv).__name__}')")
         new_conv = SymmetricLGConv(
-            normalize=conv.normalize,
-            check_symmetric=check_symmetric,
-            rtol=rtol,
-            atol=atol,
-            aggr=conv.aggr,
-            flow=conv.flow,
-            node_dim=conv.node_dim,
-            decomposed_layers=conv.decomposed_layers,
-        )
+            normalize=conv.normalize, check_symmetric=check_symmetric,
+            rtol=rtol, atol=atol, aggr=conv.aggr, flow=conv.flow,
+            node_dim=conv.node_dim, decomposed_layers=conv.decomposed_layers)
         new_conv.train(conv.training)
         model.convs[i] = new_conv
     if fused:
@@ -484,40 +333,21 @@ def use_symmetric_propagation(model: LightGCN, check_symmetric: bool = True,
     return model
 
 
-# Layer weights read from a tensor, keyed by `id()`: (weak reference to the
-# tensor, its in-place version when read, the values). An entry disappears
-# together with its tensor.
-_COEFFICIENTS: Dict[int, Tuple['weakref.ref[Tensor]', int, List[float]]] = {}
-
-
 def _layer_coefficients(alpha: Tensor) -> List[float]:
-    r"""The layer weights :math:`\alpha_l` as python floats.
-
-    Reading a CUDA tensor synchronises the device, so there the values of a
-    tensor that does not require gradients (PyG's default buffer) are cached
-    per tensor and in-place version counter (writes through :obj:`.data`
-    bypass that counter: use in-place operations on the tensor itself).
-    CPU tensors and trained weights are read on every call.
-    """
-    if alpha.device.type == 'cpu' or alpha.requires_grad:
+    # The layer weights as floats. Reading a CUDA tensor synchronises, so
+    # there a tensor without gradient (PyG's buffer) is read once per
+    # in-place version (writes through `.data` bypass the counter).
+    def read() -> List[float]:
         return [float(a) for a in alpha.detach().cpu()]
-    key = id(alpha)
-    cached = _COEFFICIENTS.get(key)
-    if (cached is not None and cached[0]() is alpha
-            and cached[1] == alpha._version):
-        return cached[2]
-    coeffs = [float(a) for a in alpha.detach().cpu()]
-    ref = weakref.ref(alpha, lambda _, key=key: _COEFFICIENTS.pop(key, None))
-    _COEFFICIENTS[key] = (ref, alpha._version, coeffs)
-    return coeffs
+
+    if alpha.device.type == 'cpu' or alpha.requires_grad:
+        return read()
+    return _cached(_COEFFICIENTS, alpha, read, alpha._version)
 
 
 def _horner(adj: Tensor, x: Tensor, coeffs: List[float]) -> Tensor:
-    r""":math:`\sum_{l=0}^{L} c_l \mathbf{A}^l \mathbf{X} = c_0 \mathbf{X} +
-    \mathbf{A}(c_1 \mathbf{X} + \mathbf{A}(\ldots + \mathbf{A}(c_{L-1}
-    \mathbf{X} + c_L \mathbf{A} \mathbf{X})))`: :math:`L` fused
-    product-and-add kernels and no other pass over :math:`N \times d`
-    memory."""
+    # sum_l c_l A^l X = c_0 X + A(c_1 X + A(... + A(c_{L-1} X + c_L A X))):
+    # L fused product-and-add kernels.
     if len(coeffs) == 1:
         return x * coeffs[0]
     out = _spmm_add(adj, x, x, beta=coeffs[-2], alpha=coeffs[-1])
@@ -533,8 +363,7 @@ class _SymmetricLightGCNPropagation(torch.autograd.Function):
         ctx.adj, ctx.coeffs = adj, coeffs
         if not ctx.needs_input_grad[2]:
             return _horner(adj, x, coeffs)
-        # A trainable alpha needs every layer for its gradient:
-        xs = [x]
+        xs = [x]  # A trainable alpha needs every layer for its gradient.
         out = x * coeffs[0]
         for coeff in coeffs[1:]:
             x = _spmm(adj, x)
@@ -545,12 +374,10 @@ class _SymmetricLightGCNPropagation(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> Tuple[None, Optional[Tensor],
-                                                      Optional[Tensor]]:
+    def backward(ctx: Any, grad_out: Tensor):
         grad_out = grad_out.contiguous()
         grad_x = grad_alpha = None
-        if ctx.needs_input_grad[1]:
-            # The symmetric A is its own transpose: the same Horner scheme.
+        if ctx.needs_input_grad[1]:  # A is its own transpose.
             grad_x = _horner(ctx.adj, grad_out, ctx.coeffs)
         if ctx.needs_input_grad[2]:
             grad_alpha = torch.stack([(grad_out * x).sum()
@@ -561,8 +388,8 @@ class _SymmetricLightGCNPropagation(torch.autograd.Function):
 def symmetric_lightgcn_propagation(adj: Tensor, x: Tensor, alpha: Tensor,
                                    check: bool = False, rtol: float = 1e-5,
                                    atol: float = 1e-8) -> Tensor:
-    r"""The full LightGCN propagation with the layer combination as a single
-    autograd node, for a symmetric (pre-normalised) sparse :math:`\mathbf{A}`:
+    r"""The LightGCN propagation and layer combination as one autograd node,
+    for a symmetric sparse :math:`\mathbf{A}`:
 
     .. math::
         \mathbf{X}^{\prime} = \sum_{l=0}^{L} \alpha_l \mathbf{A}^l \mathbf{X},
@@ -571,31 +398,20 @@ def symmetric_lightgcn_propagation(adj: Tensor, x: Tensor, alpha: Tensor,
         \sum_{l=0}^{L} \alpha_l \mathbf{A}^l \mathbf{G}
         \quad \text{(Horner scheme, } L \text{ sparse products)}.
 
-    This equals :meth:`torch_geometric.nn.models.LightGCN.get_embedding` with
-    :obj:`x = model.embedding.weight` and :obj:`alpha = model.alpha`, but
-    needs fewer temporary :math:`N \times F` tensors and does not keep the
-    intermediate layers for the backward pass (unless :obj:`alpha` requires
-    gradients). It is a building block for custom models; PyG's
-    :class:`LightGCN` itself is accelerated by
-    :func:`use_symmetric_propagation`. Second-order gradients are not
-    supported.
+    It equals :meth:`LightGCN.get_embedding` with :obj:`x =
+    model.embedding.weight`, :obj:`alpha = model.alpha`, without keeping the
+    layers for the backward pass (unless :obj:`alpha` requires gradients).
+    No second-order gradients.
 
     Args:
-        adj (torch.Tensor): The symmetric sparse matrix :math:`\mathbf{A}` of
-            shape :math:`(N, N)` (preferably CSR). Its values must not require
-            gradients.
-        x (torch.Tensor): The input features :math:`\mathbf{X}` of shape
-            :math:`(N, F)`.
-        alpha (torch.Tensor): The :math:`L + 1` layer weights
-            :math:`\alpha_l`; :math:`L` is :obj:`alpha.numel() - 1`.
-        check (bool, optional): If set to :obj:`True`, validates once per
-            :obj:`adj` object that it is symmetric. (default: :obj:`False`)
-        rtol (float, optional): Relative tolerance of the symmetry check.
-            (default: :obj:`1e-5`)
-        atol (float, optional): Absolute tolerance of the symmetry check.
-            (default: :obj:`1e-8`)
-
-    :rtype: :class:`torch.Tensor`
+        adj (torch.Tensor): :math:`\mathbf{A}`, :math:`N \times N`, sparse
+            (preferably CSR), without gradient.
+        x (torch.Tensor): :math:`\mathbf{X}`, :math:`N \times F`.
+        alpha (torch.Tensor): The :math:`L + 1` layer weights.
+        check (bool, optional): As in :func:`symmetric_spmm`.
+            (default: :obj:`False`)
+        rtol (float, optional): See :func:`is_symmetric`. (default: 1e-5)
+        atol (float, optional): See :func:`is_symmetric`. (default: 1e-8)
     """
     _check_operands(adj, x, 'symmetric_lightgcn_propagation')
     if alpha.dim() != 1 or alpha.numel() < 1:

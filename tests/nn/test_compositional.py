@@ -3,7 +3,6 @@ import warnings
 
 import pytest
 import torch
-from torch_geometric.nn.models import LightGCN
 
 from pyg_cerp.nn import CompositionalEmbedding, soft_threshold
 
@@ -232,61 +231,26 @@ def test_repr_names_sizes_and_sparsity():
         assert part in text
 
 
-def random_bipartite(num_users=30, num_items=40, num_edges=200, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    u = torch.randint(num_users, (num_edges, ), generator=gen)
-    i = torch.randint(num_items, (num_edges, ), generator=gen) + num_users
-    edge_index = torch.stack([torch.cat([u, i]), torch.cat([i, u])])
-    return edge_index, num_users, num_items
-
-
-def test_inside_pyg_lightgcn():
-    edge_index, nu, ni = random_bipartite()
-    n = nu + ni
-    model = LightGCN(n, 16, num_layers=2)
-    model.embedding = CompositionalEmbedding(n, 16, 9, threshold_init=-6.)
-    model.reset_parameters()  # must not fail, must reset for real
-
-    # The same checks as PyG's own LightGCN tests.
-    pred = model(edge_index, edge_index[:, :10])
-    assert pred.shape == (10, )
-    top = model.recommend(edge_index, src_index=torch.arange(nu),
-                          dst_index=torch.arange(nu, n), k=5)
-    assert top.shape == (nu, 5) and bool((top >= nu).all())
-
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    gen = torch.Generator().manual_seed(1)
-    losses = []
-    for _ in range(30):
-        pos = edge_index[:, :200]
-        neg = torch.stack([pos[0], torch.randint(nu, n, (200, ),
-                                                 generator=gen)])
-        out = model(edge_index, torch.cat([pos, neg], dim=1))
-        loss = model.recommendation_loss(out[:200], out[200:],
-                                         node_id=pos.flatten())
-        assert loss > 0
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.8 * losses[0]
-
-
 @pytest.mark.parametrize('n,b', [(100, 12), (97, 10), (64, 64), (10, 1),
                                  (50, 7), (13, 13)])
-def test_composed_weight_gradcheck(n, b):
-    from pyg_cerp.nn.compositional import _ComposeAll
+@pytest.mark.parametrize('op', ['add', 'mul'])
+def test_compose_matches_indexing_and_gradcheck(n, b, op):
+    from pyg_cerp.nn import compose
     gen = torch.Generator().manual_seed(0)
     P = torch.randn(b, 3, dtype=torch.double, generator=gen,
                     requires_grad=True)
-    Q = torch.randn(b, 3, dtype=torch.double, generator=gen,
-                    requires_grad=True)
     m = math.ceil(n / b)
-    out = _ComposeAll.apply(P, Q, n, m)
-    ref = P[torch.arange(n) % b] + Q[torch.arange(n) // m]
-    assert torch.equal(out, ref)
-    assert torch.autograd.gradcheck(lambda P, Q: _ComposeAll.apply(P, Q, n, m),
-                                    (P, Q))
+    for m, rows in [(m, b), (b, math.ceil(n / b))]:  # CERP, then QR.
+        Q = torch.randn(rows, 3, dtype=torch.double, generator=gen,
+                        requires_grad=True)
+        k = torch.arange(n)
+        ref = (P[k % b] + Q[k // m] if op == 'add' else P[k % b] * Q[k // m])
+        assert torch.equal(compose(P, Q, n, m, op), ref)
+        assert torch.equal(compose(P, Q, k.view(2, -1) if n % 2 == 0 else k,
+                                   m, op).reshape(n, 3), ref)
+        for pad in (False, True):
+            assert torch.autograd.gradcheck(
+                lambda P, Q: compose(P, Q, n, m, op, pad_grad=pad), (P, Q))
 
 
 def test_soft_threshold_gradients_match_operator_chain():

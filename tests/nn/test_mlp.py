@@ -21,26 +21,13 @@ def test_mlp_scorer_shapes_and_score_all(kind):
     assert torch.allclose(all_scores, expected, atol=1e-5)
 
 
-def test_mlp_scorer_learns_and_validates():
-    torch.manual_seed(0)
+def test_mlp_scorer_validates():
+    # Learning with each embedding: test_baselines.test_inside_mlp_scorer.
     nu, ni = 20, 30
     model = MLPScorer(nu, ni, CompositionalEmbedding(nu + ni, 8, 8,
                                                      threshold_init=-8.))
-    user = torch.randint(nu, (100, ))
-    pos = torch.randint(ni, (100, ))
-    neg = torch.randint(ni, (100, ))
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    first = None
-    for _ in range(50):
-        loss = -torch.nn.functional.logsigmoid(
-            model(user, pos) - model(user, neg)).mean()
-        first = float(loss) if first is None else first
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss) < 0.5 * first
     with pytest.raises(IndexError, match='item'):
-        model(user[:1], torch.tensor([ni]))
+        model(torch.tensor([0]), torch.tensor([ni]))
     with pytest.raises(ValueError, match='num_users'):
         MLPScorer(nu, ni + 1, torch.nn.Embedding(nu + ni, 8))
 
