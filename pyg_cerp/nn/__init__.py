@@ -3,7 +3,7 @@ from .compositional import (ComposedWeight, CompositionalEmbedding,
                             SoftThresholdPruning, compose, soft_threshold)
 from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
                         QREmbedding, budget_rows, magnitude_mask)
-from .compact import CompactEmbedding, CompressedTable, DenseTable, FormatError
+from .compact import CompactEmbedding, CompressedTable, FormatError
 from .mlp import MLPScorer
 from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
                           is_symmetric, symmetric_lightgcn_propagation,
@@ -24,7 +24,6 @@ __all__ = [
     'magnitude_mask',
     'CompactEmbedding',
     'CompressedTable',
-    'DenseTable',
     'FormatError',
     'SymmetricLGConv',
     'SymmetricSpMM',

@@ -18,7 +18,7 @@ from torch.nn import Module
 
 from pyg_cerp.memory import (DTYPES, best_layout, dtype_name, index_dtype,
                              layout_nbytes, ptr_dtype)
-from pyg_cerp.nn.compositional import _ComposeAll
+from pyg_cerp.nn.compositional import compose
 from pyg_cerp.utils.io import FormatError, load_module, save_module
 from pyg_cerp.utils.validation import check_index
 
@@ -397,7 +397,8 @@ class CompactEmbedding(Module):
             check_index(index, self.num_embeddings, 'index')
         p_row, q_row = self.hash_index(index)
         if self._P_dense is not None:
-            return self._P_dense[p_row] + self._Q_dense[q_row]
+            return compose(self._P_dense, self._Q_dense, index,
+                           self.rows_per_q)
         return self.P.rows(p_row) + self.Q.rows(q_row)
 
     @property
@@ -406,8 +407,7 @@ class CompactEmbedding(Module):
         on access)."""
         p, q = ((self._P_dense, self._Q_dense) if self._P_dense is not None
                 else (self.P.to_dense(), self.Q.to_dense()))
-        q = F.pad(q, (0, 0, 0, self.bucket_size - q.size(0)))
-        return _ComposeAll.apply(p, q, self.num_embeddings, self.rows_per_q)
+        return compose(p, q, self.num_embeddings, self.rows_per_q)
 
     @property
     def nnz(self) -> int:
@@ -454,9 +454,3 @@ class CompactEmbedding(Module):
                 f'nnz={self.nnz}, nbytes={self.nbytes}, '
                 f'decode={self.decode}')
 
-
-class DenseTable:
-    r"""Removed with LightGCN's :obj:`'final'` serving mode (issue 13): serve
-    PyG's :class:`LightGCN` with a :class:`CompactEmbedding` instead."""
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError(self.__doc__)
