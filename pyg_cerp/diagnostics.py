@@ -40,65 +40,62 @@ class OverlapStats:
     composed_zero: float
 
 
-def _pruned_pair(module: Module) -> Tuple[Tensor, Tensor]:
+def _zero_patterns(module: Module, index: Optional[Tensor] = None
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    # The pruned meta rows of the entities in `index` (default: all) and
+    # their zero masks.
     if not hasattr(module, 'pruned_tables') or \
             not hasattr(module, 'hash_index'):
         raise TypeError(f"Overlap needs a compositional embedding with "
                         f"'pruned_tables()' and 'hash_index()' (got "
                         f"{type(module).__name__})")
-    p_hat, q_hat = module.pruned_tables()
-    return p_hat.detach(), q_hat.detach()
-
-
-@torch.no_grad()
-def overlap_per_entity(module: Module,
-                       index: Optional[Tensor] = None) -> Tensor:
-    r"""The per-entity overlap rate
-
-    .. math::
-        o_k = \frac{1}{d} \sum_{j=1}^d
-        \mathbb{1}[\hat{P}_{h_P(k), j} = 0 \,\wedge\, \hat{Q}_{h_Q(k), j} = 0]
-
-    of a :class:`~pyg_cerp.nn.CompositionalEmbedding`.
-
-    Args:
-        module (torch.nn.Module): The compositional embedding.
-        index (torch.Tensor, optional): The entity ids. If :obj:`None`, all
-            :math:`N`. (default: :obj:`None`)
-
-    Returns:
-        A float tensor of the shape of :obj:`index` (or :obj:`[N]`).
-    """
-    p_hat, q_hat = _pruned_pair(module)
+    p_hat, q_hat = (t.detach() for t in module.pruned_tables())
     if index is None:
         index = torch.arange(module.num_embeddings, device=p_hat.device)
     else:
         check_index(index, module.num_embeddings, 'index')
     p_row, q_row = module.hash_index(index)
-    both = (p_hat[p_row] == 0) & (q_hat[q_row] == 0)
-    return both.float().mean(dim=-1)
+    p, q = p_hat[p_row], q_hat[q_row]
+    return p, q, (p == 0).float(), (q == 0).float()
+
+
+@torch.no_grad()
+def overlap_per_entity(module: Module,
+                       index: Optional[Tensor] = None) -> Tensor:
+    r"""The per-entity overlap rate of a
+    :class:`~pyg_cerp.nn.CompositionalEmbedding`,
+
+    .. math::
+        o_k = \frac{1}{d} \sum_{j=1}^d
+        \mathbb{1}[\hat{P}_{h_P(k), j} = 0 \,\wedge\, \hat{Q}_{h_Q(k), j} = 0].
+
+    Args:
+        module (torch.nn.Module): The compositional embedding.
+        index (torch.Tensor, optional): The entity ids (:obj:`None`: all
+            :math:`N`). (default: :obj:`None`)
+
+    Returns:
+        A float tensor of the shape of :obj:`index` (or :obj:`[N]`).
+    """
+    _, _, zp, zq = _zero_patterns(module, index)
+    return (zp * zq).mean(dim=-1)
 
 
 @torch.no_grad()
 def overlap_rate(module: Module) -> OverlapStats:
-    r"""The overlap statistics of a compositional embedding over all its
-    entities (see :class:`OverlapStats` and :func:`overlap_per_entity`).
+    r"""The :class:`OverlapStats` of a compositional embedding over all its
+    entities (see :func:`overlap_per_entity`).
 
     Args:
         module (torch.nn.Module): The compositional embedding.
     """
-    p_hat, q_hat = _pruned_pair(module)
-    index = torch.arange(module.num_embeddings, device=p_hat.device)
-    p_row, q_row = module.hash_index(index)
-    zp = (p_hat == 0).float()[p_row]
-    zq = (q_hat == 0).float()[q_row]
-    composed = p_hat[p_row] + q_hat[q_row]
+    p, q, zp, zq = _zero_patterns(module)
     return OverlapStats(
         mean=float((zp * zq).mean()),
         zero_p=float(zp.mean()),
         zero_q=float(zq.mean()),
         independent=float((zp.mean(dim=1) * zq.mean(dim=1)).mean()),
-        composed_zero=float((composed == 0).float().mean()),
+        composed_zero=float(((p + q) == 0).float().mean()),
     )
 
 
