@@ -19,19 +19,16 @@ class OverlapStats:
 
     Args:
         mean (float): The mean over entities of the fraction of dimensions
-            at which *both* meta rows of the entity are zero (such a
-            dimension is zero in the composed embedding: the two tables
-            failed to complement each other there).
-        zero_p (float): The fraction of zeros of :math:`\hat{\mathbf{P}}`,
-            averaged over the entities' rows (rows weighted by use).
+            where *both* meta rows are zero (so the composed embedding is).
+        zero_p (float): The fraction of zeros of the entities' rows of
+            :math:`\hat{\mathbf{P}}` (rows weighted by use).
         zero_q (float): Likewise for :math:`\hat{\mathbf{Q}}`.
-        independent (float): The overlap expected if the two zero patterns
-            were independent, the mean over entities of the product of the
-            row zero fractions; :obj:`mean` below it means the patterns are
-            complementary.
-        composed_zero (float): The fraction of exact zeros in the composed
-            embeddings (at least :obj:`mean`; equal unless a non-zero
-            :math:`P` entry cancels a non-zero :math:`Q` entry exactly).
+        independent (float): The :obj:`mean` of independent zero patterns
+            (the mean of the products of the row zero fractions); a lower
+            :obj:`mean` means the patterns are complementary.
+        composed_zero (float): The fraction of exact zeros of the composed
+            embeddings (:obj:`mean`, unless :math:`P` and :math:`Q` entries
+            cancel exactly).
     """
     mean: float
     zero_p: float
@@ -159,16 +156,14 @@ def _table_rows(module: Module) -> List[Tuple[str, int]]:
 @torch.no_grad()
 def hash_balance(module: Module) -> List[TableBalance]:
     r"""The reuse counts of the rows of each hashed table of
-    :obj:`module`, computed from its actual :meth:`hash_index` over all
-    :math:`N` entities.
+    :obj:`module`, from its :meth:`hash_index` of all :math:`N` entities.
 
     For :class:`~pyg_cerp.nn.CompositionalEmbedding`, :math:`h_P(k) = k
     \bmod b` uses every row :math:`\lfloor N/b \rfloor` or
     :math:`\lceil N/b \rceil` times, but :math:`h_Q(k) = \lfloor k /
-    \lceil N/b \rceil \rfloor` fills rows with :math:`\lceil N/b \rceil`
-    consecutive entities each, so the last used row can hold fewer and the
-    rows after it stay unused (:math:`b - \lceil N / \lceil N/b \rceil
-    \rceil` of them): :obj:`balanced` reports which is the case.
+    \lceil N/b \rceil \rfloor` fills rows of :math:`\lceil N/b \rceil`
+    entities, leaving :math:`b - \lceil N / \lceil N/b \rceil \rceil` rows
+    unused (:obj:`balanced` tells).
 
     Args:
         module (torch.nn.Module): A :class:`CompositionalEmbedding`,
@@ -176,15 +171,13 @@ def hash_balance(module: Module) -> List[TableBalance]:
     """
     tables = _table_rows(module)
     n = module.num_embeddings
-    index = torch.arange(n)
-    rows = module.hash_index(index)
-    if isinstance(rows, Tensor):
-        rows = (rows, )
+    rows = module.hash_index(torch.arange(n))
     out = []
-    for (name, size), row in zip(tables, rows):
+    for (name, size), row in zip(tables, (rows, ) if isinstance(
+            rows, Tensor) else rows):
         counts = torch.bincount(row.cpu(), minlength=size)
         histogram = dict(sorted(Counter(counts.tolist()).items()))
         lo, hi = n // size, math.ceil(n / size)
-        balanced = set(histogram) <= {lo, hi}
-        out.append(TableBalance(name, size, histogram, (lo, hi), balanced))
+        out.append(TableBalance(name, size, histogram, (lo, hi),
+                                set(histogram) <= {lo, hi}))
     return out

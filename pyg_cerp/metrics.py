@@ -330,16 +330,11 @@ def ranking_metrics_from_scores(
     return evaluator(score_fn, batch_size, user_ids, return_sums)
 
 
-def ranking_metrics(
-    user_emb: Tensor,
-    item_emb: Tensor,
-    train_edge_index: Tensor,
-    test_edge_index: Tensor,
-    ks: Union[int, Sequence[int]] = (20, ),
-    batch_size: int = 1024,
-    user_ids: Optional[Tensor] = None,
-    return_sums: bool = False,
-) -> Metrics:
+def ranking_metrics(user_emb: Tensor, item_emb: Tensor,
+                    train_edge_index: Tensor, test_edge_index: Tensor,
+                    ks: Union[int, Sequence[int]] = (20, ),
+                    batch_size: int = 1024, user_ids: Optional[Tensor] = None,
+                    return_sums: bool = False) -> Metrics:
     r""":func:`ranking_metrics_from_scores` of the inner products
     :math:`\mathbf{e}_u^{\top} \mathbf{e}_i` of user embeddings
     :obj:`user_emb` (:obj:`[num_users, d]`) and item embeddings

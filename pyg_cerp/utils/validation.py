@@ -15,13 +15,8 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 
 def check_index_dtype(index: Tensor, name: str = 'index') -> None:
     r"""Raises a :class:`TypeError` unless :obj:`index` is a
-    :obj:`torch.long` or :obj:`torch.int` tensor (no device sync).
-
-    Args:
-        index (torch.Tensor): The ids.
-        name (str, optional): The argument name for errors.
-            (default: :obj:`'index'`)
-    """
+    :obj:`torch.long` or :obj:`torch.int` tensor (no device sync);
+    :obj:`name` is the argument's name in errors."""
     if not isinstance(index, Tensor):
         raise TypeError(f"'{name}' must be a torch.Tensor "
                         f"(got {type(index).__name__})")
@@ -35,19 +30,12 @@ def check_index_dtype(index: Tensor, name: str = 'index') -> None:
 
 def check_index(index: Tensor, num_embeddings: int,
                 name: str = 'index') -> None:
-    r"""Raises unless :obj:`index` holds integer ids in :math:`[0, N)`.
-
-    On CPU a bad id raises an :class:`IndexError` at once; on an accelerator
-    the check is an asynchronous device assertion
+    r"""Raises unless :obj:`index` holds integer ids in
+    :math:`[0, \textrm{num\_embeddings})` (:obj:`name` is the argument's
+    name in errors).  On CPU a bad id raises an :class:`IndexError` at
+    once; on an accelerator the check is an asynchronous device assertion
     (:func:`torch._assert_async`, no sync per call) that fails the next
-    synchronising call instead of silently hashing to a valid row.
-
-    Args:
-        index (torch.Tensor): The ids.
-        num_embeddings (int): :math:`N`.
-        name (str, optional): The argument name for errors.
-            (default: :obj:`'index'`)
-    """
+    synchronising call instead of silently hashing to a valid row."""
     check_index_dtype(index, name)
     if index.numel() == 0:
         return
@@ -69,15 +57,8 @@ def check_index(index: Tensor, num_embeddings: int,
 def check_edge_ids(edge_index: Tensor, num_users: int, num_items: int,
                    name: str = 'edge_index') -> None:
     r"""Raises unless :obj:`edge_index` is a :obj:`[2, E]` integer tensor of
-    (user, item) pairs in :math:`[0, N_U) \times [0, N_I)`.
-
-    Args:
-        edge_index (torch.Tensor): The pairs.
-        num_users (int): :math:`N_U`.
-        num_items (int): :math:`N_I`.
-        name (str, optional): The argument name for errors.
-            (default: :obj:`'edge_index'`)
-    """
+    (user, item) pairs in :math:`[0, \textrm{num\_users}) \times
+    [0, \textrm{num\_items})` (:obj:`name` is its name in errors)."""
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"'{name}' must be a torch.Tensor "
                         f"(got {type(edge_index).__name__})")
@@ -101,15 +82,9 @@ def check_edge_ids(edge_index: Tensor, num_users: int, num_items: int,
 
 
 def check_int(name: str, value: Any, minimum: Optional[int] = 1) -> None:
-    r"""Raises unless :obj:`value` is an :obj:`int` (not a :obj:`bool`) of
-    at least :obj:`minimum`.
-
-    Args:
-        name (str): The argument name for errors.
-        value (Any): The value.
-        minimum (int, optional): The smallest allowed value (:obj:`None`: no
-            bound). (default: :obj:`1`)
-    """
+    r"""Raises unless the argument :obj:`name`'s :obj:`value` is an
+    :obj:`int` (not a :obj:`bool`) of at least :obj:`minimum` (:obj:`None`:
+    no bound)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"'{name}' must be an int (got "
                         f"{type(value).__name__} {value!r})")
@@ -122,19 +97,9 @@ def check_int(name: str, value: Any, minimum: Optional[int] = 1) -> None:
 def check_float(name: str, value: Any, low: Optional[float] = None,
                 high: Optional[float] = None, low_open: bool = False,
                 high_open: bool = False) -> None:
-    r"""Raises unless :obj:`value` is a finite real number in the range
-    from :obj:`low` to :obj:`high` (each bound inclusive unless
-    :obj:`low_open` / :obj:`high_open`; :obj:`None`: unbounded).
-
-    Args:
-        name (str): The argument name for errors.
-        value (Any): The value.
-        low (float, optional): The lower bound. (default: :obj:`None`)
-        high (float, optional): The upper bound. (default: :obj:`None`)
-        low_open (bool, optional): Exclude :obj:`low`. (default: :obj:`False`)
-        high_open (bool, optional): Exclude :obj:`high`.
-            (default: :obj:`False`)
-    """
+    r"""Raises unless the argument :obj:`name`'s :obj:`value` is a finite
+    real number from :obj:`low` to :obj:`high` (:obj:`None`: unbounded;
+    each bound inclusive unless :obj:`low_open` / :obj:`high_open`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"'{name}' must be a number (got "
                         f"{type(value).__name__} {value!r})")
@@ -153,13 +118,9 @@ def check_float(name: str, value: Any, low: Optional[float] = None,
 
 
 def check_ks(ks: Union[int, Sequence[int]]) -> List[int]:
-    r"""Returns the sorted, unique cut-offs :obj:`ks` of a top-:math:`k`
-    metric; raises unless they are positive integers (:obj:`2.5` is an
-    error, not :obj:`2`).
-
-    Args:
-        ks (int or Sequence[int]): The cut-offs.
-    """
+    r"""Returns the sorted, unique cut-offs :obj:`ks` (one or several) of a
+    top-:math:`k` metric; raises unless they are positive integers
+    (:obj:`2.5` is an error, not :obj:`2`)."""
     if isinstance(ks, (int, float)) or (isinstance(ks, Tensor)
                                         and ks.dim() == 0):
         ks = (ks, )
@@ -180,14 +141,10 @@ def check_ks(ks: Union[int, Sequence[int]]) -> List[int]:
 
 
 def check_finite_loss(value: Any, where: str) -> None:
-    r"""Raises a :class:`FloatingPointError` if a training loss is
-    :obj:`nan` or :obj:`inf` (the model diverged).
-
-    Args:
-        value (float or torch.Tensor): The loss (a tensor costs one device
-            sync: call it once per epoch, not per step).
-        where (str): What was trained (*e.g.*, stage and epoch).
-    """
+    r"""Raises a :class:`FloatingPointError` if a training loss
+    :obj:`value` is :obj:`nan` or :obj:`inf` (the model diverged in
+    :obj:`where`, *e.g.* a stage and epoch).  A tensor costs one device
+    sync: call it once per epoch, not per step."""
     value = float(value)
     if not math.isfinite(value):
         raise FloatingPointError(
