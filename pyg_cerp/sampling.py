@@ -48,31 +48,26 @@ class BPRSampler:
     <https://arxiv.org/abs/1205.2618>`_).
 
     An epoch visits every training pair :math:`(u, i^+)` once, in an order
-    drawn from a generator seeded by :math:`(\textrm{seed}, \textrm{epoch})`
-    only (:meth:`set_epoch` reproduces epoch :math:`e`), with
-    :obj:`num_negatives` items per pair drawn uniformly from
-    :math:`\{0, \ldots, I - 1\}`.  With :obj:`reject_positives=True`,
-    negatives that are training positives of the user are redrawn (only the
-    hits, found with :func:`~pyg_cerp.metrics.isin_sorted` on the keys
-    :math:`u \cdot I + i`) for at most :obj:`max_rounds` rounds; the few left
+    seeded by :math:`(\textrm{seed}, \textrm{epoch})` only (see
+    :meth:`set_epoch`), with :obj:`num_negatives` uniform items
+    :math:`i^- \in \{0, \ldots, I - 1\}` per pair; with
+    :obj:`reject_positives`, the user's training positives among them are
+    redrawn for up to :obj:`max_rounds` rounds, then the few left
     (probability :math:`\le (\deg(u) / I)^{\textrm{max\_rounds}+1}`) are
-    drawn exactly from the user's non-positive items.  A whole epoch is
-    drawn when its iteration starts (:math:`O(|\mathcal{E}| \cdot
-    \textrm{num\_negatives})` memory).
+    drawn exactly from the user's non-positive items.  Iterating draws the
+    whole epoch (:math:`O(|\mathcal{E}| \cdot \textrm{num\_negatives})`
+    memory), yields :obj:`(users, pos_items, neg_items)` of shapes
+    :obj:`[B]`, :obj:`[B]`, :obj:`[B, num_negatives]` and advances
+    :obj:`epoch`.
 
-    Iterating yields :obj:`(users, pos_items, neg_items)` of shapes
-    :obj:`[B]`, :obj:`[B]` and :obj:`[B, num_negatives]`, runs epoch
-    :obj:`self.epoch` and then advances it, so plain loops reshuffle.
-
-    Distributed (:obj:`world_size > 1`): all ranks draw the same permutation
-    and rank :obj:`r` takes positions :obj:`r, r + world_size, ...`, padded
-    by repeating its first pairs (or truncated with :obj:`drop_last`) like
-    :class:`torch.utils.data.DistributedSampler`; negatives are drawn per
-    (seed, epoch, rank).  With :obj:`split_batches=True` instead, every rank
-    draws the single-process epoch and yields the share
-    :obj:`[rank::world_size]` of each batch (a :class:`ShardedBatch`), so
-    :obj:`batch_size` is global and the ranks together train on exactly the
-    single-process triples (:meth:`shard`).
+    With :obj:`world_size > 1`, rank :obj:`r` takes positions :obj:`r, r +
+    world_size, ...` of the shared permutation, padded (or truncated with
+    :obj:`drop_last`) like :class:`torch.utils.data.DistributedSampler`,
+    with negatives drawn per (seed, epoch, rank).  With
+    :obj:`split_batches` instead (see :meth:`shard`), every rank draws the
+    single-process epoch and yields the share :obj:`[rank::world_size]` of
+    each batch (a :class:`ShardedBatch`): :obj:`batch_size` is global and
+    the ranks together train on exactly the single-process triples.
 
     Args:
         edge_index (torch.Tensor): Training (user, item) pairs

@@ -19,6 +19,7 @@ from pyg_cerp.datasets.split import (EDGE_TYPE, Checksums, ChecksumError,
                                      load_lightgcn_split, user_holdout_split,
                                      verify_file, verify_files)
 from pyg_cerp.datasets.split import read_lightgcn_file  # noqa: F401 (old path)
+from pyg_cerp.utils.adjacency import lightgcn_adjacency
 
 #: Known hashes of the exact Gowalla split used by LightGCN and CERP.
 GOWALLA_CHECKSUMS: Dict[str, Dict[str, str]] = {
@@ -266,7 +267,6 @@ class LightGCNDataset(InMemoryDataset):
         r"""The (cached) :func:`~pyg_cerp.utils.adjacency.lightgcn_adjacency`
         of the stored training graph (pre-transformed, not transformed)."""
         if self._adjacency is None:
-            from pyg_cerp.utils.adjacency import lightgcn_adjacency
             self._adjacency = lightgcn_adjacency(
                 self._data[EDGE_TYPE].edge_index, self.num_users,
                 self.num_items)
