@@ -133,7 +133,8 @@ class TableBalance:
 
     def summary(self) -> str:
         r"""A one-line description."""
-        hist = ', '.join(f'{c}x:{r}' for c, r in sorted(self.histogram.items()))
+        hist = ', '.join(f'{c}x:{r}'
+                         for c, r in sorted(self.histogram.items()))
         return (f'{self.name}: {self.rows} rows, expected counts '
                 f'{self.expected[0]}/{self.expected[1]}, '
                 f'{"balanced" if self.balanced else "NOT balanced"} '

@@ -1,7 +1,7 @@
 r"""Interaction datasets in the LightGCN text format (see
-:mod:`pyg_cerp.datasets.split`) as :class:`~torch_geometric.data.InMemoryDataset`
-classes, the known splits and their checksums, and the validation split of a
-dataset folder.
+:mod:`pyg_cerp.datasets.split`) as
+:class:`~torch_geometric.data.InMemoryDataset` classes, the known splits and
+their checksums, and the validation split of a dataset folder.
 """
 import hashlib
 import json

@@ -28,7 +28,10 @@ REV_EDGE_TYPE = ('item', 'rated_by', 'user')
 #: Ids must be below this (they index :obj:`torch.int32` adjacencies).
 MAX_IDS = 2**31 - 1
 
+#: Expected hashes per raw file name (see :func:`verify_file`).
 Checksums = Mapping[str, Mapping[str, str]]
+
+
 class ChecksumError(ValueError):
     r"""Raised when a raw file does not match its expected hash."""
 
