@@ -243,11 +243,11 @@ def load_lightgcn_split(train_path: str, test_path: str) -> HeteroData:
             f"(train users are 0..{num_users - 1}). If the training file is "
             f"truncated or incomplete, restore it; otherwise remove the user "
             f"from the test file.")
-    max_train_item = int(train[1].max()) + 1
-    num_items = max(max_train_item, int(test[1].max()) + 1
-                    if test.numel() > 0 else 0)
+    num_train_items = int(train[1].max()) + 1
+    num_items = num_train_items if test.numel() == 0 else \
+        max(num_train_items, int(test[1].max()) + 1)
     _check_dense(train_path, 'user', train_users, num_users)
-    _check_dense(test_path if max_train_item < num_items else train_path,
+    _check_dense(test_path if num_train_items < num_items else train_path,
                  'item', torch.cat([train[1], test[1]]), num_items)
     for path in (train_path, test_path):
         with open(path, 'rb') as f:
