@@ -19,19 +19,16 @@ class OverlapStats:
 
     Args:
         mean (float): The mean over entities of the fraction of dimensions
-            at which *both* meta rows of the entity are zero (such a
-            dimension is zero in the composed embedding: the two tables
-            failed to complement each other there).
-        zero_p (float): The fraction of zeros of :math:`\hat{\mathbf{P}}`,
-            averaged over the entities' rows (rows weighted by use).
+            where *both* meta rows are zero (so the composed embedding is).
+        zero_p (float): The fraction of zeros of the entities' rows of
+            :math:`\hat{\mathbf{P}}` (rows weighted by use).
         zero_q (float): Likewise for :math:`\hat{\mathbf{Q}}`.
-        independent (float): The overlap expected if the two zero patterns
-            were independent, the mean over entities of the product of the
-            row zero fractions; :obj:`mean` below it means the patterns are
-            complementary.
-        composed_zero (float): The fraction of exact zeros in the composed
-            embeddings (at least :obj:`mean`; equal unless a non-zero
-            :math:`P` entry cancels a non-zero :math:`Q` entry exactly).
+        independent (float): The :obj:`mean` of independent zero patterns
+            (the mean of the products of the row zero fractions); a lower
+            :obj:`mean` means the patterns are complementary.
+        composed_zero (float): The fraction of exact zeros of the composed
+            embeddings (:obj:`mean`, unless :math:`P` and :math:`Q` entries
+            cancel exactly).
     """
     mean: float
     zero_p: float
@@ -40,65 +37,62 @@ class OverlapStats:
     composed_zero: float
 
 
-def _pruned_pair(module: Module) -> Tuple[Tensor, Tensor]:
+def _zero_patterns(module: Module, index: Optional[Tensor] = None
+                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    # The pruned meta rows of the entities in `index` (default: all) and
+    # their zero masks.
     if not hasattr(module, 'pruned_tables') or \
             not hasattr(module, 'hash_index'):
         raise TypeError(f"Overlap needs a compositional embedding with "
                         f"'pruned_tables()' and 'hash_index()' (got "
                         f"{type(module).__name__})")
-    p_hat, q_hat = module.pruned_tables()
-    return p_hat.detach(), q_hat.detach()
-
-
-@torch.no_grad()
-def overlap_per_entity(module: Module,
-                       index: Optional[Tensor] = None) -> Tensor:
-    r"""The per-entity overlap rate
-
-    .. math::
-        o_k = \frac{1}{d} \sum_{j=1}^d
-        \mathbb{1}[\hat{P}_{h_P(k), j} = 0 \,\wedge\, \hat{Q}_{h_Q(k), j} = 0]
-
-    of a :class:`~pyg_cerp.nn.CompositionalEmbedding`.
-
-    Args:
-        module (torch.nn.Module): The compositional embedding.
-        index (torch.Tensor, optional): The entity ids. If :obj:`None`, all
-            :math:`N`. (default: :obj:`None`)
-
-    Returns:
-        A float tensor of the shape of :obj:`index` (or :obj:`[N]`).
-    """
-    p_hat, q_hat = _pruned_pair(module)
+    p_hat, q_hat = (t.detach() for t in module.pruned_tables())
     if index is None:
         index = torch.arange(module.num_embeddings, device=p_hat.device)
     else:
         check_index(index, module.num_embeddings, 'index')
     p_row, q_row = module.hash_index(index)
-    both = (p_hat[p_row] == 0) & (q_hat[q_row] == 0)
-    return both.float().mean(dim=-1)
+    p, q = p_hat[p_row], q_hat[q_row]
+    return p, q, (p == 0).float(), (q == 0).float()
+
+
+@torch.no_grad()
+def overlap_per_entity(module: Module,
+                       index: Optional[Tensor] = None) -> Tensor:
+    r"""The per-entity overlap rate of a
+    :class:`~pyg_cerp.nn.CompositionalEmbedding`,
+
+    .. math::
+        o_k = \frac{1}{d} \sum_{j=1}^d
+        \mathbb{1}[\hat{P}_{h_P(k), j} = 0 \,\wedge\, \hat{Q}_{h_Q(k), j} = 0].
+
+    Args:
+        module (torch.nn.Module): The compositional embedding.
+        index (torch.Tensor, optional): The entity ids (:obj:`None`: all
+            :math:`N`). (default: :obj:`None`)
+
+    Returns:
+        A float tensor of the shape of :obj:`index` (or :obj:`[N]`).
+    """
+    _, _, zp, zq = _zero_patterns(module, index)
+    return (zp * zq).mean(dim=-1)
 
 
 @torch.no_grad()
 def overlap_rate(module: Module) -> OverlapStats:
-    r"""The overlap statistics of a compositional embedding over all its
-    entities (see :class:`OverlapStats` and :func:`overlap_per_entity`).
+    r"""The :class:`OverlapStats` of a compositional embedding over all its
+    entities (see :func:`overlap_per_entity`).
 
     Args:
         module (torch.nn.Module): The compositional embedding.
     """
-    p_hat, q_hat = _pruned_pair(module)
-    index = torch.arange(module.num_embeddings, device=p_hat.device)
-    p_row, q_row = module.hash_index(index)
-    zp = (p_hat == 0).float()[p_row]
-    zq = (q_hat == 0).float()[q_row]
-    composed = p_hat[p_row] + q_hat[q_row]
+    p, q, zp, zq = _zero_patterns(module)
     return OverlapStats(
         mean=float((zp * zq).mean()),
         zero_p=float(zp.mean()),
         zero_q=float(zq.mean()),
         independent=float((zp.mean(dim=1) * zq.mean(dim=1)).mean()),
-        composed_zero=float((composed == 0).float().mean()),
+        composed_zero=float(((p + q) == 0).float().mean()),
     )
 
 
@@ -139,7 +133,8 @@ class TableBalance:
 
     def summary(self) -> str:
         r"""A one-line description."""
-        hist = ', '.join(f'{c}x:{r}' for c, r in sorted(self.histogram.items()))
+        hist = ', '.join(f'{c}x:{r}'
+                         for c, r in sorted(self.histogram.items()))
         return (f'{self.name}: {self.rows} rows, expected counts '
                 f'{self.expected[0]}/{self.expected[1]}, '
                 f'{"balanced" if self.balanced else "NOT balanced"} '
@@ -162,16 +157,14 @@ def _table_rows(module: Module) -> List[Tuple[str, int]]:
 @torch.no_grad()
 def hash_balance(module: Module) -> List[TableBalance]:
     r"""The reuse counts of the rows of each hashed table of
-    :obj:`module`, computed from its actual :meth:`hash_index` over all
-    :math:`N` entities.
+    :obj:`module`, from its :meth:`hash_index` of all :math:`N` entities.
 
     For :class:`~pyg_cerp.nn.CompositionalEmbedding`, :math:`h_P(k) = k
     \bmod b` uses every row :math:`\lfloor N/b \rfloor` or
     :math:`\lceil N/b \rceil` times, but :math:`h_Q(k) = \lfloor k /
-    \lceil N/b \rceil \rfloor` fills rows with :math:`\lceil N/b \rceil`
-    consecutive entities each, so the last used row can hold fewer and the
-    rows after it stay unused (:math:`b - \lceil N / \lceil N/b \rceil
-    \rceil` of them): :obj:`balanced` reports which is the case.
+    \lceil N/b \rceil \rfloor` fills rows of :math:`\lceil N/b \rceil`
+    entities, leaving :math:`b - \lceil N / \lceil N/b \rceil \rceil` rows
+    unused (:obj:`balanced` tells).
 
     Args:
         module (torch.nn.Module): A :class:`CompositionalEmbedding`,
@@ -179,15 +172,13 @@ def hash_balance(module: Module) -> List[TableBalance]:
     """
     tables = _table_rows(module)
     n = module.num_embeddings
-    index = torch.arange(n)
-    rows = module.hash_index(index)
-    if isinstance(rows, Tensor):
-        rows = (rows, )
+    rows = module.hash_index(torch.arange(n))
     out = []
-    for (name, size), row in zip(tables, rows):
+    for (name, size), row in zip(tables, (rows, ) if isinstance(
+            rows, Tensor) else rows):
         counts = torch.bincount(row.cpu(), minlength=size)
         histogram = dict(sorted(Counter(counts.tolist()).items()))
         lo, hi = n // size, math.ceil(n / size)
-        balanced = set(histogram) <= {lo, hi}
-        out.append(TableBalance(name, size, histogram, (lo, hi), balanced))
+        out.append(TableBalance(name, size, histogram, (lo, hi),
+                                set(histogram) <= {lo, hi}))
     return out

@@ -285,3 +285,20 @@ def test_test_pairs_in_train_warn():
     with pytest.warns(UserWarning, match='1 test .* also training pairs'):
         ranking_metrics_from_scores(lambda u: torch.randn(u.numel(), 5), 3,
                                     5, train, test, ks=2)
+
+
+def test_pinned_values():
+    # Bit-exact values (pinned before the issue-13 rewrite of
+    # `pyg_cerp.metrics`): the committed benchmark numbers depend on them.
+    gen = torch.Generator().manual_seed(0)
+    user_emb = torch.randn(9, 4, generator=gen)
+    item_emb = torch.randn(15, 4, generator=gen)
+    key = torch.randperm(9 * 15, generator=gen)[:60]
+    ei = torch.stack([key // 15, key % 15])
+    out = ranking_metrics(user_emb, item_emb, ei[:, :40], ei[:, 40:],
+                          ks=(3, 10))
+    assert {k: v.hex() for k, v in out.items()} == {
+        'recall@3': '0x1.4888888888888p-3',
+        'ndcg@3': '0x1.7ad23bd2b8bd0p-3',
+        'recall@10': '0x1.c000000000000p-1',
+        'ndcg@10': '0x1.00c378333ff05p-1'}

@@ -161,3 +161,34 @@ def test_near_full_user_gets_no_positive_negatives():
                                          torch.Generator().manual_seed(0))
     counts = torch.bincount(draws, minlength=num_items)
     assert counts[:6].sum() == 0 and counts[6:].min() > 150
+
+
+def test_pinned_sequence():
+    # The exact triples of the sampler for fixed seeds (pinned before the
+    # issue-13 rewrite of `pyg_cerp.sampling`): the stream must not change.
+    ei = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2, 3],
+                       [0, 1, 4, 2, 3, 0, 1, 2, 3, 5]])
+    s = BPRSampler(ei, 4, 6, num_negatives=2, batch_size=4, seed=3)
+    s.set_epoch(2)
+    assert [[t.tolist() for t in b] for b in s] == [
+        [[0, 1, 1, 2], [1, 3, 2, 0], [[5, 2], [5, 5], [5, 0], [4, 5]]],
+        [[0, 0, 2, 2], [4, 0, 2, 3], [[2, 5], [3, 5], [4, 4], [4, 5]]],
+        [[2, 3], [1, 5], [[4, 5], [0, 3]]]]
+    shard = BPRSampler(ei, 4, 6, num_negatives=2, batch_size=4,
+                       seed=3).shard(1, 2)
+    batches = list(shard)
+    assert [[t.tolist() for t in b] for b in batches] == [
+        [[1, 1], [3, 2], [[1, 5], [4, 5]]],
+        [[2, 0], [3, 4], [[5, 5], [3, 3]]],
+        [[3], [5], [[0, 1]]]]
+    assert batches[0].global_batch[0].tolist() == [2, 1, 2, 1]
+    ws = BPRSampler(ei, 4, 6, batch_size=3, seed=5, rank=1, world_size=3)
+    assert [[t.tolist() for t in b] for b in ws] == [
+        [[0, 1, 3], [0, 2, 5], [[5], [4], [2]]], [[0], [1], [[3]]]]
+    # The exact fallback (max_rounds=0: every hit is drawn exactly):
+    ei = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 2, 4, 6, 0, 1]])
+    s = BPRSampler(ei, 2, 8, num_negatives=3, batch_size=6, seed=1,
+                   max_rounds=0)
+    assert [t.tolist() for t in next(iter(s))] == [
+        [1, 0, 0, 0, 1, 0], [0, 2, 4, 6, 1, 0],
+        [[3, 3, 2], [5, 3, 7], [7, 1, 7], [7, 7, 7], [3, 4, 3], [3, 5, 5]]]

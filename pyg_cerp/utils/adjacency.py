@@ -9,11 +9,8 @@ from torch_geometric.utils import to_torch_csr_tensor, to_undirected
 from pyg_cerp.utils.validation import check_edge_ids
 
 
-def lightgcn_adjacency(
-    edge_index: Tensor,
-    num_users: int,
-    num_items: int,
-) -> Tensor:
+def lightgcn_adjacency(edge_index: Tensor, num_users: int,
+                       num_items: int) -> Tensor:
     r"""Returns the symmetrically normalized bipartite adjacency matrix of
     LightGCN,
 
@@ -23,27 +20,21 @@ def lightgcn_adjacency(
         \mathbf{A} = \begin{bmatrix} \mathbf{0} & \mathbf{R} \\
         \mathbf{R}^{\top} & \mathbf{0} \end{bmatrix},
 
-    where :math:`\mathbf{R} \in \{0, 1\}^{U \times I}` is the user-item
-    interaction matrix and :math:`\mathbf{D}` the diagonal degree matrix of
-    :math:`\mathbf{A}`.  Node :math:`u < U` is user :math:`u`, node
-    :math:`U + i` is item :math:`i` (the order of
-    :meth:`~torch_geometric.data.HeteroData.to_homogeneous` with node types
-    :obj:`['user', 'item']`).  Duplicate pairs count once; isolated nodes
-    get all-zero rows and columns (no :obj:`nan`/:obj:`inf`).  No self-loops
-    are added.
+    with :math:`\mathbf{R} \in \{0, 1\}^{U \times I}` the interactions
+    (duplicates count once) and :math:`\mathbf{D}` the degrees of
+    :math:`\mathbf{A}` (:func:`~torch_geometric.nn.conv.gcn_conv.gcn_norm`
+    without self-loops; isolated nodes get zero rows, no :obj:`nan`).  Node
+    :math:`u < U` is user :math:`u`, node :math:`U + i` item :math:`i`, the
+    order of :meth:`~torch_geometric.data.HeteroData.to_homogeneous`.
 
     Args:
-        edge_index (torch.Tensor): The :obj:`[2, num_edges]` (user, item)
-            pairs in local ids.
-        num_users (int): The number of users :math:`U`.
-        num_items (int): The number of items :math:`I`.
+        edge_index (torch.Tensor): The :obj:`[2, E]` (user, item) pairs.
+        num_users (int): :math:`U`.
+        num_items (int): :math:`I`.
 
     Returns:
         A :obj:`torch.sparse_csr` tensor of shape :obj:`[U + I, U + I]`.
     """
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"'edge_index' must have shape [2, num_edges] "
-                         f"(got {list(edge_index.size())})")
     check_edge_ids(edge_index, num_users, num_items)
     num_nodes = num_users + num_items
     edge_index = edge_index.to(torch.long)

@@ -1,27 +1,22 @@
-r"""Input checks shared by the embedding modules, the sampler, the metrics
-and the training configuration."""
+r"""Argument checks, for the boundaries where users pass values in:
+constructors, the sampler, the metrics and the training configuration."""
 import math
 import numbers
-from typing import Any, Optional
+import operator
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-#: The id dtypes that index tensors correctly (:obj:`torch.uint8` ids would
-#: be taken as a boolean mask, :obj:`torch.int16` / :obj:`torch.int8` ids
-#: fail deep inside PyTorch).
+#: The id dtypes that index correctly (:obj:`torch.uint8` ids would be taken
+#: as a boolean mask, :obj:`torch.int16` ids fail deep inside PyTorch).
 INDEX_DTYPES = (torch.int64, torch.int32)
 
 
 def check_index_dtype(index: Tensor, name: str = 'index') -> None:
-    r"""Raises a clear :class:`TypeError` unless :obj:`index` is a tensor of
-    dtype :obj:`torch.long` or :obj:`torch.int` (no device synchronisation).
-
-    Args:
-        index (torch.Tensor): The ids to check.
-        name (str, optional): The argument name used in error messages.
-            (default: :obj:`'index'`)
-    """
+    r"""Raises a :class:`TypeError` unless :obj:`index` is a
+    :obj:`torch.long` or :obj:`torch.int` tensor (no device sync);
+    :obj:`name` is the argument's name in errors."""
     if not isinstance(index, Tensor):
         raise TypeError(f"'{name}' must be a torch.Tensor "
                         f"(got {type(index).__name__})")
@@ -33,23 +28,14 @@ def check_index_dtype(index: Tensor, name: str = 'index') -> None:
                         f"with '.long()' if intended")
 
 
-def check_index(index: Tensor, num_embeddings: int, name: str = 'index') -> None:
-    r"""Raises a clear error unless :obj:`index` holds integer ids in
-    :math:`[0, N)`.
-
-    On CPU the range is read at once (an :class:`IndexError` naming the bad
-    id). On an accelerator, reading it would synchronise the device on every
-    call, so the check is an asynchronous device assertion
-    (:func:`torch._assert_async`): a bad id fails the next synchronising
-    call with a device-side assertion instead of silently hashing to a valid
-    row.
-
-    Args:
-        index (torch.Tensor): The ids to check.
-        num_embeddings (int): The number of entities :math:`N`.
-        name (str, optional): The argument name used in error messages.
-            (default: :obj:`'index'`)
-    """
+def check_index(index: Tensor, num_embeddings: int,
+                name: str = 'index') -> None:
+    r"""Raises unless :obj:`index` holds integer ids in
+    :math:`[0, \textrm{num\_embeddings})` (:obj:`name` is the argument's
+    name in errors).  On CPU a bad id raises an :class:`IndexError` at
+    once; on an accelerator the check is an asynchronous device assertion
+    (:func:`torch._assert_async`, no sync per call) that fails the next
+    synchronising call instead of silently hashing to a valid row."""
     check_index_dtype(index, name)
     if index.numel() == 0:
         return
@@ -68,16 +54,37 @@ def check_index(index: Tensor, num_embeddings: int, name: str = 'index') -> None
                          f"[0, {num_embeddings}))")
 
 
-def check_int(name: str, value, minimum: int = 1) -> None:
-    r"""Raises a clear error unless :obj:`value` is an :obj:`int` (not a
-    :obj:`bool`) of at least :obj:`minimum`.
+def check_edge_ids(edge_index: Tensor, num_users: int, num_items: int,
+                   name: str = 'edge_index') -> None:
+    r"""Raises unless :obj:`edge_index` is a :obj:`[2, E]` integer tensor of
+    (user, item) pairs in :math:`[0, \textrm{num\_users}) \times
+    [0, \textrm{num\_items})` (:obj:`name` is its name in errors)."""
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"'{name}' must be a torch.Tensor "
+                        f"(got {type(edge_index).__name__})")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"'{name}' must have shape [2, num_edges] "
+                         f"(got {list(edge_index.size())})")
+    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or \
+            edge_index.dtype == torch.bool:
+        raise TypeError(f"'{name}' must hold integer ids (got dtype "
+                        f"{edge_index.dtype}); float ids would be truncated")
+    if edge_index.numel() == 0:
+        return
+    if int(edge_index.min()) < 0:
+        raise ValueError(f"'{name}' has a negative id "
+                         f"{int(edge_index.min())}")
+    for row, kind, num in ((0, 'user', num_users), (1, 'item', num_items)):
+        top = int(edge_index[row].max())
+        if top >= num:
+            raise ValueError(f"'{name}' has {kind} id {top} >= num_{kind}s "
+                             f"({num}), outside [0, {num})")
 
-    Args:
-        name (str): The argument name used in error messages.
-        value (Any): The value to check.
-        minimum (int, optional): The smallest allowed value (:obj:`None`:
-            no bound). (default: :obj:`1`)
-    """
+
+def check_int(name: str, value: Any, minimum: Optional[int] = 1) -> None:
+    r"""Raises unless the argument :obj:`name`'s :obj:`value` is an
+    :obj:`int` (not a :obj:`bool`) of at least :obj:`minimum` (:obj:`None`:
+    no bound)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"'{name}' must be an int (got "
                         f"{type(value).__name__} {value!r})")
@@ -90,19 +97,9 @@ def check_int(name: str, value, minimum: int = 1) -> None:
 def check_float(name: str, value: Any, low: Optional[float] = None,
                 high: Optional[float] = None, low_open: bool = False,
                 high_open: bool = False) -> None:
-    r"""Raises a clear error unless :obj:`value` is a finite real number
-    (not :obj:`nan` or :obj:`inf`) in the given range.
-
-    Args:
-        name (str): The argument name used in error messages.
-        value (Any): The value to check.
-        low (float, optional): The lower bound. (default: :obj:`None`)
-        high (float, optional): The upper bound. (default: :obj:`None`)
-        low_open (bool, optional): Exclude :obj:`low` itself.
-            (default: :obj:`False`)
-        high_open (bool, optional): Exclude :obj:`high` itself.
-            (default: :obj:`False`)
-    """
+    r"""Raises unless the argument :obj:`name`'s :obj:`value` is a finite
+    real number from :obj:`low` to :obj:`high` (:obj:`None`: unbounded;
+    each bound inclusive unless :obj:`low_open` / :obj:`high_open`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"'{name}' must be a number (got "
                         f"{type(value).__name__} {value!r})")
@@ -113,23 +110,41 @@ def check_float(name: str, value: Any, low: Optional[float] = None,
     too_high = high is not None and (value >= high if high_open else
                                      value > high)
     if too_low or too_high:
-        lo = '(-inf' if low is None else ('(' if low_open else '[') + f'{low:g}'
-        hi = 'inf)' if high is None else f'{high:g}' + (')' if high_open else
-                                                        ']')
+        lo = '(-inf' if low is None else \
+            ('(' if low_open else '[') + f'{low:g}'
+        hi = 'inf)' if high is None else \
+            f'{high:g}' + (')' if high_open else ']')
         raise ValueError(f"'{name}' must be in {lo}, {hi} (got {value:g})")
 
 
-def check_finite_loss(value: Any, where: str) -> None:
-    r"""Raises a :class:`FloatingPointError` if a (summed or mean) training
-    loss is :obj:`nan` or :obj:`inf`: the model diverged and every later
-    number would be meaningless.
+def check_ks(ks: Union[int, Sequence[int]]) -> List[int]:
+    r"""Returns the sorted, unique cut-offs :obj:`ks` (one or several) of a
+    top-:math:`k` metric; raises unless they are positive integers
+    (:obj:`2.5` is an error, not :obj:`2`)."""
+    if isinstance(ks, (int, float)) or (isinstance(ks, Tensor)
+                                        and ks.dim() == 0):
+        ks = (ks, )
+    out = []
+    for k in ks:
+        try:
+            if isinstance(k, bool):
+                raise TypeError
+            out.append(operator.index(k))
+        except TypeError:
+            raise TypeError(f"'ks' must be positive integers (got "
+                            f"{type(k).__name__} {k!r} in {list(ks)})") \
+                from None
+    out = sorted(set(out))
+    if len(out) == 0 or out[0] <= 0:
+        raise ValueError(f"'ks' must be positive integers (got {out})")
+    return out
 
-    Args:
-        value (float or torch.Tensor): The loss (one device synchronisation if
-            a tensor; call it once per epoch, not per step).
-        where (str): What was trained, for the message (*e.g.*, the stage and
-            epoch).
-    """
+
+def check_finite_loss(value: Any, where: str) -> None:
+    r"""Raises a :class:`FloatingPointError` if a training loss
+    :obj:`value` is :obj:`nan` or :obj:`inf` (the model diverged in
+    :obj:`where`, *e.g.* a stage and epoch).  A tensor costs one device
+    sync: call it once per epoch, not per step."""
     value = float(value)
     if not math.isfinite(value):
         raise FloatingPointError(
@@ -137,38 +152,3 @@ def check_finite_loss(value: Any, where: str) -> None:
             f"later result would be meaningless; lower the learning rates "
             f"('lr', 'threshold_lr') or 'gamma_init', and check the inputs "
             f"for nan/inf.")
-
-
-def check_edge_ids(edge_index: Tensor, num_users: int, num_items: int,
-                   name: str = 'edge_index') -> None:
-    r"""Raises a clear :class:`ValueError` unless the (user, item) pairs in
-    :obj:`edge_index` (shape :obj:`[2, E]`) have user ids in
-    :math:`[0, N_U)` and item ids in :math:`[0, N_I)`.
-
-    Args:
-        edge_index (torch.Tensor): The pairs.
-        num_users (int): :math:`N_U`.
-        num_items (int): :math:`N_I`.
-        name (str, optional): The argument name used in error messages.
-            (default: :obj:`'edge_index'`)
-    """
-    if not isinstance(edge_index, Tensor):
-        raise TypeError(f"'{name}' must be a torch.Tensor "
-                        f"(got {type(edge_index).__name__})")
-    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or \
-            edge_index.dtype == torch.bool:
-        raise TypeError(f"'{name}' must hold integer ids (got dtype "
-                        f"{edge_index.dtype}); float ids would be truncated")
-    if edge_index.numel() == 0:
-        return
-    if int(edge_index.min()) < 0:
-        raise ValueError(f"'{name}' has a negative id "
-                         f"{int(edge_index.min())}")
-    if int(edge_index[0].max()) >= num_users:
-        raise ValueError(f"'{name}' has user id "
-                         f"{int(edge_index[0].max())} >= num_users "
-                         f"({num_users})")
-    if int(edge_index[1].max()) >= num_items:
-        raise ValueError(f"'{name}' has item id "
-                         f"{int(edge_index[1].max())} >= num_items "
-                         f"({num_items})")

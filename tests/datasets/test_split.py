@@ -61,3 +61,15 @@ def test_published_gowalla_validation_split():
     assert store.edge_index.size(1) == 719_081
     assert store.edge_label_index.size(1) == 91_047
     assert data['user'].num_nodes == 29_858
+
+
+def test_user_holdout_split_pinned():
+    # Pinned before the issue-13 rewrite: the same seed, the same split.
+    gen = torch.Generator().manual_seed(0)
+    torch.randn(9, 4, generator=gen), torch.randn(15, 4, generator=gen)
+    key = torch.randperm(9 * 15, generator=gen)[:60].sort()[0]
+    _, valid = user_holdout_split(torch.stack([key // 15, key % 15]), 9,
+                                  0.3, seed=2)
+    assert valid.tolist() == [
+        [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 6, 7, 7, 7, 8],
+        [4, 13, 6, 0, 9, 0, 2, 1, 10, 0, 2, 2, 3, 6, 3, 6, 12, 0]]
