@@ -4,6 +4,7 @@ from pyg_cerp.train.config import (FAITHFUL_GAMMA, OFFICIAL_EPS,  # noqa
                                    OFFICIAL_GROUPS, OFFICIAL_WEIGHT_DECAY,
                                    PRUNE_BATCH_SIZE, PRUNE_LR, CERPConfig)
 from pyg_cerp.train.data import Interactions  # noqa: F401
-from pyg_cerp.train.runner import (DATA_KEYS, CERPRunner, ResumeError,  # noqa
-                                   StopRequested, data_identity,
+from pyg_cerp.train.checkpoint import DATA_KEYS, data_identity  # noqa
+from pyg_cerp.train.runner import (CERPRunner, ResumeError,  # noqa
+                                   StopRequested,
                                    memory_stats, run_cerp, target_key)

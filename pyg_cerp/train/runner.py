@@ -20,19 +20,11 @@ from pyg_cerp.train.loop import evaluate, make_optimizer, train_epoch
 from pyg_cerp.train.methods import Method, build_embedding, get_method
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
-from pyg_cerp.utils.io import (CheckpointError, FolderLock, atomic_save,
-                               content_digest, safe_load)
+from pyg_cerp.train.checkpoint import (DATA_KEYS, Checkpoint,  # noqa: F401
+                                       ResumeError, data_identity)
+from pyg_cerp.utils.io import FolderLock
 from pyg_cerp.utils.validation import (check_edge_ids, check_finite_loss,
                                        check_int)
-
-#: The :func:`data_identity` entries that must agree for a resume.
-DATA_KEYS = ('num_users', 'num_items', 'num_train', 'num_test',
-             'train_sha256', 'test_sha256')
-
-
-class ResumeError(ValueError):
-    r"""A checkpoint of another configuration or of other data."""
-
 
 class StopRequested(Exception):
     r"""Raised internally when :obj:`stop_after` epochs were run."""
@@ -87,21 +79,6 @@ def memory_stats(embedding: Module) -> Dict[str, Any]:
         return out
     return dict(nonzero=int(embedding.weight.numel()), full_fraction=1.0,
                 meta_density=None)
-
-
-def data_identity(data: Interactions, **info: Any) -> Dict[str, Any]:
-    r"""What identifies the data in a checkpoint: the counts, a SHA-256 of
-    the training and test pairs, and descriptive :obj:`info`.
-
-    Args:
-        data (Interactions): The split.
-        **info: Extra entries (plain python values).
-    """
-    return dict(
-        num_users=int(data.num_users), num_items=int(data.num_items),
-        num_train=int(data.train.size(1)), num_test=int(data.test.size(1)),
-        train_sha256=content_digest(data.train.long()),
-        test_sha256=content_digest(data.test.long()), **info)
 
 
 def _check_data(data: Interactions) -> None:
@@ -308,7 +285,7 @@ class CERPRunner:
                         max_users=cfg.eval_users, seed=cfg.seed,
                         world=self.world)
 
-    # Checkpoints #############################################################
+    # Checkpoints ###########################################################
 
     def _fresh_state(self) -> Dict[str, Any]:
         return dict(version=2, config=self.config.to_dict(),
@@ -322,66 +299,19 @@ class CERPRunner:
         return os.path.join(self.out_dir, self.CHECKPOINT)
 
     def save(self) -> None:
-        r"""Writes the checkpoint atomically (no-op without :obj:`out_dir`)."""
-        if self.checkpoint_path is not None and self.rank == 0:
-            atomic_save(self.state, self.checkpoint_path, checksum=True)
+        r"""Writes the checkpoint on rank 0 (see :class:`Checkpoint`)."""
+        if self.rank == 0:
+            Checkpoint(self.checkpoint_path, self.data_identity,
+                       self.config, self.world).save(self.state)
 
     def load(self) -> bool:
-        r"""Loads the checkpoint (:obj:`weights_only`, SHA-256 verified);
-        returns whether there was one. On several ranks rank 0 reads it and
-        broadcasts it (and its error, if any)."""
-        if not self.world.is_distributed:
-            return self._load()
-        payload: Any = None
-        if self.world.is_main:
-            try:
-                found = self._load()
-                payload = ('ok', found, self.state if found else None)
-            except Exception as e:  # raised on every rank below
-                payload = ('error', type(e).__name__, str(e))
-        payload = self.world.broadcast_object(payload)
-        if payload[0] == 'error':
-            error = {'ResumeError': ResumeError,
-                     'CheckpointError': CheckpointError}.get(payload[1],
-                                                             RuntimeError)
-            raise error(f'Rank 0 could not load the checkpoint: '
-                        f'{payload[2]}')
-        if payload[1]:
-            self.state = payload[2]
-        return bool(payload[1])
-
-    def _load(self) -> bool:
-        path = self.checkpoint_path
-        if path is None or not os.path.isfile(path):
-            return False
-        state = safe_load(path, require_checksum=True)
-        stored = state.get('data') if isinstance(state, dict) else None
-        if not isinstance(stored, dict):
-            raise ResumeError(
-                f"Cannot resume from '{path}': it does not record the data "
-                f"it was trained on (written by an older pyg_cerp). Start "
-                f"again without resuming or use another output folder.")
-        now = self.data_identity
-        if any(stored.get(k) != now.get(k) for k in DATA_KEYS):
-            diff = {k: (stored.get(k), now.get(k))
-                    for k in sorted(set(stored) | set(now))
-                    if stored.get(k) != now.get(k)}
-            raise ResumeError(
-                f"Cannot resume from '{path}': it was trained on other data "
-                f"(differences as (checkpoint, now): {diff}). Resume with "
-                f"the same dataset and subset, or use another output "
-                f"folder.")
-        # Keys added to the config later take their defaults:
-        old = CERPConfig.from_dict(state.get('config', {})).to_dict()
-        new = self.config.to_dict()
-        if old != new:
-            diff = {k: (old.get(k), new[k]) for k in new
-                    if old.get(k) != new[k]}
-            raise ResumeError(
-                f"Cannot resume from '{path}': it was written with another "
-                f"configuration (differences as (checkpoint, now): {diff})")
-        self.state = state
-        return True
+        r"""Loads the checkpoint (see :class:`Checkpoint`); returns whether
+        there was one."""
+        state = Checkpoint(self.checkpoint_path, self.data_identity,
+                           self.config, self.world).load()
+        if state is not None:
+            self.state = state
+        return state is not None
 
     # Stages ##################################################################
 
