@@ -147,76 +147,46 @@ def train_step(
         which the loop does once per epoch) and :obj:`'reached'` (targets
         newly reached, a list).
     """
-    if world is not None and world.is_distributed:
-        return _distributed_step(recommender, optimizer, batch, scheduler,
-                                 clip_grad_norm, l2_reg, world)
-    users, pos, neg = batch
-    if neg.dim() == 1:
-        neg = neg.unsqueeze(-1)
+    distributed = world is not None and world.is_distributed
     device = _device_of(recommender)
-    if users.device != device:  # CPU sampler, model on an accelerator.
-        users, pos, neg = (t.to(device, non_blocking=True)
-                           for t in (users, pos, neg))
-    bpr = recommender.loss(users, pos, neg)
-    loss = bpr
-    if l2_reg:
-        loss = loss + l2_reg * recommender.l2_penalty(users, pos, neg)
-    reg = None
-    if scheduler is not None:
-        reg = scheduler.regularizer(recommender.entities(users, pos, neg))
-        if reg is not None:
-            loss = loss + reg
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(recommender.parameters(),
-                                       clip_grad_norm, foreach=True)
-    optimizer.step()
-    reached = scheduler.step() if scheduler is not None else []
-    return dict(loss=loss.detach(), bpr=bpr.detach(),
-                reg=torch.zeros_like(bpr.detach()) if reg is None else
-                reg.detach(), reached=reached)
-
-
-def _distributed_step(recommender: Recommender, optimizer: Optimizer,
-                      batch: Batch, scheduler: Optional[PruningScheduler],
-                      clip_grad_norm: Optional[float], l2_reg: float,
-                      world: DistContext) -> Dict[str, Any]:
-    # See `train_step`: this rank's part of the global loss, gradients
-    # summed over ranks. An empty share still runs the (collective)
-    # propagation, with a zero loss.
-    users, pos, neg = (t.to(_device_of(recommender)) for t in batch)
+    users, pos, neg = (t.to(device, non_blocking=True) for t in batch)
     if neg.dim() == 1:
         neg = neg.unsqueeze(-1)
-    full = getattr(batch, 'global_batch', None)
-    n_local = users.numel()
-    n = full[0].numel() if full is not None else world.global_count(n_local)
-    share = n_local / n
     bpr = recommender.loss(users, pos, neg)
-    if n_local == 0:
-        bpr = bpr.nan_to_num(0.) * 0.
-    loss = share * bpr
-    if l2_reg and n_local:
+    loss, share = bpr, 1.
+    if distributed:  # This rank's part of the global loss.
+        full = getattr(batch, 'global_batch', None)
+        n = (full[0].numel() if full is not None else
+             world.global_count(users.numel()))
+        share = users.numel() / n
+        if users.numel() == 0:  # Still runs the collective propagation.
+            bpr = bpr.nan_to_num(0.) * 0.
+        bpr = share * bpr
+        loss = bpr
+    if l2_reg and (users.numel() or not distributed):
         loss = loss + share * l2_reg * recommender.l2_penalty(users, pos, neg)
     reg = None
-    if scheduler is not None:
+    if scheduler is not None and distributed:
         index, scale = _regularizer_share(recommender, scheduler, full,
                                           (users, pos, neg), world)
         reg = scheduler.regularizer(index) if index.numel() else None
-        if reg is not None:
-            reg = reg * scale
-            loss = loss + reg
+        reg = None if reg is None else reg * scale
+    elif scheduler is not None:
+        reg = scheduler.regularizer(recommender.entities(users, pos, neg))
+    if reg is not None:
+        loss = loss + reg
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    all_reduce_gradients(recommender.parameters(), world)
+    if distributed:
+        all_reduce_gradients(recommender.parameters(), world)
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(recommender.parameters(),
                                        clip_grad_norm, foreach=True)
     optimizer.step()
     reached = scheduler.step() if scheduler is not None else []
-    if scheduler is not None:
+    if scheduler is not None and distributed:
         reached = sync_scheduler_decisions(scheduler, reached, world)
-    return dict(loss=loss.detach(), bpr=(share * bpr).detach(),
+    return dict(loss=loss.detach(), bpr=bpr.detach(),
                 reg=torch.zeros_like(bpr.detach()) if reg is None else
                 reg.detach(), reached=reached)
 
