@@ -409,7 +409,6 @@ class Benchmark:
         r"""Runs :obj:`job` through :class:`pyg_cerp.train.CERPRunner` and
         returns its CSV rows."""
         config = self.config(job)
-        pruned = job.method in PRUNED
         data = self.data
         try:  # Budgets a method cannot meet (QR needs ~2 sqrt(N) rows).
             self.embedding(job.method, job.budgets[0])

@@ -20,11 +20,15 @@ from pyg_cerp.train.loop import evaluate, make_optimizer, train_epoch
 from pyg_cerp.train.methods import Method, build_embedding, get_method
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
-from pyg_cerp.train.checkpoint import (DATA_KEYS, Checkpoint,  # noqa: F401
-                                       ResumeError, data_identity)
+from pyg_cerp.train.checkpoint import (DATA_KEYS, Checkpoint, ResumeError,
+                                       data_identity)
 from pyg_cerp.utils.io import FolderLock
 from pyg_cerp.utils.validation import (check_edge_ids, check_finite_loss,
                                        check_int)
+
+__all__ = ['Stage', 'CERPRunner', 'run_cerp', 'memory_stats', 'target_key',
+           'StopRequested', 'ResumeError', 'DATA_KEYS', 'data_identity']
+
 
 class StopRequested(Exception):
     r"""Raised internally when :obj:`stop_after` epochs were run."""
@@ -331,9 +335,6 @@ class CERPRunner:
                 if epochs > 0:
                     plan += [Stage(kind, epochs, t) for t in reached]
         return plan
-
-    def _stage_plan(self) -> List[Tuple[str, int]]:
-        return [(s.name, s.epochs) for s in self.stages()]
 
     def _finished(self, stage: Stage) -> bool:
         if stage.kind == 'prune':
