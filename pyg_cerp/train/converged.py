@@ -13,11 +13,11 @@ from torch.nn import Module
 from pyg_cerp.nn.baselines import PEPEmbedding
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.train.data import Interactions, Split
-from pyg_cerp.train.loop import evaluate, make_optimizer, train_epoch
+from pyg_cerp.train.loop import evaluate, train_epoch
 from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
                                     build_embedding, get_method)
 from pyg_cerp.train.recommender import Recommender
-from pyg_cerp.train.runner import CERPRunner, Stage
+from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
 from pyg_cerp.utils.validation import check_finite_loss, check_int
 
 __all__ = ['EarlyStopping', 'FitResult', 'fit', 'ConvergedRunner']
@@ -124,23 +124,6 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
                      history)
 
 
-class _DeviceSampler:
-    r"""Moves the batches of a sampler to a device."""
-    def __init__(self, sampler: Any, device: torch.device) -> None:
-        self.sampler, self.device = sampler, torch.device(device)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, 'set_epoch'):
-            self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self):
-        for batch in self.sampler:
-            yield tuple(t.to(self.device, non_blocking=True) for t in batch)
-
-
 class ConvergedRunner:
     r"""Trains one (method, budget, seed) cell of the comparison to
     convergence and evaluates the chosen model once on the test split.
@@ -173,8 +156,8 @@ class ConvergedRunner:
         stopping (EarlyStopping): The stopping rule. (default:
             :class:`EarlyStopping()`)
         bucket_ratios (Sequence[float]): See :func:`bucket_candidates`.
-        device (torch.device, optional): Where batches go.
-            (default: :obj:`'cpu'`)
+        device (torch.device, optional): The models' device (the step
+            moves the batches there). (default: :obj:`'cpu'`)
         eval_users (int, optional): Validate and test on a seeded sample of
             this many users (:obj:`None`: all).
         log (Callable[[str], None], optional): Log lines.
@@ -214,20 +197,13 @@ class ConvergedRunner:
             finetune_epochs=0, seed=int(seed), bucket_size=bucket_size)
 
     def _sampler(self, seed: int) -> Any:
-        sampler = self.make_sampler(self.split.train, seed)
-        if self.device.type != 'cpu':
-            sampler = _DeviceSampler(sampler, self.device)
-        return sampler
+        # The step moves each batch to the model's device.
+        return self.make_sampler(self.split.train, seed)
 
     def _optimizer(self, model: Module,
                    config: CERPConfig) -> torch.optim.Optimizer:
-        der = config.derived(self.num_entities, int(self.split.train.size(1)))
-        return make_optimizer(model, lr=config.lr,
-                              weight_decay=der['weight_decay'],
-                              threshold_lr=der['threshold_lr'],
-                              threshold_weight_decay=der[
-                                  'threshold_weight_decay'],
-                              threshold_eps=der['threshold_eps'])
+        return config_optimizer(model, config.derived(
+            self.num_entities, int(self.split.train.size(1))), config.lr)
 
     def validate(self, model: Recommender) -> Dict[str, float]:
         r"""Validation metrics (training pairs masked)."""

@@ -85,6 +85,23 @@ def memory_stats(embedding: Module) -> Dict[str, Any]:
                 meta_density=None)
 
 
+def config_optimizer(model: Module, derived: Dict[str, Any],
+                     lr: float) -> torch.optim.Optimizer:
+    r""":func:`~pyg_cerp.train.make_optimizer` with the weight decays, the
+    threshold lr and :math:`\epsilon` of :meth:`CERPConfig.derived`.
+
+    Args:
+        model (torch.nn.Module): The model.
+        derived (Dict[str, Any]): What :meth:`CERPConfig.derived` returned.
+        lr (float): The lr of the values.
+    """
+    return make_optimizer(
+        model, lr=lr, weight_decay=derived['weight_decay'],
+        threshold_lr=derived['threshold_lr'],
+        threshold_weight_decay=derived['threshold_weight_decay'],
+        threshold_eps=derived['threshold_eps'])
+
+
 def _check_data(data: Interactions) -> None:
     for name in ('num_users', 'num_items'):
         check_int(name, getattr(data, name), minimum=1)
@@ -242,14 +259,9 @@ class CERPRunner:
 
     def _optimizer(self, model: Module, stage: Union[Stage, str] = 'full'
                    ) -> torch.optim.Optimizer:
-        der = self.derived
         lr = (self.config.prune_schedule()[1] if _kind(stage) == 'prune' else
               self.config.lr)
-        return make_optimizer(
-            model, lr=lr, weight_decay=der['weight_decay'],
-            threshold_lr=der['threshold_lr'],
-            threshold_weight_decay=der['threshold_weight_decay'],
-            threshold_eps=der['threshold_eps'])
+        return config_optimizer(model, self.derived, lr)
 
     def _stage_sampler(self, stage: Union[Stage, str]) -> Any:
         r"""Phase 1 draws batches of the phase-1 batch size (a copy of the
