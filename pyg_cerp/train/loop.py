@@ -39,14 +39,10 @@ def make_optimizer(
     threshold_weight_decay: Optional[float] = None,
     threshold_eps: Optional[float] = None,
 ) -> torch.optim.Adam:
-    r"""Adam with a separate parameter group for pruning thresholds.
-
-    With Adam, coupled weight decay on a threshold logit :math:`S < 0` whose
-    task gradient vanishes (:math:`\sigma'(S) \approx 0`) gives a constant
-    gradient sign, so :math:`S` rises by :math:`\approx` :obj:`threshold_lr`
-    per step *independently of the decay value*: :obj:`threshold_lr` sets
-    the pruning speed. The official code uses one group (lr
-    :math:`10^{-3}`, weight decay :math:`10^{-5}`, :math:`S_0 = -100`).
+    r"""(Fused) Adam with a separate group for the pruning thresholds:
+    coupled weight decay on a logit :math:`S` whose task gradient vanishes
+    raises it by :math:`\approx` :obj:`threshold_lr` per step whatever the
+    decay, so :obj:`threshold_lr` sets the pruning speed.
 
     Args:
         module (torch.nn.Module): The model.
@@ -141,11 +137,8 @@ def train_step(
             the scheduler's decisions are rank 0's. (default: :obj:`None`)
 
     Returns:
-        A dictionary with :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached
-        scalar tensors, on :math:`W > 1` ranks this rank's part: their sum
-        over ranks is the global value; reading them synchronises the device,
-        which the loop does once per epoch) and :obj:`'reached'` (targets
-        newly reached, a list).
+        :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached scalars; this
+        rank's part on :math:`W > 1` ranks) and :obj:`'reached'` (targets).
     """
     distributed = world is not None and world.is_distributed
     device = _device_of(recommender)
@@ -233,36 +226,30 @@ def train_epoch(
     l2_reg: float = 0.,
     world: Optional[DistContext] = None,
 ) -> Dict[str, Any]:
-    r"""Trains one epoch over :obj:`sampler` (which is told the epoch through
-    :obj:`set_epoch` if it has it, so that a sharded, seeded sampler yields a
-    reproducible and, across ranks, disjoint stream).
+    r"""Trains one epoch over :obj:`sampler` (told the epoch through
+    :obj:`set_epoch`, if it has it).
 
     Args:
         recommender (Recommender): The model.
         optimizer (torch.optim.Optimizer): The optimiser.
         sampler (Iterable): Yields :obj:`(users, pos, neg)` batches.
         epoch (int): The epoch number (passed to :obj:`sampler.set_epoch`).
-        scheduler (PruningScheduler, optional): The pruning schedule (phase
-            1). Its :meth:`~PruningScheduler.on_epoch_end` is *not* called
-            here. (default: :obj:`None`)
+        scheduler (PruningScheduler, optional): Phase 1's schedule (its
+            :meth:`on_epoch_end` is the caller's). (default: :obj:`None`)
         clip_grad_norm (float, optional): See :func:`train_step`.
         stop_when_done (bool, optional): Stop the epoch as soon as the
             scheduler reports every target reached. (default: :obj:`True`)
-        on_reached (Callable, optional): Called with the list of targets
-            reached at a step, right after it (*e.g.*, to save a copy of the
-            model). (default: :obj:`None`)
+        on_reached (Callable, optional): Called with the targets reached at
+            a step, right after it. (default: :obj:`None`)
         progress (bool, optional): Show a :obj:`tqdm` progress bar.
         desc (str, optional): The progress bar description.
         step_fn (Callable, optional): Replaces :func:`train_step` (same
             signature). (default: :obj:`None`)
         l2_reg (float, optional): See :func:`train_step` (passed to the step
             only when non-zero). (default: :obj:`0.`)
-        world (pyg_cerp.distributed.DistContext, optional): The ranks, see
-            :func:`train_step` (passed to the step only when it has more than
-            one); the sampler yields this rank's shares (*e.g.*,
-            :meth:`BPRSampler.shard <pyg_cerp.sampling.BPRSampler.shard>`),
-            and the returned losses are global (one all-reduce per epoch).
-            (default: :obj:`None`)
+        world (pyg_cerp.distributed.DistContext, optional): The ranks (see
+            :func:`train_step`); the sampler yields this rank's shares and
+            the returned losses are global. (default: :obj:`None`)
 
     Returns:
         The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,

@@ -38,15 +38,11 @@ def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
 
 
 class Recommender(Module):
-    r"""A user-item recommender trained with BPR: the interface that
-    :func:`~pyg_cerp.train.train_epoch`, :func:`~pyg_cerp.train.evaluate`
-    and :func:`~pyg_cerp.train.run_cerp` rely on.
-
-    Users are entities :math:`0, \ldots, N_U - 1` of :attr:`embedding` and
-    item :math:`i` is entity :math:`N_U + i`.
-
-    Subclasses implement :meth:`scores` (training scores of
-    (user, item) pairs) and :meth:`score_function` (full ranking).
+    r"""A user-item recommender trained with BPR, the interface of the
+    training loop, the evaluation and the runner: users are entities
+    :math:`0, \ldots, N_U - 1` of :attr:`embedding`, item :math:`i` is
+    entity :math:`N_U + i`. Subclasses implement :meth:`scores` and
+    :meth:`score_function`.
 
     Args:
         num_users (int): The number of users :math:`N_U`.
@@ -77,14 +73,8 @@ class Recommender(Module):
         raise NotImplementedError
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        r"""The BPR loss (see :func:`bpr_loss`) of a batch.
-
-        Args:
-            users (torch.Tensor): User ids, shape :obj:`[B]`.
-            pos (torch.Tensor): Positive item ids (local), shape :obj:`[B]`.
-            neg (torch.Tensor): Negative item ids (local), shape
-                :obj:`[B, n]`.
-        """
+        r""":func:`bpr_loss` of a batch of users :obj:`[B]`, positive items
+        :obj:`[B]` and negative items :obj:`[B, n]` (local ids)."""
         if neg.dim() == 1:
             neg = neg.unsqueeze(-1)
         pos_score, neg_score = self.scores(users, pos, neg)
@@ -108,16 +98,8 @@ class Recommender(Module):
             \|\mathbf{e}_{i_b^+}\|^2 + \sum_{j=1}^{n}
             \|\mathbf{e}_{i_{b,j}^-}\|^2 \Big),
 
-        as in LightGCN-PyTorch (there with :math:`n = 1` and weight
-        :math:`10^{-4}`). Unlike weight decay, it touches only the rows of the
-        batch.
-
-        Args:
-            users (torch.Tensor): User ids, shape :obj:`[B]`.
-            pos (torch.Tensor): Positive item ids (local), shape :obj:`[B]`.
-            neg (torch.Tensor): Negative item ids (local), shape
-                :obj:`[B, n]`.
-        """
+        as in LightGCN-PyTorch; unlike weight decay, it touches only the
+        batch's rows (arguments as in :meth:`loss`)."""
         ids = torch.cat([users, pos + self.num_users,
                          neg.reshape(-1) + self.num_users])
         emb = self.embedding(ids)
