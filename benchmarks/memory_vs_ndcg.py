@@ -78,7 +78,6 @@ import os.path as osp
 import subprocess
 import sys
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -86,12 +85,16 @@ from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from pyg_cerp import train  # noqa: E402
 from pyg_cerp.diagnostics import hash_balance, overlap_rate  # noqa: E402
 from pyg_cerp.memory import memory_report  # noqa: E402
+from pyg_cerp.nn import use_symmetric_propagation  # noqa: E402
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,  # noqa: E402
                                    PEPEmbedding, QREmbedding)
 from pyg_cerp.nn.compositional import CompositionalEmbedding  # noqa: E402
 from pyg_cerp.nn.mlp import MLPScorer  # noqa: E402
+from pyg_cerp.train.recommender import chunked_scores  # noqa: E402
+from pyg_cerp.utils.adjacency import lightgcn_adjacency  # noqa: E402
 
 METHODS = ('full', 'cerp', 'cerp-noreg', 'pep', 'qr', 'hash')
 #: The methods of the converged profile (pyg_cerp.train.methods.METHODS).
@@ -107,6 +110,9 @@ CONVERGED_COLUMNS = [
     'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note'
 ]
 PRUNED = ('cerp', 'cerp-noreg', 'pep')
+#: The runner's method (its stages) of each quick/full-profile method.
+RUNNER_METHODS = {'full': 'full', 'qr': 'qr-mul', 'hash': 'hash',
+                  'cerp': 'cerp', 'cerp-noreg': 'cerp-noreg', 'pep': 'pep'}
 BACKBONES = ('lightgcn', 'mlp')
 KNOWN_DATASETS = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020',
                   'yelp2020-lightgcn-pr16': 'yelp2020-lightgcn-pr16'}
@@ -207,34 +213,6 @@ def resolve_hyper(args: argparse.Namespace, profile: Profile,
     return out
 
 
-# Pipeline imports (kept in one place) ########################################
-
-def _pipeline():
-    try:
-        from pyg_cerp import train
-    except ImportError as error:  # pragma: no cover
-        raise SystemExit(
-            f'error: the training pipeline (pyg_cerp.train, branch pipe) is '
-            f'not available: {error}') from error
-    return train
-
-
-def _adjacency(edge_index: Tensor, num_users: int, num_items: int):
-    try:
-        from pyg_cerp.utils.adjacency import lightgcn_adjacency
-    except ImportError:
-        from pyg_cerp.utils import lightgcn_adjacency
-    return lightgcn_adjacency(edge_index, num_users, num_items)
-
-
-def _symmetric(model: torch.nn.Module) -> torch.nn.Module:
-    try:
-        from pyg_cerp.nn.propagation import use_symmetric_propagation
-    except ImportError:
-        from pyg_cerp.nn import use_symmetric_propagation
-    return use_symmetric_propagation(model)
-
-
 # Data ########################################################################
 
 def resolve_dataset(dataset: str, root: Optional[str]) -> str:
@@ -329,22 +307,8 @@ def make_jobs(methods: Sequence[str], budgets: Sequence[float],
     return jobs
 
 
-# Evaluation of the MLP in user chunks ########################################
-
-def chunked_score_function(score_all: Callable[..., Tensor], chunk: int = 16,
-                           item_chunk: int = 2048
-                           ) -> Callable[[Tensor], Tensor]:
-    r"""Wraps :meth:`MLPScorer.score_all` so that it scores :obj:`chunk`
-    users against :obj:`item_chunk` items at a time: the MLP materialises a
-    :obj:`[users, items, hidden]` tensor, and keeping it cache-sized
-    (:math:`16 \times 2048 \times 64` floats, 8 MB) was measured 4.5 times
-    faster than :math:`64 \times 8192` and avoids the gigabytes a whole
-    evaluation batch would take."""
-    def score(users: Tensor) -> Tensor:
-        return torch.cat([score_all(users[i:i + chunk],
-                                    item_batch_size=item_chunk)
-                          for i in range(0, users.numel(), chunk)])
-    return score
+#: :func:`pyg_cerp.train.recommender.chunked_scores` (the harness' old name).
+chunked_score_function = chunked_scores
 
 
 # One job #####################################################################
@@ -368,12 +332,13 @@ class Benchmark:
         self.backbone = backbone
         self.data = data
         self.commit = commit
-        self.train = _pipeline()
+        self.train = train
         self.hyper = resolve_hyper(args, profile, self.train.CERPConfig())
         self.num_entities = data.num_users + data.num_items
         self.adj = None
         if backbone == 'lightgcn':
-            self.adj = _adjacency(data.train, data.num_users, data.num_items)
+            self.adj = lightgcn_adjacency(data.train, data.num_users,
+                                          data.num_items)
         self.eval_users = int(torch.unique(data.test[0]).numel())
 
     # Building ----------------------------------------------------------------
@@ -407,7 +372,7 @@ class Benchmark:
             from torch_geometric.nn.models import LightGCN
             model = LightGCN(self.num_entities, self.hyper['dim'],
                              self.args.num_layers)
-            _symmetric(model)
+            use_symmetric_propagation(model)
             model.embedding = embedding
             model.reset_parameters()
             return self.train.LightGCNRecommender(model, self.adj,
@@ -415,11 +380,9 @@ class Benchmark:
                                                   data.num_items)
         scorer = MLPScorer(data.num_users, data.num_items, embedding,
                            hidden_channels=self.profile.mlp_hidden)
-        rec = self.train.MLPRecommender(scorer)
-        chunk = self.args.mlp_eval_chunk
-        rec.score_function = lambda: chunked_score_function(  # type: ignore
-            scorer.score_all, chunk, self.args.mlp_eval_item_chunk)
-        return rec
+        return self.train.MLPRecommender(
+            scorer, user_chunk=self.args.mlp_eval_chunk,
+            item_chunk=self.args.mlp_eval_item_chunk)
 
     def config(self, job: Job):
         r"""The pipeline configuration of :obj:`job`."""
@@ -446,24 +409,18 @@ class Benchmark:
         r"""Runs :obj:`job` through :class:`pyg_cerp.train.CERPRunner` and
         returns its CSV rows."""
         config = self.config(job)
-        pruned = job.method in PRUNED
         data = self.data
         try:  # Budgets a method cannot meet (QR needs ~2 sqrt(N) rows).
             self.embedding(job.method, job.budgets[0])
         except ValueError as error:
             return [dict(self._base(job), budget=b, reached=False, epochs=0,
                          note=f'infeasible: {error}') for b in job.budgets]
-        built: List[Tuple[str, Any]] = []
+        built: List[Any] = []
 
         def factory(kind: str) -> torch.nn.Module:
-            # 'full' is the runner's baseline stage (used for the fixed-size
-            # methods), 'cerp' its prunable stages (CERP and PEP). The fixed
-            # methods run an empty (0-epoch) prune stage with a throw-away
-            # CompositionalEmbedding.
-            if kind == 'full':
-                return self.embedding(job.method, job.budgets[0])
-            method = job.method if pruned else 'cerp'
-            return self.embedding(method, job.budgets[0])
+            # A fixed method's one stage ('full') trains its structure; a
+            # pruning method's prunable stages ('cerp') build CERP or PEP.
+            return self.embedding(job.method, job.budgets[0])
 
         def build(embedding: torch.nn.Module):
             rec = self.build_recommender(embedding)
@@ -476,15 +433,12 @@ class Benchmark:
                                            config.num_negatives,
                                            config.batch_size, seed)
 
-        runner = self.train.CERPRunner(config, data, build, sampler,
-                                       embedding_factory=factory,
-                                       out_dir=None, log=log,
-                                       progress=self.args.progress)
+        runner = self.train.CERPRunner(
+            config, data, build, sampler, embedding_factory=factory,
+            out_dir=None, log=log, progress=self.args.progress,
+            method=RUNNER_METHODS[job.method])
         start = time.perf_counter()
-        with warnings.catch_warnings():
-            if not pruned:  # The empty prune stage reaches no target.
-                warnings.simplefilter('ignore')
-            state = runner.run()
+        state = runner.run()
         total = time.perf_counter() - start
         return self._rows(job, state, built, total, len(runner.sampler))
 
@@ -1034,7 +988,6 @@ def load_converged_split(folder: str, subset: Optional[Sequence[int]],
     seeded per-user holdout of :obj:`valid_fraction` of train
     (:func:`pyg_cerp.train.holdout_split`). With :obj:`subset` ``(U, I)``,
     only users below :math:`U` and items below :math:`I` are kept."""
-    train = _pipeline()
     from pyg_cerp.datasets.lightgcn import read_lightgcn_file
     raw = train.load_interactions(folder)
     valid = None
@@ -1070,7 +1023,6 @@ def run_converged(args: argparse.Namespace,
     :meth:`CERPConfig.preset` :obj:`'faithful'` (overridable: :obj:`--dim`,
     :obj:`--batch-size`, :obj:`--lr`, :obj:`--prune-epochs`,
     :obj:`--gamma`, :obj:`--num-negatives`)."""
-    train = _pipeline()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     folder = resolve_dataset(args.dataset, args.root)
@@ -1104,25 +1056,24 @@ def run_converged(args: argparse.Namespace,
         table = CSVLog(csv_path, fresh=args.fresh, columns=CONVERGED_COLUMNS)
         adj = None
         if backbone == 'lightgcn':
-            adj = _adjacency(split.train, split.num_users, split.num_items)
+            adj = lightgcn_adjacency(split.train, split.num_users,
+                                     split.num_items)
             adj = adj.to(device)
 
         def build(embedding: torch.nn.Module, backbone=backbone, adj=adj):
             if backbone == 'lightgcn':
                 from torch_geometric.nn.models import LightGCN
                 model = LightGCN(n, config.dim, args.num_layers)
-                _symmetric(model)
+                use_symmetric_propagation(model)
                 model.embedding = embedding
                 model.reset_parameters()
                 return train.LightGCNRecommender(
                     model, adj, split.num_users, split.num_items).to(device)
             scorer = MLPScorer(split.num_users, split.num_items, embedding,
                                preset=args.mlp_preset)
-            rec = train.MLPRecommender(scorer).to(device)
-            rec.score_function = lambda: chunked_score_function(  # type: ignore
-                scorer.score_all, args.mlp_eval_chunk,
-                args.mlp_eval_item_chunk)
-            return rec
+            return train.MLPRecommender(
+                scorer, user_chunk=args.mlp_eval_chunk,
+                item_chunk=args.mlp_eval_item_chunk).to(device)
 
         def sampler(edge_index: Tensor, seed: int):
             return train.make_sampler(edge_index, split.num_users,
@@ -1199,7 +1150,6 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
         return run_converged(args, argv)
     from tqdm.auto import tqdm
     torch.set_num_threads(args.threads)
-    train = _pipeline()
     folder = resolve_dataset(args.dataset, args.root)
     args.dataset_label = dataset_label(args.dataset)
     profile = args.profile_obj

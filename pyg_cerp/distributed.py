@@ -1,25 +1,12 @@
-r"""Multi-process CERP training on :mod:`torch.distributed`.
-
-There is one training stack: :func:`pyg_cerp.train.train_step`,
-:func:`~pyg_cerp.train.train_epoch`, :func:`~pyg_cerp.train.evaluate` and
-:class:`~pyg_cerp.train.CERPRunner` take an optional :obj:`world` (a
-:class:`DistContext`; world size 1 is the single-process code path). This
-module holds what they need from :mod:`torch.distributed`:
-
-* :func:`init_distributed` joins the process group that :obj:`torchrun`
-  started (:obj:`"gloo"` on CPU, :obj:`"nccl"` with CUDA) with a collective
-  timeout, so a rank that dies or hangs ends the job in bounded time;
-* :class:`DistContext`: rank, world size and the collectives, counting the
-  bytes each rank exchanges;
-* :class:`RowPartition`: LightGCN's propagation split by row blocks of the
-  normalised adjacency, each rank doing :math:`1/W` of the sparse products
-  and exchanging layer outputs with :obj:`all_gather`;
-* :func:`all_reduce_gradients` sums the gradients of the replicated
-  parameters (the meta tables, thresholds and any scorer);
-* :func:`sync_scheduler_decisions` keeps the pruning scheduler's decisions
-  rank 0's, :func:`reduce_metric_sums` combines sharded metric sums.
-
-See ``docs/distributed.md``.
+r"""What the training stack needs from :mod:`torch.distributed`: the one
+loop, evaluation and runner of :mod:`pyg_cerp.train` take an optional
+:obj:`world` (a :class:`DistContext`; world size 1 is the single-process
+path). :func:`init_distributed` joins :obj:`torchrun`'s process group with a
+collective timeout; :class:`RowPartition` splits LightGCN's propagation by
+row blocks; :func:`all_reduce_gradients` sums the replicated parameters'
+gradients; :func:`sync_scheduler_decisions` keeps the pruning scheduler
+rank 0's; :func:`reduce_metric_sums` combines sharded metrics. See
+``docs/distributed.md``.
 """
 import datetime
 import gc

@@ -1,17 +1,18 @@
-r"""The CERP training pipeline: pruning schedule, backbones, training loop
-and the two-phase procedure."""
-
+r"""The CERP training stack: the pruning schedule, the backbones, one
+training loop and evaluation, and one runner whose methods (full, CERP, its
+ablations, the baselines) are configurations of typed stages."""
 from .scheduler import (MaskSnapshot, PruningOutcome, PruningScheduler,
                         TargetNotReachedError, TargetNotReachedWarning)
 from .recommender import (LightGCNRecommender, MLPRecommender, Recommender,
                           bpr_loss)
 from .loop import (evaluate, make_optimizer, split_threshold_params,
                    train_epoch, train_step)
-from .cerp import (CERPConfig, CERPRunner, Interactions, memory_stats,
-                   run_cerp)
-from .data import interactions_from_dataset, load_interactions, make_sampler
-from .methods import (METHODS, ConvergedRunner, EarlyStopping, Method, Split,
-                      build_embedding, fit, get_method, holdout_split)
+from .config import CERPConfig
+from .data import (Interactions, Split, holdout_split,
+                   interactions_from_dataset, load_interactions, make_sampler)
+from .methods import METHODS, Method, build_embedding, get_method
+from .runner import CERPRunner, ResumeError, Stage, memory_stats, run_cerp
+from .converged import ConvergedRunner, EarlyStopping, fit
 
 __all__ = [
     'PruningScheduler',
@@ -30,6 +31,8 @@ __all__ = [
     'evaluate',
     'CERPConfig',
     'CERPRunner',
+    'Stage',
+    'ResumeError',
     'Interactions',
     'memory_stats',
     'run_cerp',

@@ -39,14 +39,10 @@ def make_optimizer(
     threshold_weight_decay: Optional[float] = None,
     threshold_eps: Optional[float] = None,
 ) -> torch.optim.Adam:
-    r"""Adam with a separate parameter group for pruning thresholds.
-
-    With Adam, coupled weight decay on a threshold logit :math:`S < 0` whose
-    task gradient vanishes (:math:`\sigma'(S) \approx 0`) gives a constant
-    gradient sign, so :math:`S` rises by :math:`\approx` :obj:`threshold_lr`
-    per step *independently of the decay value*: :obj:`threshold_lr` sets
-    the pruning speed. The official code uses one group (lr
-    :math:`10^{-3}`, weight decay :math:`10^{-5}`, :math:`S_0 = -100`).
+    r"""(Fused) Adam with a separate group for the pruning thresholds:
+    coupled weight decay on a logit :math:`S` whose task gradient vanishes
+    raises it by :math:`\approx` :obj:`threshold_lr` per step whatever the
+    decay, so :obj:`threshold_lr` sets the pruning speed.
 
     Args:
         module (torch.nn.Module): The model.
@@ -141,82 +137,49 @@ def train_step(
             the scheduler's decisions are rank 0's. (default: :obj:`None`)
 
     Returns:
-        A dictionary with :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached
-        scalar tensors, on :math:`W > 1` ranks this rank's part: their sum
-        over ranks is the global value; reading them synchronises the device,
-        which the loop does once per epoch) and :obj:`'reached'` (targets
-        newly reached, a list).
+        :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached scalars; this
+        rank's part on :math:`W > 1` ranks) and :obj:`'reached'` (targets).
     """
-    if world is not None and world.is_distributed:
-        return _distributed_step(recommender, optimizer, batch, scheduler,
-                                 clip_grad_norm, l2_reg, world)
-    users, pos, neg = batch
-    if neg.dim() == 1:
-        neg = neg.unsqueeze(-1)
+    distributed = world is not None and world.is_distributed
     device = _device_of(recommender)
-    if users.device != device:  # CPU sampler, model on an accelerator.
-        users, pos, neg = (t.to(device, non_blocking=True)
-                           for t in (users, pos, neg))
-    bpr = recommender.loss(users, pos, neg)
-    loss = bpr
-    if l2_reg:
-        loss = loss + l2_reg * recommender.l2_penalty(users, pos, neg)
-    reg = None
-    if scheduler is not None:
-        reg = scheduler.regularizer(recommender.entities(users, pos, neg))
-        if reg is not None:
-            loss = loss + reg
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(recommender.parameters(),
-                                       clip_grad_norm, foreach=True)
-    optimizer.step()
-    reached = scheduler.step() if scheduler is not None else []
-    return dict(loss=loss.detach(), bpr=bpr.detach(),
-                reg=torch.zeros_like(bpr.detach()) if reg is None else
-                reg.detach(), reached=reached)
-
-
-def _distributed_step(recommender: Recommender, optimizer: Optimizer,
-                      batch: Batch, scheduler: Optional[PruningScheduler],
-                      clip_grad_norm: Optional[float], l2_reg: float,
-                      world: DistContext) -> Dict[str, Any]:
-    # See `train_step`: this rank's part of the global loss, gradients
-    # summed over ranks. An empty share still runs the (collective)
-    # propagation, with a zero loss.
-    users, pos, neg = (t.to(_device_of(recommender)) for t in batch)
+    users, pos, neg = (t.to(device, non_blocking=True) for t in batch)
     if neg.dim() == 1:
         neg = neg.unsqueeze(-1)
-    full = getattr(batch, 'global_batch', None)
-    n_local = users.numel()
-    n = full[0].numel() if full is not None else world.global_count(n_local)
-    share = n_local / n
     bpr = recommender.loss(users, pos, neg)
-    if n_local == 0:
-        bpr = bpr.nan_to_num(0.) * 0.
-    loss = share * bpr
-    if l2_reg and n_local:
+    loss, share = bpr, 1.
+    if distributed:  # This rank's part of the global loss.
+        full = getattr(batch, 'global_batch', None)
+        n = (full[0].numel() if full is not None else
+             world.global_count(users.numel()))
+        share = users.numel() / n
+        if users.numel() == 0:  # Still runs the collective propagation.
+            bpr = bpr.nan_to_num(0.) * 0.
+        bpr = share * bpr
+        loss = bpr
+    if l2_reg and (users.numel() or not distributed):
         loss = loss + share * l2_reg * recommender.l2_penalty(users, pos, neg)
     reg = None
-    if scheduler is not None:
+    if scheduler is not None and distributed:
         index, scale = _regularizer_share(recommender, scheduler, full,
                                           (users, pos, neg), world)
         reg = scheduler.regularizer(index) if index.numel() else None
-        if reg is not None:
-            reg = reg * scale
-            loss = loss + reg
+        reg = None if reg is None else reg * scale
+    elif scheduler is not None:
+        reg = scheduler.regularizer(recommender.entities(users, pos, neg))
+    if reg is not None:
+        loss = loss + reg
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    all_reduce_gradients(recommender.parameters(), world)
+    if distributed:
+        all_reduce_gradients(recommender.parameters(), world)
     if clip_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(recommender.parameters(),
                                        clip_grad_norm, foreach=True)
     optimizer.step()
     reached = scheduler.step() if scheduler is not None else []
-    if scheduler is not None:
+    if scheduler is not None and distributed:
         reached = sync_scheduler_decisions(scheduler, reached, world)
-    return dict(loss=loss.detach(), bpr=(share * bpr).detach(),
+    return dict(loss=loss.detach(), bpr=bpr.detach(),
                 reg=torch.zeros_like(bpr.detach()) if reg is None else
                 reg.detach(), reached=reached)
 
@@ -263,36 +226,30 @@ def train_epoch(
     l2_reg: float = 0.,
     world: Optional[DistContext] = None,
 ) -> Dict[str, Any]:
-    r"""Trains one epoch over :obj:`sampler` (which is told the epoch through
-    :obj:`set_epoch` if it has it, so that a sharded, seeded sampler yields a
-    reproducible and, across ranks, disjoint stream).
+    r"""Trains one epoch over :obj:`sampler` (told the epoch through
+    :obj:`set_epoch`, if it has it).
 
     Args:
         recommender (Recommender): The model.
         optimizer (torch.optim.Optimizer): The optimiser.
         sampler (Iterable): Yields :obj:`(users, pos, neg)` batches.
         epoch (int): The epoch number (passed to :obj:`sampler.set_epoch`).
-        scheduler (PruningScheduler, optional): The pruning schedule (phase
-            1). Its :meth:`~PruningScheduler.on_epoch_end` is *not* called
-            here. (default: :obj:`None`)
+        scheduler (PruningScheduler, optional): Phase 1's schedule (its
+            :meth:`on_epoch_end` is the caller's). (default: :obj:`None`)
         clip_grad_norm (float, optional): See :func:`train_step`.
         stop_when_done (bool, optional): Stop the epoch as soon as the
             scheduler reports every target reached. (default: :obj:`True`)
-        on_reached (Callable, optional): Called with the list of targets
-            reached at a step, right after it (*e.g.*, to save a copy of the
-            model). (default: :obj:`None`)
+        on_reached (Callable, optional): Called with the targets reached at
+            a step, right after it. (default: :obj:`None`)
         progress (bool, optional): Show a :obj:`tqdm` progress bar.
         desc (str, optional): The progress bar description.
         step_fn (Callable, optional): Replaces :func:`train_step` (same
             signature). (default: :obj:`None`)
         l2_reg (float, optional): See :func:`train_step` (passed to the step
             only when non-zero). (default: :obj:`0.`)
-        world (pyg_cerp.distributed.DistContext, optional): The ranks, see
-            :func:`train_step` (passed to the step only when it has more than
-            one); the sampler yields this rank's shares (*e.g.*,
-            :meth:`BPRSampler.shard <pyg_cerp.sampling.BPRSampler.shard>`),
-            and the returned losses are global (one all-reduce per epoch).
-            (default: :obj:`None`)
+        world (pyg_cerp.distributed.DistContext, optional): The ranks (see
+            :func:`train_step`); the sampler yields this rank's shares and
+            the returned losses are global. (default: :obj:`None`)
 
     Returns:
         The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,

@@ -38,15 +38,11 @@ def bpr_loss(pos_score: Tensor, neg_score: Tensor) -> Tensor:
 
 
 class Recommender(Module):
-    r"""A user-item recommender trained with BPR: the interface that
-    :func:`~pyg_cerp.train.train_epoch`, :func:`~pyg_cerp.train.evaluate`
-    and :func:`~pyg_cerp.train.run_cerp` rely on.
-
-    Users are entities :math:`0, \ldots, N_U - 1` of :attr:`embedding` and
-    item :math:`i` is entity :math:`N_U + i`.
-
-    Subclasses implement :meth:`scores` (training scores of
-    (user, item) pairs) and :meth:`score_function` (full ranking).
+    r"""A user-item recommender trained with BPR, the interface of the
+    training loop, the evaluation and the runner: users are entities
+    :math:`0, \ldots, N_U - 1` of :attr:`embedding`, item :math:`i` is
+    entity :math:`N_U + i`. Subclasses implement :meth:`scores` and
+    :meth:`score_function`.
 
     Args:
         num_users (int): The number of users :math:`N_U`.
@@ -77,14 +73,8 @@ class Recommender(Module):
         raise NotImplementedError
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
-        r"""The BPR loss (see :func:`bpr_loss`) of a batch.
-
-        Args:
-            users (torch.Tensor): User ids, shape :obj:`[B]`.
-            pos (torch.Tensor): Positive item ids (local), shape :obj:`[B]`.
-            neg (torch.Tensor): Negative item ids (local), shape
-                :obj:`[B, n]`.
-        """
+        r""":func:`bpr_loss` of a batch of users :obj:`[B]`, positive items
+        :obj:`[B]` and negative items :obj:`[B, n]` (local ids)."""
         if neg.dim() == 1:
             neg = neg.unsqueeze(-1)
         pos_score, neg_score = self.scores(users, pos, neg)
@@ -108,16 +98,8 @@ class Recommender(Module):
             \|\mathbf{e}_{i_b^+}\|^2 + \sum_{j=1}^{n}
             \|\mathbf{e}_{i_{b,j}^-}\|^2 \Big),
 
-        as in LightGCN-PyTorch (there with :math:`n = 1` and weight
-        :math:`10^{-4}`). Unlike weight decay, it touches only the rows of the
-        batch.
-
-        Args:
-            users (torch.Tensor): User ids, shape :obj:`[B]`.
-            pos (torch.Tensor): Positive item ids (local), shape :obj:`[B]`.
-            neg (torch.Tensor): Negative item ids (local), shape
-                :obj:`[B, n]`.
-        """
+        as in LightGCN-PyTorch; unlike weight decay, it touches only the
+        batch's rows (arguments as in :meth:`loss`)."""
         ids = torch.cat([users, pos + self.num_users,
                          neg.reshape(-1) + self.num_users])
         emb = self.embedding(ids)
@@ -227,6 +209,27 @@ class LightGCNRecommender(Recommender):
         return lambda users: out[users] @ item.t()
 
 
+def chunked_scores(score_all: Callable[..., Tensor], chunk: int = 16,
+                   item_chunk: int = 2048) -> ScoreFn:
+    r"""Wraps :meth:`~pyg_cerp.nn.MLPScorer.score_all` so that it scores
+    :obj:`chunk` users against :obj:`item_chunk` items at a time: the MLP
+    materialises a :obj:`[users, items, hidden]` tensor, and a cache-sized
+    one (:math:`16 \times 2048 \times 64` floats) was measured 4.5 times
+    faster than :math:`64 \times 8192`.
+
+    Args:
+        score_all (Callable): Maps users and :obj:`item_batch_size` to
+            scores :obj:`[U, N_I]`.
+        chunk (int, optional): Users per call. (default: :obj:`16`)
+        item_chunk (int, optional): Items per call. (default: :obj:`2048`)
+    """
+    def score(users: Tensor) -> Tensor:
+        return torch.cat([score_all(users[i:i + chunk],
+                                    item_batch_size=item_chunk)
+                          for i in range(0, users.numel(), chunk)])
+    return score
+
+
 class MLPRecommender(Recommender):
     r"""An MLP scorer (:class:`~pyg_cerp.nn.MLPScorer`) as a recommender,
     :math:`\hat{y}_{ui} = \mathrm{MLP}([\mathbf{e}_u \,\|\,
@@ -234,10 +237,18 @@ class MLPRecommender(Recommender):
 
     Args:
         scorer (pyg_cerp.nn.MLPScorer): The scorer.
+        user_chunk (int, optional): Rank this many users per call in
+            evaluation (see :func:`chunked_scores`; :obj:`None`: all users
+            of a batch at once, items in chunks of 8192).
+            (default: :obj:`None`)
+        item_chunk (int, optional): Items per call with :obj:`user_chunk`.
+            (default: :obj:`2048`)
     """
-    def __init__(self, scorer: Module) -> None:
+    def __init__(self, scorer: Module, user_chunk: Optional[int] = None,
+                 item_chunk: int = 2048) -> None:
         super().__init__(scorer.num_users, scorer.num_items)
         self.scorer = scorer
+        self.user_chunk, self.item_chunk = user_chunk, int(item_chunk)
 
     @property
     def embedding(self) -> Module:
@@ -254,4 +265,7 @@ class MLPRecommender(Recommender):
         return out[:, 0], out[:, 1:]
 
     def score_function(self) -> ScoreFn:
-        return self.scorer.score_all
+        if self.user_chunk is None:
+            return self.scorer.score_all
+        return chunked_scores(self.scorer.score_all, int(self.user_chunk),
+                              self.item_chunk)

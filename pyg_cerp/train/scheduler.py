@@ -1,15 +1,17 @@
-r"""The pruning schedule of CERP: the regulariser weight :math:`\gamma` and
-mask snapshots at memory targets."""
+r"""The pruning schedule of CERP: the regulariser weight :math:`\gamma`, the
+density plan and mask snapshots at memory targets."""
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 
-Masks = Union[Tensor, Sequence[Tensor]]
+from pyg_cerp.train.snapshots import (Masks, MaskSnapshot, PruningOutcome,
+                                      TargetNotReachedError,
+                                      TargetNotReachedWarning)
+from pyg_cerp.utils.validation import check_float, check_int
 
 VALUE_BOUND = 1. - 1e-4
 r"""Under a pace plan the pruned tables' values are kept in
@@ -17,125 +19,64 @@ r"""Under a pace plan the pruned tables' values are kept in
 threshold :math:`\sigma(S)` can still reach them."""
 
 
-class TargetNotReachedWarning(UserWarning):
-    r"""Raised (as a warning) when phase 1 ends before a memory target was
-    reached."""
+# The configuration and the progress in a state dict, and how
+# load_state_dict() casts what it restores.
+_CONFIG_STATE = ('gamma_init', 'gamma_decay', 'gamma_decay_every',
+                 'check_every', 'threshold_drive', 'gamma_scale',
+                 'prune_start', 'gamma_at_onset', 'pace_epochs')
+_STATE = ('steps_per_epoch', 'pace_offset', 'onset_step', 'onset_density',
+          'num_steps', 'epoch', 'start_density', 'min_density',
+          'last_density')
+_LOADED = dict(gamma_init=float, gamma_decay=float, min_density=float,
+               last_density=float, threshold_drive=float,
+               gamma_decay_every=int, check_every=int, num_steps=int,
+               epoch=int, start_density=float, steps_per_epoch=int,
+               onset_step=int, onset_density=float)
 
 
-class TargetNotReachedError(RuntimeError):
-    r"""Raised by :meth:`PruningScheduler.check_complete` with
-    :obj:`strict=True` when a memory target was not reached."""
-
-
-@dataclass
-class MaskSnapshot:
-    r"""The non-zero pattern of the embedding the first time a memory target
-    was reached.
-
-    Args:
-        target (float): The target, in the scheduler's unit.
-        masks (torch.Tensor or Sequence[torch.Tensor]): What
-            :meth:`embedding.masks()` returned.
-        step (int): The number of optimisation steps taken when it was taken.
-        epoch (int): The (0-based) epoch it was taken in.
-        density (float): The density (in the scheduler's unit) at that point,
-            :math:`\leq` :obj:`target`.
-        full_fraction (float): The non-zeros over :math:`Nd` at that point.
-    """
-    target: float
-    masks: Masks
-    step: int
-    epoch: int
-    density: float
-    full_fraction: float
-
-    def to_dict(self) -> Dict[str, Any]:
-        masks = (self.masks if isinstance(self.masks, Tensor) else list(
-            self.masks))
-        return dict(target=self.target, masks=masks, step=self.step,
-                    epoch=self.epoch, density=self.density,
-                    full_fraction=self.full_fraction)
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> 'MaskSnapshot':
-        masks = d['masks']
-        masks = masks if isinstance(masks, Tensor) else tuple(masks)
-        return cls(float(d['target']), masks, int(d['step']), int(d['epoch']),
-                   float(d['density']), float(d['full_fraction']))
-
-
-@dataclass
-class PruningOutcome:
-    r"""What phase 1 achieved (see :meth:`PruningScheduler.outcome`).
-
-    Args:
-        reached (List[float]): The targets with a snapshot.
-        missing (List[float]): The targets never reached.
-        density (float): The current density (scheduler unit).
-        min_density (float): The lowest density seen.
-        steps (int): Optimisation steps taken.
-        epochs (int): Epochs completed.
-        message (str): A human-readable summary with advice for missing
-            targets.
-    """
-    reached: List[float]
-    missing: List[float]
-    density: float
-    min_density: float
-    steps: int
-    epochs: int
-    message: str = field(default='')
-
-    @property
-    def complete(self) -> bool:
-        r"""Whether every target was reached."""
-        return not self.missing
+def _opt(cast: Any, value: Any) -> Any:
+    return None if value is None else cast(value)
 
 
 class PruningScheduler:
-    r"""Drives the pruning phase (phase 1) of CERP for any *prunable*
-    embedding.
+    r"""Drives phase 1 of CERP for any *prunable* embedding (one with
+    :meth:`num_nonzero`, :attr:`num_full_params`, :meth:`masks`,
+    :meth:`freeze_masks`, :meth:`initial_state` and optionally
+    :attr:`num_meta_params` and :meth:`pruning_loss`, *e.g.*
+    :class:`~pyg_cerp.nn.CompositionalEmbedding`).
 
-    The training loop calls :meth:`on_train_start` once, :meth:`step` after
-    every optimiser step and :meth:`on_epoch_end` after every epoch, and adds
-    :meth:`regularizer` to its loss. The scheduler
+    The loop calls :meth:`on_train_start` once, :meth:`step` after every
+    optimiser step and :meth:`on_epoch_end` after every epoch, and adds
+    :meth:`regularizer` to its loss, weighted by
 
-    * weights the pruning regulariser with
+    .. math::
+        \gamma_t = \gamma_0 \cdot \rho^{\lfloor t / T \rfloor}
 
-      .. math::
-          \gamma_t = \gamma_0 \cdot \rho^{\lfloor t / T \rfloor}
+    in epoch :math:`t`. Every :obj:`check_every` steps it measures the
+    density (non-zeros over :math:`Nd` for :obj:`target_unit='full'`, over
+    the prunable parameters for :obj:`'meta'`) and, the first time it is at
+    or below a target, snapshots the masks (:class:`MaskSnapshot`);
+    :meth:`freeze` applies a snapshot, rewound to the weights captured by
+    :meth:`on_train_start` (lottery ticket) or not.
 
-      for epoch :math:`t`, initial weight :math:`\gamma_0`
-      (:obj:`gamma_init`), decay :math:`\rho` (:obj:`gamma_decay`,
-      :obj:`1.0` for a constant weight) and period :math:`T`
-      (:obj:`gamma_decay_every`);
-    * measures the memory of the embedding every :obj:`check_every` steps (it
-      falls *within* epochs) and, the first time it is at or below a target,
-      snapshots the non-zero masks (:class:`MaskSnapshot`); the weights to
-      rewind to in phase 2 (lottery ticket) are captured in
-      :meth:`on_train_start`;
-    * reports :attr:`done` once every target is reached, so that pruning can
-      stop, and :meth:`outcome` / :meth:`check_complete` otherwise.
+    With :obj:`pace_epochs`, pruning follows the geometric plan
 
-    The density is measured in :obj:`target_unit`:
+    .. math::
+        \hat{\delta}(\tau) = \delta_0 \left(\delta_K /
+        \delta_0\right)^{\min(1, \tau / \tau_K)}
 
-    * :obj:`'full'`: non-zeros over :math:`Nd`, the size of the full
-      embedding table (:obj:`0.1` means "10% of the memory of
-      :class:`torch.nn.Embedding`");
-    * :obj:`'meta'`: non-zeros over the prunable parameters (:math:`2bd` for
-      CERP), *i.e.*, :math:`1 - \textrm{sparsity}` in the paper.
-
-    A *prunable* embedding provides :meth:`num_nonzero`,
-    :attr:`num_full_params`, :meth:`masks`, :meth:`freeze_masks` and
-    :meth:`initial_state`, and optionally :attr:`num_meta_params` (needed for
-    :obj:`target_unit='meta'`) and :meth:`pruning_loss` (without it,
-    :meth:`regularizer` returns :obj:`None`), *e.g.*,
-    :class:`~pyg_cerp.nn.CompositionalEmbedding`.
+    from the onset density :math:`\delta_0` to the smallest target
+    :math:`\delta_K`, :math:`\tau` the epochs since the onset: when a
+    check finds the density above the plan, the threshold logits of each
+    table rise by the least common :math:`\Delta s \geq 0` that brings it
+    down to the plan (a quantile of the margins :math:`\sigma^{-1}(|v|) -
+    S`), the official clock (weight decay raising every :math:`S` by the lr
+    per step) replaced by one in epochs; the learned spread of the logits
+    is untouched.
 
     Args:
         embedding (torch.nn.Module): The prunable embedding.
-        targets (Sequence[float]): The memory targets in :math:`(0, 1)`, in
-            any order (sorted from largest to smallest internally).
+        targets (Sequence[float]): Memory targets in :math:`(0, 1)`.
             (default: :obj:`(0.10, 0.05, 0.01)`)
         target_unit (str, optional): :obj:`'full'` or :obj:`'meta'`.
             (default: :obj:`'full'`)
@@ -147,86 +88,35 @@ class PruningScheduler:
         check_every (int, optional): Measure the density every this many
             steps. (default: :obj:`1`)
         capture_initial_state (bool, optional): Capture the rewind weights at
-            construction already (they are re-captured by
-            :meth:`on_train_start` before the first step).
-            (default: :obj:`True`)
-        threshold_drive (float, optional): If positive, :meth:`regularizer`
-            also adds :math:`-c \sum \mathbf{S}` over the embedding's
-            threshold parameters (names containing :obj:`'threshold'`): a
-            constant push that, under Adam, raises every threshold logit by
-            about its learning rate per step *without* the saturation at
-            :math:`\sigma(0) = 0.5` that weight decay on :math:`\mathbf{S}`
-            has. (default: :obj:`0.`)
-        gamma_scale (float, optional): A constant factor :math:`c` on the
-            regulariser, :math:`c \gamma_t \mathcal{L}_{\textrm{prune}}`,
-            *e.g.*, the batch-shape conversion of the official weight
-            (see :meth:`~pyg_cerp.train.CERPConfig.derived`).
+            construction too. (default: :obj:`True`)
+        threshold_drive (float, optional): Adds :math:`-c \sum \mathbf{S}`
+            over the threshold logits: under Adam it raises each by about its
+            lr per step, without the saturation of weight decay.
+            (default: :obj:`0.`)
+        gamma_scale (float, optional): A factor :math:`c` on the
+            regulariser (see :meth:`~pyg_cerp.train.CERPConfig.derived`).
             (default: :obj:`1.`)
-        reduction (str, optional): How :meth:`pruning_loss` reduces over the
-            batch's entities, :obj:`'mean'` or :obj:`'sum'` (the official
-            code sums). (default: :obj:`'mean'`)
-        prune_start (int, optional): Epochs during which the thresholds are
-            frozen (no gradient, no weight decay) so that the values train
-            before anything is pruned; the regulariser acts from step 0 as in
-            the official code. At the start of epoch :obj:`prune_start` the
-            thresholds are switched on (and, with :obj:`onset_quantile`,
-            re-initialised). (default: :obj:`0`)
-        onset_quantile (float, optional): If set, at the pruning onset every
-            threshold logit of a table is set to
-            :math:`\sigma^{-1}(q)` of the :obj:`onset_quantile`-quantile
-            :math:`q` of that table's current :math:`|\text{value}|`, so
-            that pruning starts right away at the *trained* scale of the
-            values (with the official :math:`S_0 = -100` it starts only
-            after :math:`\approx 10^5` steps). Equal logits at the onset are
-            what the official code has too (all :math:`S` rise in lockstep
-            under the weight decay until then). (default: :obj:`None`)
-        exact_snapshots (bool, optional): If a step takes the density past a
-            target by more than :obj:`snapshot_tolerance` (relative), the
-            snapshot is the current mask plus the entries that were non-zero
-            at the previous check and have the largest magnitudes there,
-            so that its density equals the target (needs
-            :meth:`pruned_tables` or :meth:`pruned_table`).
-            (default: :obj:`False`)
+        reduction (str, optional): :obj:`'mean'` or :obj:`'sum'` (official)
+            over the batch's entities. (default: :obj:`'mean'`)
+        prune_start (int, optional): Epochs with frozen thresholds; at epoch
+            :obj:`prune_start` they start to learn (the onset).
+            (default: :obj:`0`)
+        onset_quantile (float, optional): At the onset, set each table's
+            threshold logits to :math:`\sigma^{-1}` of this quantile of its
+            :math:`|\text{value}|`. (default: :obj:`None`)
+        exact_snapshots (bool, optional): When a step overshoots a target by
+            more than :obj:`snapshot_tolerance` (relative), refill the
+            snapshot with the largest entries of the previous check up to
+            the target. (default: :obj:`False`)
         snapshot_tolerance (float, optional): See :obj:`exact_snapshots`.
             (default: :obj:`0.02`)
-        gamma_at_onset (bool, optional): Count the :math:`\gamma` schedule
-            from the pruning onset: :math:`\gamma_t = 0` for :math:`t <`
-            :obj:`prune_start` and :math:`\gamma_0 \rho^{\lfloor (t -
-            t_0) / T \rfloor}` from :math:`t_0 =` :obj:`prune_start` on, so
-            that the values train undisturbed and the regulariser is at its
-            strongest while the thresholds move (officially it acts from step
-            0). (default: :obj:`False`)
-        pace_epochs (float, optional): If set, pruning follows a planned
-            density from the onset (epoch :obj:`prune_start`, density
-            :math:`\delta_0`) to the smallest target :math:`\delta_K` in
-            :obj:`pace_epochs` epochs, geometrically,
-
-            .. math::
-                \hat{\delta}(\tau) = \delta_0 \left(\delta_K /
-                \delta_0\right)^{\min(1, \tau / \tau_K)},
-
-            :math:`\tau` the (fractional) epochs since the onset. Whenever
-            a check finds the density above :math:`\hat{\delta}(\tau)`,
-            every threshold logit is raised by the same
-            :math:`\Delta s \geq 0`, the least that brings the density
-            down to the plan: an entry :math:`v` is non-zero iff
-            :math:`\sigma^{-1}(|v|) - S > \Delta s`, so :math:`\Delta s`
-            is a quantile of these margins. This is the official dynamics
-            with its clock replaced: there, the weight decay on
-            :math:`\mathbf{S}` raises every logit by the learning rate per
-            step (a common offset growing with the step count), and the
-            task gradient and the regulariser move the logits apart; here
-            the common offset follows the plan, and the logits are learned
-            the same way (their spread is untouched by the offset). A drive
-            or a weight decay strong enough to prune on time at
-            :math:`B \gg 10` would instead dominate the task gradient and
-            move the logits in lockstep. The plan counts epochs, not steps,
-            so that the pace is the same on every dataset size; a density
-            below the plan is left alone (pruned entries do not come
-            back). (default: :obj:`None`)
-        steps_per_epoch (int, optional): Optimiser steps per epoch, for
-            :math:`\tau` (:obj:`None`: measured on the first epoch; the plan
-            holds the onset density until then). (default: :obj:`None`)
+        gamma_at_onset (bool, optional): :math:`\gamma_t = 0` before
+            :obj:`prune_start`, the schedule counted from there.
+            (default: :obj:`False`)
+        pace_epochs (float, optional): :math:`\tau_K` of the plan
+            (:obj:`None`: no plan). (default: :obj:`None`)
+        steps_per_epoch (int, optional): Steps per epoch for :math:`\tau`
+            (:obj:`None`: measured on the first epoch). (default: :obj:`None`)
     """
     def __init__(
         self,
@@ -249,19 +139,6 @@ class PruningScheduler:
         pace_epochs: Optional[float] = None,
         steps_per_epoch: Optional[int] = None,
     ) -> None:
-        if reduction not in ('mean', 'sum'):
-            raise ValueError(f"'reduction' must be 'mean' or 'sum' "
-                             f"(got {reduction!r})")
-        if gamma_scale < 0:
-            raise ValueError(f"'gamma_scale' must be >= 0 (got {gamma_scale})")
-        if int(prune_start) < 0:
-            raise ValueError(f"'prune_start' must be >= 0 (got {prune_start})")
-        if onset_quantile is not None and not 0. < onset_quantile < 1.:
-            raise ValueError(f"'onset_quantile' must be in (0, 1) "
-                             f"(got {onset_quantile})")
-        if not 0. <= snapshot_tolerance < 1.:
-            raise ValueError(f"'snapshot_tolerance' must be in [0, 1) "
-                             f"(got {snapshot_tolerance})")
         for name in ('num_nonzero', 'masks', 'freeze_masks', 'initial_state'):
             if not callable(getattr(embedding, name, None)):
                 raise TypeError(
@@ -270,9 +147,13 @@ class PruningScheduler:
         if not hasattr(embedding, 'num_full_params'):
             raise TypeError(f"'{type(embedding).__name__}' is not prunable: "
                             f"it lacks 'num_full_params'")
-        if target_unit not in ('full', 'meta'):
-            raise ValueError(f"'target_unit' must be 'full' or 'meta' "
-                             f"(got {target_unit!r})")
+        for name, value, choices in (('target_unit', target_unit,
+                                      ('full', 'meta')),
+                                     ('reduction', reduction,
+                                      ('mean', 'sum'))):
+            if value not in choices:
+                raise ValueError(f"'{name}' must be {choices[0]!r} or "
+                                 f"{choices[1]!r} (got {value!r})")
         if target_unit == 'meta' and not hasattr(embedding, 'num_meta_params'):
             raise ValueError(
                 f"target_unit='meta' needs 'num_meta_params', which "
@@ -283,70 +164,60 @@ class PruningScheduler:
         if len(targets) == 0:
             raise ValueError("'targets' must not be empty")
         for t in targets:
-            if not (0. < t < 1.) or math.isnan(t):
+            if not 0. < t < 1.:  # Also nan.
                 raise ValueError(
                     f"Memory target {t} is not in (0, 1): targets are "
                     f"fractions ({target_unit!r} unit), e.g. 0.1 for 10%")
         if len(set(targets)) != len(targets):
             raise ValueError(f"'targets' holds duplicates (got {targets})")
-        if gamma_init < 0:
-            raise ValueError(f"'gamma_init' must be >= 0 (got {gamma_init})")
-        if not 0. <= gamma_decay <= 1.:
-            raise ValueError(f"'gamma_decay' must be in [0, 1] "
-                             f"(got {gamma_decay})")
-        if int(gamma_decay_every) < 1:
-            raise ValueError(f"'gamma_decay_every' must be >= 1 "
-                             f"(got {gamma_decay_every})")
-        if threshold_drive < 0:
-            raise ValueError(f"'threshold_drive' must be >= 0 "
-                             f"(got {threshold_drive})")
-        if int(check_every) < 1:
-            raise ValueError(f"'check_every' must be >= 1 "
-                             f"(got {check_every})")
-        if pace_epochs is not None and not float(pace_epochs) > 0.:
-            raise ValueError(f"'pace_epochs' must be > 0 (got {pace_epochs})")
-        if steps_per_epoch is not None and int(steps_per_epoch) < 1:
-            raise ValueError(f"'steps_per_epoch' must be >= 1 "
-                             f"(got {steps_per_epoch})")
+        for name, value, high in (('gamma_init', gamma_init, None),
+                                  ('gamma_decay', gamma_decay, 1.),
+                                  ('gamma_scale', gamma_scale, None),
+                                  ('threshold_drive', threshold_drive, None)):
+            check_float(name, value, 0., high)
+        check_float('snapshot_tolerance', snapshot_tolerance, 0., 1.,
+                    high_open=True)
+        if onset_quantile is not None:
+            check_float('onset_quantile', onset_quantile, 0., 1.,
+                        low_open=True, high_open=True)
+        if pace_epochs is not None:
+            check_float('pace_epochs', pace_epochs, 0., low_open=True)
+        for name, value, low in (('gamma_decay_every', gamma_decay_every, 1),
+                                 ('check_every', check_every, 1),
+                                 ('prune_start', prune_start, 0),
+                                 ('steps_per_epoch', steps_per_epoch, 1)):
+            if value is not None:
+                check_int(name, int(value), minimum=low)
 
         self.embedding = embedding
         self.targets: List[float] = sorted(targets, reverse=True)
-        self.target_unit = target_unit
-        self.gamma_init = float(gamma_init)
-        self.gamma_decay = float(gamma_decay)
+        self.target_unit, self.reduction = target_unit, reduction
+        self.gamma_init, self.gamma_decay = float(gamma_init), float(
+            gamma_decay)
         self.gamma_decay_every = int(gamma_decay_every)
         self.check_every = int(check_every)
         self.threshold_drive = float(threshold_drive)
         self.gamma_scale = float(gamma_scale)
-        self.reduction = reduction
         self.prune_start = int(prune_start)
-        self.onset_quantile = (None if onset_quantile is None else
-                               float(onset_quantile))
+        self.onset_quantile = _opt(float, onset_quantile)
         self.exact_snapshots = bool(exact_snapshots)
         self.snapshot_tolerance = float(snapshot_tolerance)
         self.gamma_at_onset = bool(gamma_at_onset)
-        self.pace_epochs = (None if pace_epochs is None else
-                            float(pace_epochs))
-        self.steps_per_epoch = (None if steps_per_epoch is None else
-                                int(steps_per_epoch))
+        self.pace_epochs = _opt(float, pace_epochs)
+        self.steps_per_epoch = _opt(int, steps_per_epoch)
         # The plan's state: the onset it counts from, the offset so far.
         self.pace_offset = 0.
-        self.onset_step: Optional[int] = 0 if int(prune_start) == 0 else None
+        self.onset_step: Optional[int] = 0 if self.prune_start == 0 else None
         self.onset_density: Optional[float] = None
         self._epoch_start_step = 0
         self._prev_tables: Optional[List[Tensor]] = None
-        self._thresholds = [
-            p for n, p in embedding.named_parameters()
-            if 'threshold' in n.split('.')[-1]
-        ]
-
-        self.num_steps = 0
-        self.epoch = 0
+        self._thresholds = [p for n, p in embedding.named_parameters()
+                            if 'threshold' in n.split('.')[-1]]
+        self.num_steps = self.epoch = 0
         self.snapshots: Dict[float, MaskSnapshot] = {}
         self.initial_weights: Optional[Dict[str, Tensor]] = None
         self.start_density: Optional[float] = None
-        self.min_density = float('inf')
-        self.last_density = float('nan')
+        self.min_density, self.last_density = float('inf'), float('nan')
         if capture_initial_state:
             self.initial_weights = self._capture()
 
@@ -437,19 +308,12 @@ class PruningScheduler:
         plan = self.planned_density()
         if plan is None or density <= plan:
             return density
-        # Every table is brought down to the plan by an offset of its own,
-        # so that no table absorbs all of the pruning (with one common
-        # offset the regulariser drives one table to zero and the other
-        # to values beyond the reach of a sigmoid threshold, measured).
+        # An offset per table (with one, a table absorbs all the pruning),
+        # values kept within reach of a sigmoid threshold (the regulariser
+        # grows the entries it defends; measured: the plan stalls beyond 1).
         pairs = self._pairs()
-        # Keep the values within reach of a sigmoid threshold: under a plan
-        # the regulariser defends the entries it needs by growing them as
-        # their threshold rises, and beyond |v| = 1 no threshold can prune
-        # them (measured: the plan stalls, then the logits overflow).
         for value, _ in pairs:
             value.clamp_(-VALUE_BOUND, VALUE_BOUND)
-        # The plan as a fraction of each table (the tables are the
-        # prunable values; the plan is in 'target_unit').
         fraction = plan * self.denominator / sum(v.numel() for v, _ in pairs)
         shifts = []
         for value, thr in pairs:
@@ -482,14 +346,8 @@ class PruningScheduler:
     # Hooks ###################################################################
 
     def on_train_start(self) -> List[float]:
-        r"""Captures the rewind weights (unless resuming after some steps)
-        and snapshots, with a warning, the targets the embedding already meets
-        before training (*e.g.*, a 10% full-table target when the meta tables
-        hold less than 10% of :math:`Nd` from the start).
-
-        Returns:
-            The targets reached at step 0.
-        """
+        r"""Captures the rewind weights (unless resuming) and returns the
+        targets already met before training (snapshot, with a warning)."""
         self._apply_freeze()
         if self.num_steps == 0:
             self.initial_weights = self._capture()
@@ -537,12 +395,11 @@ class PruningScheduler:
         return new
 
     def _tables(self) -> Optional[List[Tensor]]:
-        fn = getattr(self.embedding, 'pruned_tables', None)
-        if callable(fn):
-            return list(fn())
-        fn = getattr(self.embedding, 'pruned_table', None)
-        if callable(fn):
-            return [fn()]
+        for name, wrap in (('pruned_tables', list), ('pruned_table',
+                                                     lambda t: [t])):
+            fn = getattr(self.embedding, name, None)
+            if callable(fn):
+                return wrap(fn())
         return None
 
     def _fill_to(self, target: float, masks: Masks) -> Tuple[Masks, float]:
@@ -595,24 +452,16 @@ class PruningScheduler:
             thr.fill_(float(torch.logit(q)))
 
     def step(self) -> List[float]:
-        r"""Call after every optimiser step of phase 1.
-
-        Returns:
-            The targets newly reached at this step (usually empty).
-        """
+        r"""Call after every optimiser step; returns the targets newly
+        reached."""
         self.num_steps += 1
         if self.done or self.num_steps % self.check_every != 0:
             return []
         return self._check()
 
     def on_epoch_end(self) -> List[float]:
-        r"""Call after every epoch of phase 1: checks the density (even if
-        :obj:`check_every` does not divide the step count) and advances the
-        :math:`\gamma` schedule.
-
-        Returns:
-            The targets newly reached.
-        """
+        r"""Call after every epoch: checks the density and advances the
+        epoch; returns the targets newly reached."""
         new = [] if self.done else self._check()
         self.epoch += 1
         if self.steps_per_epoch is None and self.num_steps > 0:
@@ -625,11 +474,9 @@ class PruningScheduler:
         return new
 
     def regularizer(self, index: Optional[Tensor] = None) -> Optional[Tensor]:
-        r"""The weighted regulariser :math:`\gamma_t \cdot
-        \mathcal{L}_{\textrm{prune}}` over the entities in :obj:`index`
-        (plus the threshold drive, if any), or :obj:`None` if there is
-        nothing to add (:math:`\gamma_t = 0` or no :meth:`pruning_loss`,
-        and no drive) or every target is reached.
+        r"""The weighted regulariser :math:`c \gamma_t
+        \mathcal{L}_{\textrm{prune}}` over :obj:`index` plus the drive, or
+        :obj:`None` if there is nothing to add or every target is reached.
 
         Args:
             index (torch.Tensor, optional): Global entity ids of the batch.
@@ -655,9 +502,8 @@ class PruningScheduler:
     # Results #################################################################
 
     def outcome(self) -> PruningOutcome:
-        r"""Summarises phase 1: which targets were reached (with any
-        overshoot) and, for the missing ones, how far the density got and what
-        to try."""
+        r"""Summarises phase 1: the targets reached and, for the missing
+        ones, how far the density got and what to try."""
         reached = [t for t in self.targets if t in self.snapshots]
         missing = self.pending
         unit = 'of the full table' if self.target_unit == 'full' else \
@@ -681,10 +527,8 @@ class PruningScheduler:
                               self.num_steps, self.epoch, '\n'.join(lines))
 
     def check_complete(self, strict: bool = False) -> PruningOutcome:
-        r"""Returns :meth:`outcome` and warns
-        (:class:`TargetNotReachedWarning`), or raises
-        (:class:`TargetNotReachedError`) if :obj:`strict`, when a target is
-        missing."""
+        r"""Returns :meth:`outcome`; warns (raises if :obj:`strict`) when a
+        target is missing."""
         out = self.outcome()
         if not out.complete:
             if strict:
@@ -717,34 +561,18 @@ class PruningScheduler:
     def state_dict(self) -> Dict[str, Any]:
         r"""The schedule state as plain numbers, strings, lists and tensors
         (loadable with :obj:`torch.load(..., weights_only=True)`)."""
-        return dict(
-            targets=list(self.targets),
-            target_unit=self.target_unit,
-            gamma_init=self.gamma_init,
-            gamma_decay=self.gamma_decay,
-            gamma_decay_every=self.gamma_decay_every,
-            check_every=self.check_every,
-            threshold_drive=self.threshold_drive,
-            gamma_scale=self.gamma_scale,
-            prune_start=self.prune_start,
-            gamma_at_onset=self.gamma_at_onset,
-            pace_epochs=self.pace_epochs,
-            steps_per_epoch=self.steps_per_epoch,
-            pace_offset=self.pace_offset,
-            onset_step=self.onset_step,
-            onset_density=self.onset_density,
-            epoch_start_step=self._epoch_start_step,
-            num_steps=self.num_steps,
-            epoch=self.epoch,
-            start_density=self.start_density,
-            min_density=self.min_density,
-            last_density=self.last_density,
-            initial_weights=self.initial_weights,
-            snapshots=[s.to_dict() for s in self.snapshots.values()],
-        )
+        out: Dict[str, Any] = dict(targets=list(self.targets),
+                                   target_unit=self.target_unit)
+        out.update({k: getattr(self, k) for k in _CONFIG_STATE + _STATE})
+        out.update(epoch_start_step=self._epoch_start_step,
+                   initial_weights=self.initial_weights,
+                   snapshots=[s.to_dict() for s in self.snapshots.values()])
+        return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        r"""Restores a :meth:`state_dict` (the targets and unit must match)."""
+        r"""Restores a :meth:`state_dict` (the targets and unit must match;
+        the other configuration stays this scheduler's, except the
+        :math:`\gamma` schedule, :obj:`check_every` and the drive)."""
         targets = sorted((float(t) for t in state['targets']), reverse=True)
         if targets != self.targets or state['target_unit'] != \
                 self.target_unit:
@@ -752,21 +580,11 @@ class PruningScheduler:
                 f"Cannot load a schedule for targets {targets} "
                 f"({state['target_unit']!r}) into one for {self.targets} "
                 f"({self.target_unit!r})")
-        for key in ('gamma_init', 'gamma_decay', 'min_density',
-                    'last_density', 'threshold_drive'):
-            setattr(self, key, float(state[key]))
-        for key in ('gamma_decay_every', 'check_every', 'num_steps', 'epoch'):
-            setattr(self, key, int(state[key]))
-        self.start_density = (None if state['start_density'] is None else
-                              float(state['start_density']))
+        for key, cast in _LOADED.items():
+            if key in state:  # Older states lack the later keys.
+                value = state[key]
+                setattr(self, key, _opt(cast, value))
         self.pace_offset = float(state.get('pace_offset', 0.))
-        for key in ('steps_per_epoch', 'onset_step'):
-            if key in state:
-                setattr(self, key, None if state[key] is None else
-                        int(state[key]))
-        if 'onset_density' in state:
-            self.onset_density = (None if state['onset_density'] is None else
-                                  float(state['onset_density']))
         self._epoch_start_step = int(state.get('epoch_start_step',
                                                self.num_steps))
         self.initial_weights = state['initial_weights']

@@ -8,7 +8,7 @@ import torch
 from pyg_cerp.diagnostics import overlap_rate
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.train import CERPConfig, PruningScheduler
-from pyg_cerp.train.cerp import FAITHFUL_GAMMA, OFFICIAL_GROUPS
+from pyg_cerp.train.config import FAITHFUL_GAMMA, OFFICIAL_GROUPS
 
 
 def test_presets_and_derived_values():

@@ -66,7 +66,7 @@ def test_fit_restores_the_best_validation_epoch(monkeypatch):
         seen.append(float(m.lin.bias))
         return {'ndcg@20': next(values)}
 
-    import pyg_cerp.train.methods as methods
+    import pyg_cerp.train.converged as methods
     epochs = []
 
     def fake_epoch(m, opt, sampler, epoch, clip_grad_norm=None, l2_reg=0.):

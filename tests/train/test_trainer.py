@@ -250,7 +250,7 @@ def test_non_finite_loss_stops_training(tmp_path):
 
 def test_resume_refuses_other_data_and_corrupted_checkpoint(tmp_path):
     from pyg_cerp.utils.io import CheckpointError
-    from pyg_cerp.train.cerp import ResumeError
+    from pyg_cerp.train import ResumeError
     data = block_data()
     config = small_config(baseline_epochs=2)
     make_runner(config, data, out_dir=str(tmp_path)).run(stop_after=1)

@@ -1,0 +1,348 @@
+r"""Training to convergence: early stopping on a validation split and the
+equal-memory comparison cell by cell (:class:`ConvergedRunner`)."""
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+
+from pyg_cerp.nn.baselines import PEPEmbedding
+from pyg_cerp.train.config import CERPConfig
+from pyg_cerp.train.data import Interactions, Split
+from pyg_cerp.train.loop import evaluate, train_epoch
+from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
+                                    build_embedding, get_method)
+from pyg_cerp.train.recommender import Recommender
+from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
+from pyg_cerp.utils.validation import check_finite_loss, check_int
+
+__all__ = ['EarlyStopping', 'FitResult', 'fit', 'ConvergedRunner']
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    r"""When training stops: after :obj:`patience` validations without an
+    improvement of :obj:`metric` by more than :obj:`min_delta`, or after
+    :obj:`max_epochs`.
+
+    Args:
+        max_epochs (int): The epoch cap. (default: :obj:`100`)
+        patience (int): Validations without improvement. (default: :obj:`5`)
+        eval_every (int): Validate every this many epochs.
+            (default: :obj:`1`)
+        metric (str): The validation metric. (default: :obj:`'ndcg@20'`)
+        min_delta (float): The least improvement that counts.
+            (default: :obj:`0.`)
+    """
+    max_epochs: int = 100
+    patience: int = 5
+    eval_every: int = 1
+    metric: str = 'ndcg@20'
+    min_delta: float = 0.
+
+    def __post_init__(self) -> None:
+        check_int('max_epochs', self.max_epochs, minimum=1)
+        check_int('patience', self.patience, minimum=1)
+        check_int('eval_every', self.eval_every, minimum=1)
+        if self.min_delta < 0:
+            raise ValueError(f"'min_delta' must be >= 0 (got "
+                             f"{self.min_delta})")
+
+
+@dataclass
+class FitResult:
+    r"""The outcome of :func:`fit`.
+
+    Args:
+        best_epoch (int): The epoch of the restored model (:obj:`0`: the
+            initial one).
+        best_valid (float): Its validation metric.
+        epochs (int): Epochs trained.
+        seconds (float): Training time.
+        history (List[Dict[str, float]]): Per validation: epoch, loss,
+            metric.
+    """
+    best_epoch: int
+    best_valid: float
+    epochs: int
+    seconds: float
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
+        sampler: Any, validate: Callable[[Recommender], Dict[str, float]],
+        stopping: EarlyStopping, clip_grad_norm: Optional[float] = 100.,
+        log: Callable[[str], None] = lambda s: None,
+        desc: str = '', l2_reg: float = 0.) -> FitResult:
+    r"""Trains :obj:`recommender` until :obj:`stopping` says so and loads
+    the state of its best validation epoch back into it (the model before
+    any training counts as epoch 0).
+
+    Args:
+        recommender (Recommender): The model.
+        optimizer (torch.optim.Optimizer): Its optimiser.
+        sampler (Iterable): The training batches (see
+            :func:`~pyg_cerp.train.train_epoch`).
+        validate (Callable): Maps the model to validation metrics.
+        stopping (EarlyStopping): The stopping rule.
+        clip_grad_norm (float, optional): See
+            :func:`~pyg_cerp.train.train_step`. (default: :obj:`100.`)
+        log (Callable, optional): Receives one line per validation.
+        desc (str, optional): The prefix of those lines.
+        l2_reg (float, optional): See :func:`~pyg_cerp.train.train_epoch`.
+            (default: :obj:`0.`)
+    """
+    best = float(validate(recommender)[stopping.metric])
+    best_state = copy.deepcopy(recommender.state_dict())
+    best_epoch, bad, epoch = 0, 0, 0
+    history: List[Dict[str, float]] = []
+    start = time.perf_counter()
+    while epoch < stopping.max_epochs:
+        stats = train_epoch(recommender, optimizer, sampler, epoch,
+                            clip_grad_norm=clip_grad_norm, l2_reg=l2_reg)
+        epoch += 1
+        check_finite_loss(stats['loss'], f'{desc} epoch {epoch}')
+        if epoch % stopping.eval_every and epoch < stopping.max_epochs:
+            continue
+        value = float(validate(recommender)[stopping.metric])
+        history.append(dict(epoch=epoch, loss=stats['loss'], valid=value))
+        log(f'{desc} epoch {epoch}: loss {stats["loss"]:.4f} valid '
+            f'{stopping.metric} {value:.4f}')
+        if value > best + stopping.min_delta:
+            best, best_epoch, bad = value, epoch, 0
+            best_state = copy.deepcopy(recommender.state_dict())
+        else:
+            bad += 1
+            if bad >= stopping.patience:
+                break
+    recommender.load_state_dict(best_state)
+    return FitResult(best_epoch, best, epoch, time.perf_counter() - start,
+                     history)
+
+
+class ConvergedRunner:
+    r"""Trains one (method, budget, seed) cell of the comparison to
+    convergence and evaluates the chosen model once on the test split.
+
+    * fixed methods: :func:`fit` from the initialisation;
+    * :obj:`'cerp'`, :obj:`'cerp-noreg'`, :obj:`'pep'`: phase 1 by
+      :class:`~pyg_cerp.train.CERPRunner` (stage :obj:`'prune'` only, on the
+      training pairs, target :obj:`budget`), then the snapshot's masks
+      frozen, values rewound to their initial state and :func:`fit`; for the
+      CERP variants once per :func:`bucket_candidates` :math:`b`, keeping
+      the best validation result;
+    * :obj:`'magnitude'`: the converged full table of the same seed
+      (trained once and kept in memory), pruned by magnitude, the rest of
+      the model copied, then :func:`fit`.
+
+    Every model gets the same sampler, optimiser settings, stopping rule and
+    evaluation. Nothing is selected on the test split.
+
+    Args:
+        split (Split): The data.
+        build_recommender (Callable[[torch.nn.Module], Recommender]): The
+            backbone around an embedding (parameters reset, on
+            :obj:`device`).
+        make_sampler (Callable[[Tensor, int], Iterable]): Builds the
+            training sampler from the training pairs and a seed.
+        config (CERPConfig): Phase 1 and the optimiser (its :obj:`targets`,
+            :obj:`bucket_size`, :obj:`seed` and epoch counts other than
+            :obj:`prune_epochs` are set per cell). (default: the
+            :obj:`'faithful'` preset)
+        stopping (EarlyStopping): The stopping rule. (default:
+            :class:`EarlyStopping()`)
+        bucket_ratios (Sequence[float]): See :func:`bucket_candidates`.
+        device (torch.device, optional): The models' device (the step
+            moves the batches there). (default: :obj:`'cpu'`)
+        eval_users (int, optional): Validate and test on a seeded sample of
+            this many users (:obj:`None`: all).
+        log (Callable[[str], None], optional): Log lines.
+    """
+    def __init__(self, split: Split,
+                 build_recommender: Callable[[Module], Recommender],
+                 make_sampler: Callable[[Tensor, int], Any],
+                 config: Optional[CERPConfig] = None,
+                 stopping: Optional[EarlyStopping] = None,
+                 bucket_ratios: Sequence[float] = (1.5, 2., 4.),
+                 device: Any = 'cpu', eval_users: Optional[int] = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.split = split
+        self.build_recommender = build_recommender
+        self.make_sampler = make_sampler
+        self.config = config or CERPConfig.preset('faithful')
+        self.stopping = stopping or EarlyStopping()
+        self.bucket_ratios = tuple(bucket_ratios)
+        if len(self.bucket_ratios) < 1:
+            raise ValueError("'bucket_ratios' must not be empty")
+        self.device = torch.device(device)
+        self.eval_users = eval_users
+        self.log = log
+        self._full: Dict[int, Tuple[Dict[str, Tensor], FitResult]] = {}
+
+    @property
+    def num_entities(self) -> int:
+        return self.split.num_users + self.split.num_items
+
+    # Pieces ------------------------------------------------------------------
+
+    def _cell_config(self, method: Method, budget: float, seed: int,
+                     bucket_size: Optional[int]) -> CERPConfig:
+        return method.config(
+            self.config, targets=(min(budget, 0.999999), ),
+            target_unit='full', baseline_epochs=0, retrain_epochs=0,
+            finetune_epochs=0, seed=int(seed), bucket_size=bucket_size)
+
+    def _sampler(self, seed: int) -> Any:
+        # The step moves each batch to the model's device.
+        return self.make_sampler(self.split.train, seed)
+
+    def _optimizer(self, model: Module,
+                   config: CERPConfig) -> torch.optim.Optimizer:
+        return config_optimizer(model, config.derived(
+            self.num_entities, int(self.split.train.size(1))), config.lr)
+
+    def validate(self, model: Recommender) -> Dict[str, float]:
+        r"""Validation metrics (training pairs masked)."""
+        return evaluate(model, self.split.train, self.split.valid, ks=(20, ),
+                        max_users=self.eval_users, seed=0)
+
+    def test(self, model: Recommender) -> Dict[str, float]:
+        r"""Test metrics (training and validation pairs masked)."""
+        return evaluate(model, self.split.known, self.split.test,
+                        ks=(10, 20), max_users=self.eval_users, seed=0)
+
+    def _fit(self, model: Recommender, config: CERPConfig, seed: int,
+             desc: str) -> FitResult:
+        torch.manual_seed(seed)
+        return fit(model, self._optimizer(model, config), self._sampler(seed),
+                   self.validate, self.stopping, config.clip_grad_norm,
+                   self.log, desc, config.l2_reg)
+
+    def _build(self, embedding: Module, seed: int) -> Recommender:
+        torch.manual_seed(seed)
+        return self.build_recommender(embedding)
+
+    def full_model(self, seed: int) -> Tuple[Dict[str, Tensor], FitResult]:
+        r"""The converged full-table model of :obj:`seed` (trained once)."""
+        if seed not in self._full:
+            cfg = self._cell_config(METHODS['full'], 1., seed, None)
+            model = self._build(build_embedding('full', self.num_entities,
+                                                cfg.dim, 1.), seed)
+            res = self._fit(model, cfg, seed, f'full seed {seed}')
+            self._full[seed] = (copy.deepcopy(model.state_dict()), res)
+        return self._full[seed]
+
+    def _prune(self, method: Method, budget: float, seed: int,
+               bucket_size: Optional[int]
+               ) -> Optional[Tuple[Recommender, int]]:
+        # Phase 1 by the runner (stage 'prune' only), then the snapshot
+        # frozen and the weights rewound by its scheduler.
+        cfg = self._cell_config(method, budget, seed, bucket_size)
+
+        def factory(kind: str) -> Module:
+            return build_embedding(method.name, self.num_entities, cfg.dim,
+                                   budget, bucket_size, cfg.threshold_init)
+
+        data = Interactions(self.split.train, self.split.valid,
+                            self.split.num_users, self.split.num_items)
+        runner = CERPRunner(cfg, data, self.build_recommender,
+                            lambda s: self._sampler(s), method=method,
+                            embedding_factory=factory, log=self.log)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # A missed target is reported.
+            state = runner.run()
+        if not state['prune']['reached']:
+            return None
+        model = self._build(factory('cerp'), seed)
+        runner.rewind(model, Stage('retrain', 0, cfg.targets[0]))
+        return model, sum(1 for h in state['history']
+                          if h['stage'] == 'prune')
+
+    # One cell ----------------------------------------------------------------
+
+    def run(self, method: str, budget: float, seed: int) -> Dict[str, Any]:
+        r"""Trains and tests one cell; returns the chosen model's
+        :obj:`'recommender'`, its test metrics, :obj:`'valid_ndcg@20'`,
+        :obj:`'epochs'` (of the final training), :obj:`'best_epoch'`,
+        :obj:`'prune_epochs'`, :obj:`'bucket_size'`,
+        :obj:`'bucket_sweep'` (:math:`b` to validation NDCG@20),
+        :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
+        there is none: an infeasible budget or a missed target)."""
+        m = get_method(method)
+        budget = 1. if m.name == 'full' else float(budget)
+        start = time.perf_counter()
+        out: Dict[str, Any] = dict(method=m.name, budget=budget, seed=seed,
+                                   bucket_size=None, prune_epochs=0,
+                                   bucket_sweep={}, note='')
+        cfg = self._cell_config(m, budget, seed, None)
+        if m.kind == 'fixed':
+            try:
+                emb = build_embedding(m.name, self.num_entities, cfg.dim,
+                                      budget)
+            except ValueError as error:
+                return dict(out, note=f'infeasible: {error}')
+            model = self._build(emb, seed)
+            res = self._fit(model, cfg, seed, f'{m.name}@{budget:g}')
+            best = (model, res)
+            if m.name == 'full':  # What 'magnitude' prunes: train it once.
+                self._full[seed] = (copy.deepcopy(model.state_dict()), res)
+        elif m.kind == 'magnitude':
+            state, full_res = self.full_model(seed)
+            full = self._build(build_embedding('full', self.num_entities,
+                                               cfg.dim, 1.), seed)
+            full.load_state_dict(state)
+            model = self._build(PEPEmbedding(self.num_entities, cfg.dim,
+                                             check_index=False), seed)
+            rest = {k: v for k, v in state.items()
+                    if not _is_embedding_key(model, k)}
+            model.load_state_dict(rest, strict=False)  # The backbone's rest.
+            model.embedding.freeze_magnitude(
+                full.embedding.weight.detach(), budget)
+            out['prune_epochs'] = full_res.epochs
+            res = self._fit(model, cfg, seed, f'magnitude@{budget:g}')
+            best = (model, res)
+        else:
+            sizes: List[Optional[int]] = (
+                bucket_candidates(self.num_entities, budget,
+                                  self.bucket_ratios)
+                if m.sweeps_bucket_size else [None])
+            best = None
+            for b in sizes:
+                pruned = self._prune(m, budget, seed, b)
+                if pruned is None:
+                    self.log(f'{m.name}@{budget:g} b={b}: target missed')
+                    continue
+                model, epochs = pruned
+                res = self._fit(model, self._cell_config(m, budget, seed, b),
+                                seed, f'{m.name}@{budget:g} b={b}')
+                if b is not None:
+                    out['bucket_sweep'][int(b)] = res.best_valid
+                if best is None or res.best_valid > best[1].best_valid:
+                    best = (model, res)
+                    out.update(bucket_size=b, prune_epochs=epochs)
+            if best is None:
+                return dict(out, note=f'target {budget:g} not reached in '
+                            f'{self.config.prune_epochs} prune epochs',
+                            seconds=time.perf_counter() - start)
+        model, res = best
+        metrics = self.test(model)
+        out.update(metrics, recommender=model, epochs=res.epochs,
+                   best_epoch=res.best_epoch,
+                   seconds=time.perf_counter() - start)
+        out['valid_ndcg@20'] = res.best_valid
+        if out['bucket_size'] is None and hasattr(model.embedding,
+                                                   'bucket_size'):
+            out['bucket_size'] = int(model.embedding.bucket_size)
+        return out
+
+
+def _is_embedding_key(model: Recommender, key: str) -> bool:
+    # The state-dict keys of the recommender's embedding module.
+    for name, module in model.named_modules():
+        if module is model.embedding:
+            return key.startswith(name + '.')
+    return False
