@@ -15,15 +15,13 @@ Usage::
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 from torch_geometric.nn.models import LightGCN
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', 'examples'))
-from _common import slice_interactions  # noqa: E402
 from pyg_cerp.diagnostics import overlap_rate  # noqa: E402
+from pyg_cerp.train.cli import slice_interactions  # noqa: E402
 from pyg_cerp.nn import use_symmetric_propagation  # noqa: E402
 from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,  # noqa
                             LightGCNRecommender, make_sampler)

@@ -44,10 +44,7 @@ parser.add_argument('--export', default='results/lightgcn_cerp-export')
 
 
 def main(argv=None):
-    args, pipeline_args = parser.parse_known_args(argv)
-    if pipeline_args:  # Options of the full pipeline: run it (deprecated).
-        from pyg_cerp.train.cli import forward_from_example
-        return forward_from_example('lightgcn', argv)
+    args = parser.parse_args(argv)
 
     if args.dataset == 'gowalla':  # Checksum-verified, downloaded if missing.
         dataset = Gowalla(osp.join(args.root, 'gowalla'))

@@ -22,7 +22,6 @@ __all__ = [
 ]
 
 Metrics = Dict[str, float]
-_check_ks = check_ks  # The former private name (used by `pyg_cerp.train`).
 
 
 def deterministic_topk(scores: Tensor, k: int) -> Tensor:

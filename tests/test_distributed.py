@@ -5,7 +5,7 @@ r"""Training on several processes through the one training stack
 In-process tests check that world size 1 is the single-process code path and
 the exactness of the sharding maths; the multi-process tests launch 2 CPU
 ranks with ``torchrun`` (gloo, loopback only) running
-``examples/lightgcn_cerp.py`` or ``tests/_dist_worker.py``. A dying rank is
+``python -m pyg_cerp.train`` or ``tests/_dist_worker.py``. A dying rank is
 simulated by killing a worker process from the test.
 """
 import json
@@ -287,10 +287,10 @@ def test_runner_world_size_1_equals_runner(tmp_path):
 # Two processes ###############################################################
 #
 # These launch ``torchrun --nproc_per_node=2`` (gloo, loopback only) on the
-# pipeline's own entry point, examples/lightgcn_cerp.py, and compare with a
+# pipeline's own entry point, python -m pyg_cerp.train, and compare with a
 # single-process run of the same command (same global batch and seed).
 
-EXAMPLE = os.path.join(ROOT, 'examples', 'lightgcn_cerp.py')
+EXAMPLE = ['-m', 'pyg_cerp.train']
 # Small and fast, with both targets reached during phase 1, so the run
 # covers pruning, the mask snapshots, the DDP rebuild for each retrain stage
 # (thresholds frozen) and the sharded evaluation.
@@ -357,11 +357,15 @@ def _run(cmd: list, env: dict, timeout: float):
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def _entry(script) -> list:
+    return [script] if isinstance(script, str) else list(script)
+
+
 def _torchrun_cmd(nproc: int, script: str, args: list) -> list:
     return [sys.executable, '-m', 'torch.distributed.run',
             f'--nproc_per_node={nproc}', '--rdzv-backend=c10d',
             f'--rdzv-endpoint=127.0.0.1:{_free_port()}', '--max-restarts=0',
-            script, *args]
+            *_entry(script), *args]
 
 
 def _torchrun(nproc: int, script: str, args: list, env: dict,
@@ -373,7 +377,7 @@ def _torchrun(nproc: int, script: str, args: list, env: dict,
 
 
 def _single(script: str, args: list, timeout: float = 120):
-    return _run([sys.executable, script, *args], _env(), timeout)
+    return _run([sys.executable, *_entry(script), *args], _env(), timeout)
 
 
 def _compare_runs(a_dir, b_dir) -> None:

@@ -24,7 +24,6 @@ import re
 import sys
 import time
 import typing
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -36,7 +35,7 @@ from pyg_cerp.distributed import destroy_distributed, init_distributed
 from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
                             LightGCNRecommender, MLPRecommender,
                             interactions_from_dataset, make_sampler)
-from pyg_cerp.train.cerp import ResumeError
+from pyg_cerp.train import ResumeError
 from pyg_cerp.utils.io import CheckpointError, FolderLock
 
 #: The base configuration of each backbone (:obj:`--backbone`). The MLP's
@@ -465,12 +464,3 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     data, info = load_data(args)
     return run(args, config, data, info)
 
-
-def forward_from_example(backbone: str,
-                         argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    r"""Runs :func:`main` for an example script given pipeline options
-    (deprecated: the examples only show the user's own loop)."""
-    warnings.warn(f'Options of the pipeline: use python -m pyg_cerp.train '
-                  f'--backbone {backbone}', FutureWarning, stacklevel=2)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    return main(['--backbone', backbone] + argv)

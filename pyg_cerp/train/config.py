@@ -3,7 +3,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Tuple
 
-from pyg_cerp.metrics import _check_ks
+from pyg_cerp.utils.validation import check_ks
 from pyg_cerp.utils.validation import check_float, check_int
 
 OFFICIAL_GROUPS = 10
@@ -211,7 +211,7 @@ class CERPConfig:
                 raise ValueError(f"'{name}' must be {choices[0]!r} or "
                                  f"{choices[1]!r} (got "
                                  f"{getattr(self, name)!r})")
-        self.ks = tuple(_check_ks(self.ks))
+        self.ks = tuple(check_ks(self.ks))
         for name, low in (('baseline_epochs', 0), ('prune_epochs', 0),
                           ('retrain_epochs', 0), ('finetune_epochs', 0),
                           ('dim', 1), ('batch_size', 1), ('num_negatives', 1),

@@ -68,18 +68,6 @@ def test_help(script, capsys):
     assert '--targets' in capsys.readouterr().out
 
 
-def test_pipeline_options_run_the_pipeline(toy, tmp_path):
-    # Options of `python -m pyg_cerp.train` (e.g. --out) run the pipeline.
-    with pytest.warns(FutureWarning, match='python -m pyg_cerp.train'):
-        state = run('lightgcn_cerp', [
-            '--dataset', str(toy), '--out', str(tmp_path / 'o'), '--dim', '8',
-            '--bucket-size', '20', '--targets', '0.2', '--no-baseline',
-            '--epochs', '1', '--prune-epochs', '6', '--threshold-lr', '0.2',
-            '--threshold-init', '-3', '--gamma', '0.1', '--no-progress'])
-    assert state['finished'] and 'retrain@0.2' in state['results']
-    assert (tmp_path / 'o' / 'results.json').exists()
-
-
 @pytest.mark.data
 @pytest.mark.parametrize('script', ['lightgcn_cerp', 'mlp_cerp'])
 def test_gowalla_slice(script, data_root, tmp_path):

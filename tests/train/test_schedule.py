@@ -1,6 +1,5 @@
 r"""Issue 10: the training schedule (L2 on ego embeddings, phase-1 batch and
-lr, fused Adam, no per-step device reads) and the CLI's precedence rules."""
-import argparse
+lr, fused Adam, no per-step device reads) (the CLI's precedence rules: tests/train/test_cli.py)."""
 import os
 import sys
 
@@ -12,9 +11,6 @@ from pyg_cerp.train import (CERPConfig, CERPRunner, make_optimizer,
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_trainer import block_data, lightgcn_builder  # noqa: E402
-
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__)))), 'examples')
 
 
 def test_l2_penalty_is_lightgcn_regulariser():
@@ -89,17 +85,3 @@ def test_legacy_preset_is_the_old_schedule():
                       prune_lr=0.1).prune_schedule() == (99, 0.1)
 
 
-@pytest.mark.parametrize('argv,expected', [
-    ([], (32768, 8192, 2e-2, 5e-3)),
-    (['--batch-size', '64', '--lr', '0.1'], (64, 64, 0.1, 0.1)),
-    (['--batch-size', '64', '--prune-batch-size', '32', '--prune-lr', '0.3'],
-     (64, 32, 2e-2, 0.3)),
-])
-def test_cli_batch_and_lr_precedence(argv, expected):
-    sys.path.insert(0, EXAMPLES)
-    from _common import add_common_arguments, config_from_args
-    parser = argparse.ArgumentParser()
-    add_common_arguments(parser, CERPConfig())
-    cfg = config_from_args(parser.parse_args(argv), CERPConfig())
-    assert (cfg.batch_size, cfg.prune_schedule()[0], cfg.lr,
-            cfg.prune_schedule()[1]) == expected
