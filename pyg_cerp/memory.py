@@ -20,9 +20,16 @@ The bitmap wins above a row density of about :math:`\lceil d/8 \rceil /
 (thresholds, masks, optimiser state) take nothing. These are the formats of
 :class:`pyg_cerp.nn.compact.CompressedTable`, whose :attr:`nbytes` is this
 count.
+
+A module trained at a precision (the :obj:`precision` of
+:class:`~pyg_cerp.nn.CompositionalEmbedding` and the baselines) is counted at
+that precision unless a :obj:`dtype` is given. :func:`density_for_nbytes`
+inverts the count: the density at which tables fit a byte budget (the byte
+targets of :class:`~pyg_cerp.train.PruningScheduler`).
 """
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -91,6 +98,57 @@ def best_layout(rows: int, cols: int, nnz: int,
     csr = layout_nbytes(rows, cols, nnz, 'csr', dtype)
     return 'csr' if csr < layout_nbytes(rows, cols, nnz, 'bitmap',
                                         dtype) else 'bitmap'
+
+
+def best_nbytes(rows: int, cols: int, nnz: int,
+                dtype: Union[str, torch.dtype] = torch.float32) -> int:
+    r"""The bytes of the table in its :func:`best_layout`."""
+    return layout_nbytes(rows, cols, nnz, best_layout(rows, cols, nnz, dtype),
+                         dtype)
+
+
+#: A stored table's shape for the inverse counts: :obj:`(rows, cols,
+#: pruned)`.
+TableShape = Tuple[int, int, bool]
+
+
+def tables_nbytes(shapes: Sequence[TableShape], nnz: Sequence[int],
+                  dtype: Union[str, torch.dtype] = torch.float32) -> int:
+    r"""The stored bytes of tables of the given shapes (pruned ones in their
+    :func:`best_layout` with :obj:`nnz` non-zeros, the others dense)."""
+    return sum(best_nbytes(r, c, z, dtype) if pruned else
+               layout_nbytes(r, c, r * c, 'dense', dtype)
+               for (r, c, pruned), z in zip(shapes, nnz))
+
+
+def density_for_nbytes(shapes: Sequence[TableShape], nbytes: float,
+                       dtype: Union[str, torch.dtype] = torch.float32
+                       ) -> Optional[float]:
+    r"""The largest density :math:`\delta \in [0, 1]` such that the tables,
+    each pruned one holding :math:`\lfloor \delta r d floor` non-zeros,
+    take at most :obj:`nbytes` (:func:`tables_nbytes`, non-decreasing in
+    :math:`\delta`); :obj:`None` if even empty tables take more.
+
+    Args:
+        shapes (Sequence[Tuple[int, int, bool]]): :obj:`(rows, cols,
+            pruned)` of each table (see :func:`module_table_shapes`).
+        nbytes (float): The budget in bytes.
+        dtype (str or torch.dtype, optional): The value precision.
+            (default: :obj:`torch.float32`)
+    """
+    def count(density: float) -> int:
+        return tables_nbytes(shapes, [math.floor(density * r * c)
+                                      for r, c, _ in shapes], dtype)
+
+    if count(0.) > nbytes:
+        return None
+    if count(1.) <= nbytes:
+        return 1.
+    lo, hi = 0., 1.
+    for _ in range(60):  # Below one entry of the largest table.
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count(mid) <= nbytes else (lo, mid)
+    return lo
 
 
 @dataclass(frozen=True)
@@ -170,18 +228,34 @@ def stored_tables(module: Module) -> List[Tuple[str, Tensor, bool]]:
                     f"'stored_tables()'")
 
 
+def module_precision(module: Module) -> str:
+    r"""The value precision :obj:`module` is trained at (its
+    :obj:`precision`, else :obj:`'float32'`)."""
+    return dtype_name(getattr(module, 'precision', 'float32'))
+
+
+@torch.no_grad()
+def module_table_shapes(module: Module) -> List[TableShape]:
+    r"""The :obj:`(rows, cols, pruned)` of the tables :obj:`module` stores
+    (see :func:`stored_tables`)."""
+    return [(t.size(0), t.size(1), pruned)
+            for _, t, pruned in stored_tables(module)]
+
+
 @torch.no_grad()
 def memory_report(module: Module,
-                  dtype: Union[str, torch.dtype] = torch.float32
+                  dtype: Optional[Union[str, torch.dtype]] = None
                   ) -> MemoryReport:
     r"""The stored size of an embedding module, per table, with values in
-    precision :obj:`dtype` (equal to the :attr:`nbytes` of its
-    :meth:`to_compact` export, where it has one)."""
+    precision :obj:`dtype` (:obj:`None`: :func:`module_precision`; equal to
+    the :attr:`nbytes` of its :meth:`to_compact` export, where it has
+    one)."""
+    dtype = module_precision(module) if dtype is None else dtype
     return MemoryReport({name: table_nbytes(table, pruned, dtype)
                          for name, table, pruned in stored_tables(module)})
 
 
 def stored_nbytes(module: Module,
-                  dtype: Union[str, torch.dtype] = torch.float32) -> int:
+                  dtype: Optional[Union[str, torch.dtype]] = None) -> int:
     r"""Shortcut for :obj:`memory_report(module, dtype).nbytes`."""
     return memory_report(module, dtype).nbytes

@@ -13,9 +13,16 @@ Each has the interface of :class:`~pyg_cerp.nn.CompositionalEmbedding`
 
 CERP without its regulariser is :class:`~pyg_cerp.nn.CompositionalEmbedding`
 trained with :math:`\gamma = 0`.
+
+Each takes a :obj:`precision` (:obj:`'float32'`, :obj:`'float16'` or
+:obj:`'int8'` with per-row scales): :attr:`weight` and :meth:`forward` then
+see the stored tables fake-quantised to it
+(:func:`~pyg_cerp.nn.quant.fake_quantize`, straight-through gradient), what
+the stored form at that precision decodes to, and :mod:`pyg_cerp.memory`
+counts that precision's bytes.
 """
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -24,6 +31,7 @@ from torch.nn import Module, Parameter
 from pyg_cerp.nn.compositional import (SoftThresholdPruning, _check_ids,
                                        _check_sizes, _Counts, compose,
                                        computed_weight, soft_threshold)
+from pyg_cerp.nn.quant import check_precision, fake_quantize
 from pyg_cerp.utils.validation import check_int
 
 __all__ = ['FullEmbedding', 'PEPEmbedding', 'QREmbedding', 'HashEmbedding',
@@ -70,10 +78,38 @@ def magnitude_mask(weight: Tensor, num_values: int) -> Tensor:
 
 
 class _Stored(_Counts):
+    precision: str = 'float32'
+
     def stored_tables(self) -> StoredTables:
-        r"""The stored tables as :obj:`(name, table, pruned)` triples."""
-        return [(name, getattr(self, name).detach(), False)
+        r"""The stored tables as :obj:`(name, table, pruned)` triples (the
+        unquantised values; :mod:`pyg_cerp.memory` counts them at
+        :obj:`precision`)."""
+        return [(name, self._parameters[name].detach(), False)
                 for name in self._stored]
+
+    def _quantize(self, value: Tensor) -> Tensor:
+        return fake_quantize(value, self.precision)
+
+    def compressed_tables(self, dtype: Optional[str] = None,
+                          layout: str = 'auto') -> Dict[str, Module]:
+        r"""The stored tables as
+        :class:`~pyg_cerp.nn.compact.CompressedTable` by name (sparse
+        layouts; :obj:`dtype=None`: the :obj:`precision`), whose
+        :meth:`to_dense` is what :attr:`weight` is composed from.
+
+        Args:
+            dtype (str, optional): The value precision. (default: :obj:`None`)
+            layout (str, optional): :obj:`'csr'`, :obj:`'bitmap'` or
+                :obj:`'auto'`. (default: :obj:`'auto'`)
+        """
+        from pyg_cerp.nn.compact import CompressedTable
+        dtype = self.precision if dtype is None else dtype
+        return {name: CompressedTable.from_dense(table, layout, dtype)
+                for name, table, _ in self.stored_tables()}
+
+    def _precision_repr(self) -> str:
+        return ('' if self.precision == 'float32' else
+                f', precision={self.precision}')
 
     def num_nonzero(self) -> int:
         r"""The number of stored values (dense: zeros included)."""
@@ -89,7 +125,10 @@ class FullEmbedding(_Stored, torch.nn.Embedding):
     r"""The full :math:`N \times d` table: a :class:`torch.nn.Embedding`
     with Xavier-uniform initialisation (as :class:`CompositionalEmbedding`
     and PyG's :class:`~torch_geometric.nn.models.LightGCN`), the id check
-    and the counting helpers.
+    and the counting helpers. With a reduced :obj:`precision`,
+    :attr:`weight` is the fake-quantised table, computed on access (see
+    :class:`~pyg_cerp.nn.compositional.ComposedWeight`); the parameter stays
+    :obj:`state_dict()['weight']`.
 
     Args:
         num_embeddings (int): The number of entities :math:`N`.
@@ -98,31 +137,50 @@ class FullEmbedding(_Stored, torch.nn.Embedding):
             (default: :obj:`True`)
         device (torch.device, optional): The device of the table.
         dtype (torch.dtype, optional): The floating point type of the table.
+        precision (str, optional): The value precision of the stored
+            form that training simulates: :obj:`'float32'` (none),
+            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+            (default: :obj:`'float32'`)
     """
     _stored = ('weight', )
 
     def __init__(self, num_embeddings: int, embedding_dim: int,
                  check_index: bool = True,
                  device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None,
+                 precision: str = 'float32') -> None:
         _check_sizes(num_embeddings, embedding_dim)
         self.check_index = check_index
+        self.precision = check_precision(precision)
         super().__init__(num_embeddings, embedding_dim, device=device,
                          dtype=dtype)
 
+    @property  # type: ignore[override]
+    def weight(self) -> Tensor:
+        r"""The table (the parameter itself for :obj:`'float32'`)."""
+        weight = self._parameters.get('weight')
+        if weight is None:  # During torch.nn.Embedding.__init__.
+            raise AttributeError('weight')
+        if self.precision == 'float32':
+            return weight
+        return computed_weight(self._quantize(weight), self)
+
     def reset_parameters(self) -> None:
         r"""Re-initialises the table (Xavier uniform)."""
-        torch.nn.init.xavier_uniform_(self.weight)
+        torch.nn.init.xavier_uniform_(self._parameters['weight'])
 
     def forward(self, index: Tensor) -> Tensor:
         r"""The embeddings :obj:`[*index.shape, d]` of the integer ids
         :obj:`index` in :math:`[0, N)`."""
         _check_ids(index, self.num_embeddings,
                    getattr(self, 'check_index', True))
-        return super().forward(index)
+        if self.precision == 'float32':
+            return super().forward(index)
+        return self._quantize(self._parameters['weight'][index])
 
     def extra_repr(self) -> str:
-        return f'{self.num_embeddings}, {self.embedding_dim}'
+        return (f'{self.num_embeddings}, {self.embedding_dim}'
+                f'{self._precision_repr()}')
 
 
 class PEPEmbedding(SoftThresholdPruning, _Stored):
@@ -150,18 +208,23 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
+        precision (str, optional): The value precision of the stored
+            form that training simulates: :obj:`'float32'` (none),
+            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+            (default: :obj:`'float32'`)
     """
     pruned_names = (('V', 'threshold', 'mask'), )
 
     def __init__(self, num_embeddings: int, embedding_dim: int,
                  threshold_init: float = -100., check_index: bool = True,
                  device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None,
+                 precision: str = 'float32') -> None:
         super().__init__()
         _check_sizes(num_embeddings, embedding_dim)
         self._init_pruning(num_embeddings, embedding_dim,
                            (num_embeddings, embedding_dim), threshold_init,
-                           check_index, device, dtype)
+                           check_index, device, dtype, precision)
         self.reset_parameters()
 
     def pruned_table(self) -> Tensor:
@@ -206,15 +269,17 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
     @property
     def weight(self) -> Tensor:
         r"""The pruned, differentiable :math:`N \times d` matrix."""
-        return computed_weight(self.pruned_table(), self)
+        return computed_weight(self.quantized_tables()[0], self)
 
     def forward(self, index: Tensor) -> Tensor:
         r"""The embeddings :obj:`[*index.shape, d]` of the integer ids
         :obj:`index` in :math:`[0, N)`."""
         _check_ids(index, self.num_embeddings, self.check_index)
         if self.is_retraining:
-            return self.V[index] * self.mask[index]
-        return soft_threshold(self.V[index], self.threshold[index])
+            out = self.V[index] * self.mask[index]
+        else:
+            out = soft_threshold(self.V[index], self.threshold[index])
+        return self._quantize(out)  # Row-local: as rows of `weight`.
 
     def stored_tables(self) -> StoredTables:
         return [('V', self.pruned_table().detach(), True)]
@@ -249,6 +314,10 @@ class QREmbedding(_Stored, Module):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
+        precision (str, optional): The value precision of the stored
+            form that training simulates: :obj:`'float32'` (none),
+            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+            (default: :obj:`'float32'`)
     """
     _stored = ('R', 'Q')
 
@@ -256,8 +325,10 @@ class QREmbedding(_Stored, Module):
                  num_remainder: int, operation: str = 'add',
                  check_index: bool = True,
                  device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None,
+                 precision: str = 'float32') -> None:
         super().__init__()
+        self.precision = check_precision(precision)
         _check_sizes(num_embeddings, embedding_dim, 'num_remainder',
                      num_remainder)
         if operation not in ('add', 'mul'):
@@ -334,21 +405,22 @@ class QREmbedding(_Stored, Module):
     def weight(self) -> Tensor:
         r"""The differentiable :math:`N \times d` matrix."""
         return computed_weight(
-            compose(self.R, self.Q, self.num_embeddings, self.num_remainder,
+            compose(self._quantize(self.R), self._quantize(self.Q),
+                    self.num_embeddings, self.num_remainder,
                     self.operation, pad_grad=True), self)
 
     def forward(self, index: Tensor) -> Tensor:
         r"""The embeddings :obj:`[*index.shape, d]` of the integer ids
         :obj:`index` in :math:`[0, N)`."""
         _check_ids(index, self.num_embeddings, self.check_index)
-        return compose(self.R, self.Q, index, self.num_remainder,
-                       self.operation)
+        return compose(self._quantize(self.R), self._quantize(self.Q), index,
+                       self.num_remainder, self.operation)
 
     def extra_repr(self) -> str:
         return (f'{self.num_embeddings}, {self.embedding_dim}, '
                 f'num_remainder={self.num_remainder}, '
                 f'num_quotient={self.num_quotient}, '
-                f'operation={self.operation}, '
+                f'operation={self.operation}{self._precision_repr()}, '
                 f'full_table_fraction={self.full_table_fraction():.4f}')
 
 
@@ -376,6 +448,10 @@ class HashEmbedding(_Stored, Module):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
+        precision (str, optional): The value precision of the stored
+            form that training simulates: :obj:`'float32'` (none),
+            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+            (default: :obj:`'float32'`)
     """
     PRIME = 2**31 - 1
     _stored = ('W', )
@@ -384,8 +460,10 @@ class HashEmbedding(_Stored, Module):
                  num_buckets: int, hash: str = 'universal', seed: int = 0,
                  check_index: bool = True,
                  device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None,
+                 precision: str = 'float32') -> None:
         super().__init__()
+        self.precision = check_precision(precision)
         _check_sizes(num_embeddings, embedding_dim, 'num_buckets',
                      num_buckets)
         if num_embeddings >= self.PRIME:
@@ -438,15 +516,17 @@ class HashEmbedding(_Stored, Module):
         r"""The differentiable :math:`N \times d` matrix."""
         rows = self.hash_index(
             torch.arange(self.num_embeddings, device=self.W.device))
-        return computed_weight(self.W[rows], self)
+        return computed_weight(self._quantize(self.W)[rows], self)
 
     def forward(self, index: Tensor) -> Tensor:
         r"""The embeddings :obj:`[*index.shape, d]` of the integer ids
         :obj:`index` in :math:`[0, N)`."""
         _check_ids(index, self.num_embeddings, self.check_index)
-        return self.W[self.hash_index(index)]
+        # Row-local quantiser: the rows of `weight`, bit for bit.
+        return self._quantize(self.W[self.hash_index(index)])
 
     def extra_repr(self) -> str:
         return (f'{self.num_embeddings}, {self.embedding_dim}, '
-                f'num_buckets={self.num_buckets}, hash={self.hash}, '
+                f'num_buckets={self.num_buckets}, hash={self.hash}'
+                f'{self._precision_repr()}, '
                 f'full_table_fraction={self.full_table_fraction():.4f}')

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
+from pyg_cerp.nn.quant import check_precision, fake_quantize
 from pyg_cerp.utils.validation import (check_float, check_index,
                                        check_index_dtype, check_int)
 
@@ -303,7 +304,11 @@ class SoftThresholdPruning(_Counts, Module):
     :math:`\hat{\mathbf{V}} = \mathbf{V} \odot \mathbf{M}` with the frozen
     non-zero pattern :math:`\mathbf{M}`, the thresholds off and the values
     optionally rewound (lottery-ticket style); masks and mode are in the
-    state dict. Subclasses name the (table, threshold, mask) attributes in
+    state dict. With a :obj:`precision` other than :obj:`'float32'`, lookups
+    see :meth:`quantized_tables`, the pruned tables fake-quantised to that
+    precision (:func:`~pyg_cerp.nn.quant.fake_quantize`, straight-through
+    gradient), which is what the export at that precision decodes to.
+    Subclasses name the (table, threshold, mask) attributes in
     :attr:`pruned_names` and call :meth:`_init_pruning`."""
     #: The (table, threshold logits, mask) attribute names of each table.
     pruned_names: Tuple[Tuple[str, str, str], ...] = ()
@@ -311,8 +316,10 @@ class SoftThresholdPruning(_Counts, Module):
     def _init_pruning(self, num_embeddings: int, embedding_dim: int,
                       shape: Tuple[int, int], threshold_init: float,
                       check_index: bool, device: Optional[torch.device],
-                      dtype: Optional[torch.dtype]) -> None:
+                      dtype: Optional[torch.dtype],
+                      precision: str = 'float32') -> None:
         check_float('threshold_init', threshold_init)
+        self.precision = check_precision(precision)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.threshold_init = float(threshold_init)
@@ -365,6 +372,14 @@ class SoftThresholdPruning(_Counts, Module):
             return tuple(t * m for t, m in zip(self._get(0), self._get(2)))
         return tuple(soft_threshold(t, s)
                      for t, s in zip(self._get(0), self._get(1)))
+
+    def quantized_tables(self) -> Tuple[Tensor, ...]:
+        r"""The :meth:`pruned_tables` as stored in :obj:`precision` and
+        decoded (themselves for :obj:`'float32'`)."""
+        tables = self.pruned_tables()
+        if self.precision == 'float32':
+            return tables
+        return tuple(fake_quantize(t, self.precision) for t in tables)
 
     @torch.no_grad()
     def masks(self) -> Tuple[Tensor, ...]:
@@ -430,8 +445,10 @@ class SoftThresholdPruning(_Counts, Module):
         return ''
 
     def extra_repr(self) -> str:
+        precision = ('' if self.precision == 'float32' else
+                     f', precision={self.precision}')
         out = (f'{self.num_embeddings}, {self.embedding_dim}'
-               f'{self._config_repr()}, '
+               f'{self._config_repr()}{precision}, '
                f'mode={"retrain" if self.is_retraining else "prune"}')
         try:
             nnz = self.num_nonzero()
@@ -481,6 +498,10 @@ class CompositionalEmbedding(SoftThresholdPruning):
     :meth:`pruning_loss` keeps the zeros of the two tables complementary.
     :attr:`weight` is the differentiable :math:`N \times d` matrix, so
     :obj:`lightgcn.embedding = CompositionalEmbedding(N, 64, 5000)` works.
+    With :obj:`precision='int8'` (or :obj:`'float16'`), :attr:`weight` and
+    :meth:`forward` compose the fake-quantised tables
+    (:meth:`~SoftThresholdPruning.quantized_tables`), so that the model
+    trains on, and scores, what :meth:`to_compact` at that precision serves.
 
     Args:
         num_embeddings (int): The number of entities :math:`N`.
@@ -496,6 +517,11 @@ class CompositionalEmbedding(SoftThresholdPruning):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
+        precision (str, optional): The value precision of the stored form
+            that training simulates and :meth:`to_compact` and
+            :mod:`pyg_cerp.memory` default to: :obj:`'float32'` (no
+            simulation), :obj:`'float16'` or :obj:`'int8'` (per-row scales,
+            see :mod:`pyg_cerp.nn.quant`). (default: :obj:`'float32'`)
     """
     pruned_names = (('P', 'threshold_P', 'mask_P'),
                     ('Q', 'threshold_Q', 'mask_Q'))
@@ -504,7 +530,8 @@ class CompositionalEmbedding(SoftThresholdPruning):
                  bucket_size: int, threshold_init: float = -100.,
                  check_index: bool = True,
                  device: Optional[torch.device] = None,
-                 dtype: Optional[torch.dtype] = None) -> None:
+                 dtype: Optional[torch.dtype] = None,
+                 precision: str = 'float32') -> None:
         super().__init__()
         _check_sizes(num_embeddings, embedding_dim, 'bucket_size', bucket_size)
         if bucket_size * bucket_size < num_embeddings:
@@ -520,7 +547,7 @@ class CompositionalEmbedding(SoftThresholdPruning):
         self.num_q_rows_used = math.ceil(num_embeddings / self.rows_per_q)
         self._init_pruning(num_embeddings, embedding_dim,
                            (bucket_size, embedding_dim), threshold_init,
-                           check_index, device, dtype)
+                           check_index, device, dtype, precision)
         self._register_load_state_dict_pre_hook(_check_sizes_on_load,
                                                 with_module=True)
         self.reset_parameters()
@@ -535,7 +562,9 @@ class CompositionalEmbedding(SoftThresholdPruning):
 
         a smooth count of the non-zeros of the embeddings, minimal when the
         zeros of :math:`\hat{\mathbf{P}}, \hat{\mathbf{Q}}` do not overlap
-        (in :math:`[-d, 0]` for :obj:`'mean'`; the official code sums).
+        (in :math:`[-d, 0]` for :obj:`'mean'`; the official code sums). It
+        counts the unquantised pruned tables whatever the :obj:`precision`
+        (a quantiser keeps the non-zero pattern).
 
         Args:
             index (torch.Tensor, optional): The entity ids of the batch
@@ -548,7 +577,8 @@ class CompositionalEmbedding(SoftThresholdPruning):
             raise ValueError(f"'reduction' must be 'mean' or 'sum' "
                              f"(got {reduction!r})")
         emb = (compose(*self.pruned_tables(), self.num_embeddings,
-                       self.rows_per_q) if index is None else self(index))
+                       self.rows_per_q) if index is None else
+               self._lookup(index, self.pruned_tables()))
         emb = emb.reshape(-1, self.embedding_dim)
         out = -_TanhSquareSum.apply(emb, float(K))
         return out / max(emb.size(0), 1) if reduction == 'mean' else out
@@ -558,7 +588,7 @@ class CompositionalEmbedding(SoftThresholdPruning):
         r"""The full, differentiable :math:`N \times d` matrix, recomputed on
         every access (see :class:`ComposedWeight`)."""
         return computed_weight(
-            compose(*self.pruned_tables(), self.num_embeddings,
+            compose(*self.quantized_tables(), self.num_embeddings,
                     self.rows_per_q), self)
 
     def hash_index(self, index: Tensor) -> Tuple[Tensor, Tensor]:
@@ -569,8 +599,11 @@ class CompositionalEmbedding(SoftThresholdPruning):
     def forward(self, index: Tensor) -> Tensor:
         r"""The embeddings :obj:`[*index.shape, d]` of the integer ids
         :obj:`index` in :math:`[0, N)`."""
+        return self._lookup(index, self.quantized_tables())
+
+    def _lookup(self, index: Tensor, tables: Tuple[Tensor, ...]) -> Tensor:
         _check_ids(index, self.num_embeddings, self.check_index)
-        return compose(*self.pruned_tables(), index, self.rows_per_q)
+        return compose(*tables, index, self.rows_per_q)
 
     @property
     def num_meta_params(self) -> int:
@@ -582,12 +615,15 @@ class CompositionalEmbedding(SoftThresholdPruning):
         it)."""
         return self.num_nonzero() / self.num_meta_params
 
-    def to_compact(self, dtype: torch.dtype = torch.float32,
+    def to_compact(self, dtype: Optional[Union[str, torch.dtype]] = None,
                    layout: str = 'auto',
                    decode: str = 'cache') -> 'CompactEmbedding':
         r"""The inference-only :class:`~pyg_cerp.nn.compact.CompactEmbedding`
-        (arguments as its :meth:`from_compositional`)."""
+        (arguments as its :meth:`from_compositional`; :obj:`dtype=None`: the
+        :obj:`precision`, whose :attr:`weight` equals this module's, bit for
+        bit)."""
         from pyg_cerp.nn.compact import CompactEmbedding
+        dtype = self.precision if dtype is None else dtype
         return CompactEmbedding.from_compositional(self, dtype=dtype,
                                                    layout=layout,
                                                    decode=decode)
