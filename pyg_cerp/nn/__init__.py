@@ -4,6 +4,7 @@ from .compositional import (ComposedWeight, CompositionalEmbedding,
 from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
                         QREmbedding, budget_rows, magnitude_mask)
 from .compact import CompactEmbedding, CompressedTable, FormatError
+from .quant import PRECISIONS, fake_quantize, quantize
 from .mlp import MLPScorer
 from .propagation import (SymmetricLGConv, SymmetricSpMM, check_symmetric,
                           is_symmetric, symmetric_lightgcn_propagation,
@@ -25,6 +26,9 @@ __all__ = [
     'CompactEmbedding',
     'CompressedTable',
     'FormatError',
+    'PRECISIONS',
+    'fake_quantize',
+    'quantize',
     'SymmetricLGConv',
     'SymmetricSpMM',
     'symmetric_spmm',

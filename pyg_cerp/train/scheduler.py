@@ -2,16 +2,24 @@ r"""The pruning schedule of CERP: the regulariser weight :math:`\gamma`, the
 density plan and mask snapshots at memory targets."""
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
+from pyg_cerp.memory import (density_for_nbytes, module_precision,
+                             module_table_shapes, stored_nbytes,
+                             tables_nbytes)
+from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.train.snapshots import (Masks, MaskSnapshot, PruningOutcome,
                                       TargetNotReachedError,
                                       TargetNotReachedWarning)
 from pyg_cerp.utils.validation import check_float, check_int
+
+#: The units of the memory targets.
+TARGET_UNITS = ('full', 'meta', 'bytes')
 
 VALUE_BOUND = 1. - 1e-4
 r"""Under a pace plan the pruned tables' values are kept in
@@ -54,8 +62,10 @@ class PruningScheduler:
 
     in epoch :math:`t`. Every :obj:`check_every` steps it measures the
     density (non-zeros over :math:`Nd` for :obj:`target_unit='full'`, over
-    the prunable parameters for :obj:`'meta'`) and, the first time it is at
-    or below a target, snapshots the masks (:class:`MaskSnapshot`);
+    the prunable parameters for :obj:`'meta'`, the stored bytes over the
+    :math:`4Nd` bytes of the full :obj:`float32` table for :obj:`'bytes'`)
+    and, the first time it is at or below a target, snapshots the masks
+    (:class:`MaskSnapshot`);
     :meth:`freeze` applies a snapshot, rewound to the weights captured by
     :meth:`on_train_start` (lottery ticket) or not.
 
@@ -74,12 +84,21 @@ class PruningScheduler:
     per step) replaced by one in epochs; the learned spread of the logits
     is untouched.
 
+    With :obj:`target_unit='bytes'` the targets are byte budgets: the stored
+    bytes of the embedding's tables (:func:`pyg_cerp.memory.stored_nbytes`:
+    values at :obj:`precision` plus the best sparse layout's index and the
+    int8 scales, what its export stores) as a fraction of :math:`4Nd`; an
+    absolute budget of :math:`B` bytes is the target :math:`B / (4Nd)`.
+    The plan stays geometric in that unit; the pace converts a planned byte
+    fraction to the uniform density of the tables that fits it
+    (:func:`pyg_cerp.memory.density_for_nbytes`).
+
     Args:
         embedding (torch.nn.Module): The prunable embedding.
         targets (Sequence[float]): Memory targets in :math:`(0, 1)`.
             (default: :obj:`(0.10, 0.05, 0.01)`)
-        target_unit (str, optional): :obj:`'full'` or :obj:`'meta'`.
-            (default: :obj:`'full'`)
+        target_unit (str, optional): :obj:`'full'`, :obj:`'meta'` or
+            :obj:`'bytes'`. (default: :obj:`'full'`)
         gamma_init (float, optional): :math:`\gamma_0`. (default: :obj:`1.0`)
         gamma_decay (float, optional): :math:`\rho \in [0, 1]`.
             (default: :obj:`0.5`)
@@ -117,6 +136,9 @@ class PruningScheduler:
             (:obj:`None`: no plan). (default: :obj:`None`)
         steps_per_epoch (int, optional): Steps per epoch for :math:`\tau`
             (:obj:`None`: measured on the first epoch). (default: :obj:`None`)
+        precision (str, optional): For :obj:`target_unit='bytes'`, the value
+            precision the bytes are counted at (:obj:`None`: the embedding's
+            :obj:`precision`, else :obj:`'float32'`). (default: :obj:`None`)
     """
     def __init__(
         self,
@@ -138,6 +160,7 @@ class PruningScheduler:
         gamma_at_onset: bool = False,
         pace_epochs: Optional[float] = None,
         steps_per_epoch: Optional[int] = None,
+        precision: Optional[Union[str, torch.dtype]] = None,
     ) -> None:
         for name in ('num_nonzero', 'masks', 'freeze_masks', 'initial_state'):
             if not callable(getattr(embedding, name, None)):
@@ -148,12 +171,13 @@ class PruningScheduler:
             raise TypeError(f"'{type(embedding).__name__}' is not prunable: "
                             f"it lacks 'num_full_params'")
         for name, value, choices in (('target_unit', target_unit,
-                                      ('full', 'meta')),
+                                      TARGET_UNITS),
                                      ('reduction', reduction,
                                       ('mean', 'sum'))):
             if value not in choices:
-                raise ValueError(f"'{name}' must be {choices[0]!r} or "
-                                 f"{choices[1]!r} (got {value!r})")
+                first = ', '.join(repr(c) for c in choices[:-1])
+                raise ValueError(f"'{name}' must be {first} or "
+                                 f"{choices[-1]!r} (got {value!r})")
         if target_unit == 'meta' and not hasattr(embedding, 'num_meta_params'):
             raise ValueError(
                 f"target_unit='meta' needs 'num_meta_params', which "
@@ -170,6 +194,13 @@ class PruningScheduler:
                     f"fractions ({target_unit!r} unit), e.g. 0.1 for 10%")
         if len(set(targets)) != len(targets):
             raise ValueError(f"'targets' holds duplicates (got {targets})")
+        self.precision: Optional[str] = None
+        self._shapes: Optional[list] = None
+        if target_unit == 'bytes':
+            self._init_bytes(embedding, targets, precision)
+        elif precision is not None:
+            raise ValueError(f"'precision' counts bytes: it needs "
+                             f"target_unit='bytes' (got {target_unit!r})")
         for name, value, high in (('gamma_init', gamma_init, None),
                                   ('gamma_decay', gamma_decay, 1.),
                                   ('gamma_scale', gamma_scale, None),
@@ -221,6 +252,30 @@ class PruningScheduler:
         if capture_initial_state:
             self.initial_weights = self._capture()
 
+    def _init_bytes(self, embedding: Module, targets: List[float],
+                    precision: Optional[Union[str, torch.dtype]]) -> None:
+        try:
+            self._shapes = module_table_shapes(embedding)
+        except TypeError:
+            raise ValueError(
+                f"target_unit='bytes' needs an embedding whose stored tables "
+                f"pyg_cerp.memory counts ('pruned_tables()' or "
+                f"'stored_tables()'), which '{type(embedding).__name__}' "
+                f"lacks; use target_unit='full'") from None
+        self.precision = (module_precision(embedding) if precision is None
+                          else check_precision(precision))
+        floor = tables_nbytes(self._shapes, [0] * len(self._shapes),
+                              self.precision) / (
+                                  4 * int(embedding.num_full_params))
+        low = [t for t in targets if t <= floor]
+        if low:
+            raise ValueError(
+                f"Byte target(s) {low} cannot be reached at precision "
+                f"{self.precision!r}: with every value pruned, the sparse "
+                f"index (and the int8 scales) still take {floor:.4g} of the "
+                f"full table's float32 bytes; choose targets above it or a "
+                f"smaller bucket size")
+
     # Measuring ###############################################################
 
     def _capture(self) -> Dict[str, Tensor]:
@@ -229,14 +284,33 @@ class PruningScheduler:
 
     @property
     def denominator(self) -> int:
-        r"""The number of values a density of :obj:`1.0` stands for."""
+        r"""The number of values (for :obj:`'bytes'`: bytes, :math:`4Nd`) a
+        density of :obj:`1.0` stands for."""
         if self.target_unit == 'meta':
             return int(self.embedding.num_meta_params)
+        if self.target_unit == 'bytes':
+            return 4 * int(self.embedding.num_full_params)
         return int(self.embedding.num_full_params)
 
     def density(self) -> float:
-        r"""The current non-zeros of the embedding in :obj:`target_unit`."""
+        r"""The current non-zeros (for :obj:`'bytes'`: stored bytes) of the
+        embedding in :obj:`target_unit`."""
+        if self.target_unit == 'bytes':
+            return self.nbytes() / self.denominator
         return int(self.embedding.num_nonzero()) / self.denominator
+
+    def nbytes(self, masks: Optional[Masks] = None) -> int:
+        r"""The stored bytes of the embedding at :obj:`precision` (for
+        :obj:`target_unit='bytes'`), or of tables with the non-zero patterns
+        :obj:`masks`."""
+        if self.target_unit != 'bytes':
+            raise RuntimeError("'nbytes()' needs target_unit='bytes'")
+        if masks is None:
+            return stored_nbytes(self.embedding, self.precision)
+        masks = [masks] if isinstance(masks, Tensor) else list(masks)
+        nnz = [int(m[:rows].sum()) for m, (rows, _, _) in zip(masks,
+                                                              self._shapes)]
+        return tables_nbytes(self._shapes, nnz, self.precision)
 
     def full_fraction(self) -> float:
         r"""The current non-zeros over the full-table size :math:`Nd`."""
@@ -314,7 +388,31 @@ class PruningScheduler:
         pairs = self._pairs()
         for value, _ in pairs:
             value.clamp_(-VALUE_BOUND, VALUE_BOUND)
+        if self.target_unit == 'bytes':
+            return self._pace_bytes(pairs, plan, density)
         fraction = plan * self.denominator / sum(v.numel() for v, _ in pairs)
+        self._shift_to(pairs, fraction)
+        return self.density()
+
+    def _pace_bytes(self, pairs: List[Tuple[Tensor, Tensor]], plan: float,
+                    density: float) -> float:
+        # The uniform density whose stored bytes fit the plan; the tables'
+        # unused rows (Q's) can leave it a little above, so a few refits.
+        budget = math.floor(plan * self.denominator)  # Whole bytes.
+        for _ in range(4):
+            fraction = density_for_nbytes(self._shapes, budget,
+                                          self.precision)
+            if fraction is None:  # Below the empty tables' bytes.
+                break
+            self._shift_to(pairs, fraction)
+            density = self.density()
+            if density <= plan:
+                break
+            budget -= max(1, math.ceil((density - plan) * self.denominator))
+        return density
+
+    def _shift_to(self, pairs: List[Tuple[Tensor, Tensor]],
+                  fraction: float) -> None:
         shifts = []
         for value, thr in pairs:
             v = value.detach().abs().float()
@@ -331,7 +429,6 @@ class PruningScheduler:
             thr.add_(shift)
             shifts.append(shift)
         self.pace_offset += sum(shifts) / max(len(shifts), 1)
-        return self.density()
 
     @property
     def pending(self) -> List[float]:
@@ -383,11 +480,19 @@ class PruningScheduler:
                 if (self.exact_snapshots and self._prev_tables is not None
                         and density < t * (1. - self.snapshot_tolerance)):
                     snap_masks, snap_density = self._fill_to(t, masks)
-                snap_full = (full if snap_density == density else
-                             self.to_full(snap_density))
+                nbytes = None
+                if self.target_unit == 'bytes':
+                    nbytes = self.nbytes(snap_masks)
+                    snap_full = sum(int(m.sum()) for m in (
+                        [snap_masks] if isinstance(snap_masks, Tensor) else
+                        snap_masks)) / int(self.embedding.num_full_params)
+                else:
+                    snap_full = (full if snap_density == density else
+                                 self.to_full(snap_density))
                 self.snapshots[t] = MaskSnapshot(t, snap_masks,
                                                  self.num_steps, self.epoch,
-                                                 snap_density, snap_full)
+                                                 snap_density, snap_full,
+                                                 nbytes)
         if self.exact_snapshots and not self.done:
             tables = self._tables()
             self._prev_tables = (None if tables is None else
@@ -419,16 +524,49 @@ class PruningScheduler:
             torch.where((p != 0) & ~m.bool(), p, torch.zeros_like(p)).flatten()
             for p, m in zip(prev, cur)
         ])
-        k = min(max(want - have, 0), int((scores > 0).sum()))
         flat = torch.cat([m.bool().flatten() for m in cur])
-        if k > 0:
-            flat[torch.topk(scores, k).indices] = True
+        if self.target_unit == 'bytes':
+            order = torch.topk(scores, int((scores > 0).sum())).indices
+            order = order[:self._fill_count(want, order, cur)]
+            flat[order] = True
+        else:
+            k = min(max(want - have, 0), int((scores > 0).sum()))
+            if k > 0:
+                flat[torch.topk(scores, k).indices] = True
         out, offset = [], 0
         for m in cur:
             out.append(flat[offset:offset + m.numel()].view_as(m).clone())
             offset += m.numel()
         res: Masks = out[0] if isinstance(masks, Tensor) else tuple(out)
+        if self.target_unit == 'bytes':
+            return res, self.nbytes(res) / self.denominator
         return res, (have + k) / self.denominator
+
+    def _fill_count(self, nbytes: int, order: Tensor,
+                    masks: List[Tensor]) -> int:
+        r"""The most candidates :obj:`order` (flat positions over
+        :obj:`masks`, best first) that can join :obj:`masks` within
+        :obj:`nbytes` stored bytes."""
+        assert self._shapes is not None
+        # Per table, how many of the first k candidates are stored entries.
+        gained, start = [], 0
+        base = []
+        for m, (rows, cols, _) in zip(masks, self._shapes):
+            local = order - start
+            used = (local >= 0) & (local < rows * cols)
+            gained.append(F.pad(used.long().cumsum(0), (1, 0)).tolist())
+            base.append(int(m[:rows].sum()))
+            start += m.numel()
+
+        def fits(k: int) -> bool:
+            nnz = [b + g[k] for b, g in zip(base, gained)]
+            return tables_nbytes(self._shapes, nnz, self.precision) <= nbytes
+
+        lo, hi = 0, order.numel()  # Bytes grow with k: the largest fit.
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
 
     def _apply_freeze(self) -> None:
         r"""Freezes the thresholds before :obj:`prune_start`."""
@@ -506,8 +644,9 @@ class PruningScheduler:
         ones, how far the density got and what to try."""
         reached = [t for t in self.targets if t in self.snapshots]
         missing = self.pending
-        unit = 'of the full table' if self.target_unit == 'full' else \
-            'meta-table density'
+        unit = {'full': 'of the full table', 'meta': 'meta-table density',
+                'bytes': f"of the full table's float32 bytes, "
+                         f"{self.precision} values"}[self.target_unit]
         lines = []
         for t in reached:
             s = self.snapshots[t]
@@ -567,6 +706,8 @@ class PruningScheduler:
         out.update(epoch_start_step=self._epoch_start_step,
                    initial_weights=self.initial_weights,
                    snapshots=[s.to_dict() for s in self.snapshots.values()])
+        if self.target_unit == 'bytes':
+            out['precision'] = self.precision
         return out
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -580,6 +721,11 @@ class PruningScheduler:
                 f"Cannot load a schedule for targets {targets} "
                 f"({state['target_unit']!r}) into one for {self.targets} "
                 f"({self.target_unit!r})")
+        if state.get('precision') != self.precision:
+            raise ValueError(
+                f"Cannot load a schedule of byte targets counted at "
+                f"{state.get('precision')!r} into one counted at "
+                f"{self.precision!r}")
         for key, cast in _LOADED.items():
             if key in state:  # Older states lack the later keys.
                 value = state[key]

@@ -1,7 +1,7 @@
 r"""What phase 1 records: mask snapshots at memory targets and its
 outcome."""
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from torch import Tensor
 
@@ -32,6 +32,9 @@ class MaskSnapshot:
         density (float): The density (in the scheduler's unit) at that point,
             :math:`\leq` :obj:`target`.
         full_fraction (float): The non-zeros over :math:`Nd` at that point.
+        nbytes (int, optional): For byte targets, the stored bytes of the
+            tables with these masks (:mod:`pyg_cerp.memory`).
+            (default: :obj:`None`)
     """
     target: float
     masks: Masks
@@ -39,20 +42,26 @@ class MaskSnapshot:
     epoch: int
     density: float
     full_fraction: float
+    nbytes: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         masks = (self.masks if isinstance(self.masks, Tensor) else list(
             self.masks))
-        return dict(target=self.target, masks=masks, step=self.step,
-                    epoch=self.epoch, density=self.density,
-                    full_fraction=self.full_fraction)
+        out = dict(target=self.target, masks=masks, step=self.step,
+                   epoch=self.epoch, density=self.density,
+                   full_fraction=self.full_fraction)
+        if self.nbytes is not None:
+            out['nbytes'] = self.nbytes
+        return out
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'MaskSnapshot':
         masks = d['masks']
         masks = masks if isinstance(masks, Tensor) else tuple(masks)
+        nbytes = d.get('nbytes')
         return cls(float(d['target']), masks, int(d['step']), int(d['epoch']),
-                   float(d['density']), float(d['full_fraction']))
+                   float(d['density']), float(d['full_fraction']),
+                   None if nbytes is None else int(nbytes))
 
 
 @dataclass

@@ -1,0 +1,151 @@
+r"""Byte targets: pruning stops at the stored bytes of the precision."""
+import pytest
+import torch
+
+from pyg_cerp.memory import stored_nbytes
+from pyg_cerp.nn import CompositionalEmbedding, PEPEmbedding
+from pyg_cerp.train import PruningScheduler
+from pyg_cerp.utils.io import atomic_save, safe_load
+
+N, D, B = 2000, 32, 500
+FULL_BYTES = 4 * N * D
+
+
+def make(precision='int8', **kwargs):
+    torch.manual_seed(0)
+    return CompositionalEmbedding(N, D, B, threshold_init=-8.,
+                                  precision=precision, **kwargs)
+
+
+def prune(emb, scheduler, max_steps=400, steps_per_epoch=10):
+    r"""Fits random targets while the drive raises the thresholds."""
+    gen = torch.Generator().manual_seed(1)
+    goal = torch.randn(emb.num_embeddings, emb.embedding_dim,
+                       generator=gen) * 0.1
+    opt = torch.optim.Adam(emb.parameters(), lr=0.1)
+    scheduler.on_train_start()
+    trace = []
+    for step in range(max_steps):
+        index = torch.randint(0, emb.num_embeddings, (256, ), generator=gen)
+        opt.zero_grad()
+        loss = (emb(index) - goal[index]).pow(2).sum(-1).mean()
+        reg = scheduler.regularizer(index)
+        (loss if reg is None else loss + reg).backward()
+        opt.step()
+        scheduler.step()
+        if (step + 1) % steps_per_epoch == 0:
+            scheduler.on_epoch_end()
+        trace.append((scheduler.last_density, scheduler.planned_density()))
+        if scheduler.done:
+            break
+    return trace
+
+
+def byte_scheduler(emb, targets=(0.05, ), **kwargs):
+    kwargs.setdefault('threshold_drive', 1e-2)
+    return PruningScheduler(emb, targets, 'bytes', gamma_init=0.,
+                            exact_snapshots=True, **kwargs)
+
+
+def test_int8_reaches_a_5_percent_byte_target_and_exports_it():
+    emb = make('int8')
+    s = byte_scheduler(emb)
+    assert s.precision == 'int8' and s.denominator == FULL_BYTES
+    # ~2 * 500 * 32 int8 values (sigma(-8) prunes a few), 1000 scales and
+    # 1000 bitmap rows.
+    assert 31800 < emb.num_nonzero() < 32000
+    assert s.density() == (emb.num_nonzero() + 4000 + 4000) / FULL_BYTES
+    prune(emb, s)
+    assert s.done
+    snap = s.snapshots[0.05]
+    target = 0.05 * FULL_BYTES
+    assert 0.98 * target <= snap.nbytes <= target
+    assert snap.density == snap.nbytes / FULL_BYTES
+    # The snapshot's entries, retrained and exported at int8.
+    s.freeze(0.05, rewind=True)
+    compact = emb.to_compact()
+    assert compact.dtype_name == 'int8'
+    assert compact.nbytes == stored_nbytes(emb) == snap.nbytes
+    assert 0.98 * target <= compact.nbytes <= target
+    assert snap.full_fraction == pytest.approx(emb.num_nonzero() / (N * D))
+    assert torch.equal(compact.weight, emb.weight.detach())
+
+
+def test_precisions_reach_different_densities_for_the_same_bytes():
+    fractions, nbytes = {}, {}
+    for precision in ('float32', 'float16', 'int8'):
+        emb = make(precision)
+        s = byte_scheduler(emb)
+        prune(emb, s)
+        snap = s.snapshots[0.05]
+        fractions[precision] = snap.full_fraction
+        nbytes[precision] = snap.nbytes
+        s.freeze(0.05, rewind=True)  # (Refilled entries are 0 unrewound.)
+        assert emb.to_compact().nbytes == snap.nbytes
+    for n in nbytes.values():
+        assert 0.98 * 0.05 * FULL_BYTES <= n <= 0.05 * FULL_BYTES
+    # Fewer bytes per value keep more values (int8 pays 4 B a row).
+    assert fractions['int8'] > fractions['float16'] > fractions['float32']
+    # The same masks counted at float32 would miss the target.
+    assert fractions['int8'] > 1.9 * fractions['float32']
+
+
+def test_pace_plan_in_bytes():
+    emb = make('float16')
+    s = byte_scheduler(emb, (0.08, 0.05), threshold_drive=0.,
+                       pace_epochs=3., steps_per_epoch=10, check_every=1)
+    trace = prune(emb, s, max_steps=60)
+    assert s.done
+    followed = [(d, p) for d, p in trace if p is not None]
+    assert len(followed) > 10
+    # The pace holds the bytes at or below the plan (in the byte unit).
+    assert all(d <= p for d, p in followed[1:])
+    reached = s.snapshots[0.05]
+    assert reached.step <= 31 + 1  # The plan ends after 3 epochs.
+    assert 0.98 * 0.05 * FULL_BYTES <= reached.nbytes <= 0.05 * FULL_BYTES
+
+
+def test_state_dict_round_trip_keeps_bytes_and_precision(tmp_path):
+    emb = make('int8')
+    s = byte_scheduler(emb, (0.1, 0.05))
+    prune(emb, s, max_steps=400)
+    atomic_save(s.state_dict(), tmp_path / 's.pt')
+    state = safe_load(tmp_path / 's.pt')
+    assert state['precision'] == 'int8'
+    s2 = byte_scheduler(make('int8'), (0.05, 0.1))
+    s2.load_state_dict(state)
+    for t in (0.1, 0.05):
+        assert s2.snapshots[t].nbytes == s.snapshots[t].nbytes
+    with pytest.raises(ValueError, match='counted at'):
+        byte_scheduler(make('float16'), (0.1, 0.05)).load_state_dict(state)
+    # Counting at another precision than the module's is explicit.
+    s3 = byte_scheduler(make('float32'), (0.1, 0.05), precision='int8')
+    s3.load_state_dict(state)
+
+
+def test_byte_targets_checked_at_construction():
+    emb = make('int8')
+    # All pruned, int8 still stores 1000 scales and 1000 bitmap rows: 3.1%.
+    with pytest.raises(ValueError, match='cannot be reached'):
+        byte_scheduler(emb, (0.1, 0.03))
+    byte_scheduler(emb, (0.1, 0.035))
+    with pytest.raises(ValueError, match="target_unit='bytes'"):
+        PruningScheduler(emb, (0.1, ), precision='int8')
+    with pytest.raises(ValueError, match="'precision'"):
+        byte_scheduler(emb, precision='int4')
+    with pytest.raises(ValueError, match="target_unit"):
+        PruningScheduler(emb, (0.1, ), target_unit='byte')
+
+
+def test_nbytes_of_masks_and_pep():
+    emb = PEPEmbedding(300, 16, threshold_init=-2., precision='float16')
+    s = PruningScheduler(emb, (0.2, ), 'bytes')
+    assert s.nbytes() == stored_nbytes(emb, 'float16') == \
+        s.nbytes(emb.masks())
+    masks = emb.masks()[0].clone()
+    masks[:, 8:] = False
+    nnz = int(masks.sum())
+    bitmap = nnz * 2 + 300 * 2
+    csr = nnz * 3 + 301 * 4
+    assert s.nbytes([masks]) == min(bitmap, csr)
+    assert s.density() == s.nbytes() / (4 * 300 * 16)
