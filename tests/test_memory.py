@@ -90,3 +90,45 @@ def test_agrees_with_compact_export(dtype):
     report = memory_report(cerp, dtype)
     assert report.nbytes == compact.nbytes == stored_nbytes(cerp, dtype)
     assert report.formats() == f'P:{compact.P.layout},Q:{compact.Q.layout}'
+
+
+def test_best_nbytes_and_tables_nbytes():
+    from pyg_cerp.memory import best_nbytes, tables_nbytes
+    assert best_nbytes(10, 64, 35) == 35 * 5 + 11 * 4  # CSR below the tie.
+    assert best_nbytes(10, 64, 100, 'int8') == 100 + 40 + 80  # Bitmap.
+    shapes = [(10, 64, True), (5, 8, False)]
+    assert tables_nbytes(shapes, [100, 0], 'float16') == \
+        best_nbytes(10, 64, 100, 'float16') + 5 * 8 * 2
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16', 'int8'])
+def test_density_for_nbytes_inverts_the_count(dtype):
+    from pyg_cerp.memory import density_for_nbytes, tables_nbytes
+    shapes = [(500, 32, True), (400, 32, True)]
+
+    def count(density):
+        return tables_nbytes(shapes, [int(density * r * c)
+                                      for r, c, _ in shapes], dtype)
+
+    for budget in (8000, 12800, 30000):
+        density = density_for_nbytes(shapes, budget, dtype)
+        assert count(density) <= budget < count(density + 1e-4)
+    # int8 bitmap: z + 900 * (4 + 4) bytes for z values.
+    if dtype == 'int8':
+        assert density_for_nbytes(shapes, 7200 + 2880, dtype) == \
+            pytest.approx(0.1, abs=1e-4)
+    assert density_for_nbytes(shapes, 1e9, dtype) == 1.
+    assert density_for_nbytes(shapes, count(0.) - 1, dtype) is None
+
+
+def test_modules_are_counted_at_their_precision():
+    from pyg_cerp.memory import module_precision
+    cerp = CompositionalEmbedding(1000, 16, 300, threshold_init=-3.,
+                                  precision='float16')
+    assert module_precision(cerp) == 'float16'
+    assert module_precision(torch.nn.Embedding(3, 2)) == 'float32'
+    assert stored_nbytes(cerp) == stored_nbytes(cerp, 'float16') == \
+        cerp.to_compact().nbytes < stored_nbytes(cerp, 'float32')
+    qr = QREmbedding(1000, 16, 40, precision='int8')
+    rows = 40 + 25
+    assert stored_nbytes(qr) == rows * 16 + 4 * rows == qr.nbytes()

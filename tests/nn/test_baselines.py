@@ -196,8 +196,9 @@ CERP_LIGHTGCN = dict(d=16, bucket_size=9, threshold_init=-6.)
 CERP_MLP = dict(d=8, bucket_size=8, threshold_init=-8.)
 
 
+@pytest.mark.parametrize('precision', ['float32', 'int8'])
 @pytest.mark.parametrize('kind', ['cerp'] + KINDS)
-def test_inside_pyg_lightgcn(kind):
+def test_inside_pyg_lightgcn(kind, precision):
     gen = torch.Generator().manual_seed(0)
     nu, ni = 30, 40
     u = torch.randint(nu, (200, ), generator=gen)
@@ -206,8 +207,10 @@ def test_inside_pyg_lightgcn(kind):
     n = nu + ni
     args = CERP_LIGHTGCN if kind == 'cerp' else dict(d=8, fraction=0.3)
     model = LightGCN(n, args['d'], num_layers=2)
-    model.embedding = make(kind, n=n, **args)
+    model.embedding = make(kind, n=n, precision=precision, **args)
+    before = [p.detach().clone() for p in model.embedding.parameters()]
     model.reset_parameters()  # Must not fail, must reset for real.
+    assert not torch.equal(before[0], next(model.embedding.parameters()))
     # The same checks as PyG's own LightGCN tests.
     pred = model(edge_index, edge_index[:, :10])
     assert pred.shape == (10, )

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pyg_cerp.memory import stored_nbytes
-from pyg_cerp.nn import CompositionalEmbedding, PEPEmbedding
+from pyg_cerp.nn import CompactEmbedding, CompositionalEmbedding, PEPEmbedding
 from pyg_cerp.train import PruningScheduler
 from pyg_cerp.utils.io import atomic_save, safe_load
 
@@ -47,7 +47,7 @@ def byte_scheduler(emb, targets=(0.05, ), **kwargs):
                             exact_snapshots=True, **kwargs)
 
 
-def test_int8_reaches_a_5_percent_byte_target_and_exports_it():
+def test_int8_reaches_a_5_percent_byte_target_and_exports_it(tmp_path):
     emb = make('int8')
     s = byte_scheduler(emb)
     assert s.precision == 'int8' and s.denominator == FULL_BYTES
@@ -69,6 +69,12 @@ def test_int8_reaches_a_5_percent_byte_target_and_exports_it():
     assert 0.98 * target <= compact.nbytes <= target
     assert snap.full_fraction == pytest.approx(emb.num_nonzero() / (N * D))
     assert torch.equal(compact.weight, emb.weight.detach())
+    # The file's payload: what pyg_cerp.memory counted.
+    compact.save(tmp_path / 'emb.pt')
+    loaded = CompactEmbedding.load(tmp_path / 'emb.pt')
+    assert loaded.nbytes == snap.nbytes
+    assert sum(t.numel() * t.element_size() for t in loaded.state_dict(
+    ).values() if isinstance(t, torch.Tensor)) == snap.nbytes
 
 
 def test_precisions_reach_different_densities_for_the_same_bytes():
