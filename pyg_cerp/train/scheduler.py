@@ -318,8 +318,12 @@ class PruningScheduler:
             self.embedding.num_full_params)
 
     def to_full(self, density: float) -> float:
-        r"""Converts a density in :obj:`target_unit` to a full-table
+        r"""Converts a density in :obj:`target_unit` (not :obj:`'bytes'`,
+        whose bytes are not linear in the non-zeros) to a full-table
         fraction."""
+        if self.target_unit == 'bytes':
+            raise ValueError("A byte density has no linear full-table "
+                             "fraction: see 'MaskSnapshot.full_fraction'")
         return density * self.denominator / int(self.embedding.num_full_params)
 
     @property
@@ -742,7 +746,10 @@ class PruningScheduler:
             self.snapshots[s.target] = s
 
     def __repr__(self) -> str:
+        precision = ('' if self.precision is None else
+                     f', precision={self.precision!r}')
         return (f'{self.__class__.__name__}(targets={self.targets}, '
-                f'unit={self.target_unit!r}, gamma={self.gamma:.4g}, '
+                f'unit={self.target_unit!r}{precision}, '
+                f'gamma={self.gamma:.4g}, '
                 f'epoch={self.epoch}, steps={self.num_steps}, '
                 f'reached={sorted(self.snapshots, reverse=True)})')

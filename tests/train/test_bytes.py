@@ -155,3 +155,12 @@ def test_nbytes_of_masks_and_pep():
     csr = nnz * 3 + 301 * 4
     assert s.nbytes([masks]) == min(bitmap, csr)
     assert s.density() == s.nbytes() / (4 * 300 * 16)
+
+
+def test_repr_and_outcome_name_the_unit():
+    s = byte_scheduler(make('int8'), (0.1, 0.05))
+    assert "unit='bytes', precision='int8'" in repr(s)
+    assert "float32 bytes, int8 values" in s.outcome().message
+    with pytest.raises(ValueError, match='linear'):
+        s.to_full(0.1)
+    assert 'precision' not in repr(PruningScheduler(make('int8'), (0.1, )))
