@@ -2,7 +2,8 @@ r"""Embedding modules and scorers."""
 from .compositional import (ComposedWeight, CompositionalEmbedding,
                             SoftThresholdPruning, compose, soft_threshold)
 from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
-                        QREmbedding, budget_rows, magnitude_mask)
+                        QREmbedding, budget_rows, magnitude_mask,
+                        nbytes_rows)
 from .compact import CompactEmbedding, CompressedTable, FormatError
 from .quant import PRECISIONS, fake_quantize, quantize
 from .mlp import MLPScorer
@@ -22,6 +23,7 @@ __all__ = [
     'QREmbedding',
     'HashEmbedding',
     'budget_rows',
+    'nbytes_rows',
     'magnitude_mask',
     'CompactEmbedding',
     'CompressedTable',

@@ -35,7 +35,7 @@ from pyg_cerp.nn.quant import check_precision, fake_quantize
 from pyg_cerp.utils.validation import check_int
 
 __all__ = ['FullEmbedding', 'PEPEmbedding', 'QREmbedding', 'HashEmbedding',
-           'budget_rows', 'magnitude_mask']
+           'budget_rows', 'nbytes_rows', 'magnitude_mask']
 
 StoredTables = List[Tuple[str, Tensor, bool]]
 
@@ -53,6 +53,25 @@ def budget_rows(num_embeddings: int, fraction: float) -> int:
         raise ValueError(f"'fraction' must be in (0, 1] (got {fraction})")
     # The epsilon protects against 0.1 * 100 = 10.000000000000002.
     return int(math.floor(fraction * num_embeddings + 1e-9))
+
+
+def nbytes_rows(embedding_dim: int, nbytes: int,
+                precision: str = 'float32') -> int:
+    r"""The rows of dense :math:`d`-wide tables that :obj:`nbytes` stored
+    bytes buy at :obj:`precision` (:math:`d` values a row, plus a
+    :obj:`float32` scale for :obj:`'int8'`; :mod:`pyg_cerp.memory`).
+
+    Args:
+        embedding_dim (int): :math:`d`.
+        nbytes (int): The byte budget.
+        precision (str, optional): The value precision.
+            (default: :obj:`'float32'`)
+    """
+    from pyg_cerp.memory import layout_nbytes
+    check_int('embedding_dim', embedding_dim)
+    check_int('nbytes', nbytes, minimum=0)
+    return nbytes // layout_nbytes(1, embedding_dim, embedding_dim, 'dense',
+                                   check_precision(precision))
 
 
 @torch.no_grad()
@@ -233,7 +252,8 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
 
     @classmethod
     @torch.no_grad()
-    def from_magnitude(cls, weight: Tensor, fraction: float,
+    def from_magnitude(cls, weight: Tensor, fraction: Optional[float] = None,
+                       nbytes: Optional[int] = None,
                        **kwargs) -> 'PEPEmbedding':
         r"""Magnitude pruning: a :class:`PEPEmbedding` in retrain mode that
         holds the trained table :obj:`weight` with its :math:`\lfloor f N d
@@ -242,8 +262,11 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
 
         Args:
             weight (torch.Tensor): The trained :math:`N \times d` table.
-            fraction (float): The budget :math:`f \in (0, 1]` of the
-                :math:`Nd` values.
+            fraction (float, optional): The budget :math:`f \in (0, 1]` of
+                the :math:`Nd` values.
+            nbytes (int, optional): Instead, a budget of stored bytes at the
+                :obj:`precision` (values, best sparse layout's index, int8
+                scales): the most entries that fit.
             **kwargs: Passed on to the constructor.
         """
         if weight.dim() != 2:
@@ -252,16 +275,30 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
         kwargs.setdefault('device', weight.device)
         kwargs.setdefault('dtype', weight.dtype)
         out = cls(*weight.shape, **kwargs)
-        out.freeze_magnitude(weight, fraction)
+        out.freeze_magnitude(weight, fraction, nbytes)
         return out
 
     @torch.no_grad()
-    def freeze_magnitude(self, weight: Tensor, fraction: float) -> None:
+    def freeze_magnitude(self, weight: Tensor,
+                         fraction: Optional[float] = None,
+                         nbytes: Optional[int] = None) -> None:
         r"""Loads :obj:`weight` into :math:`\mathbf{V}` and freezes the mask
         of its largest entries, in place (see :meth:`from_magnitude`)."""
-        k = budget_rows(weight.numel(), fraction)
+        if (fraction is None) == (nbytes is None):
+            raise ValueError("Give exactly one of 'fraction' and 'nbytes'")
+        if fraction is not None:
+            k = budget_rows(weight.numel(), fraction)
+            what = f'fraction={fraction}'
+        else:
+            from pyg_cerp.memory import density_for_nbytes
+            check_int('nbytes', nbytes, minimum=0)
+            density = density_for_nbytes([(*weight.shape, True)], nbytes,
+                                         self.precision)
+            k = 0 if density is None else math.floor(density *
+                                                     weight.numel())
+            what = f'nbytes={nbytes} ({self.precision})'
         if k < 1:
-            raise ValueError(f"The budget fraction={fraction} of "
+            raise ValueError(f"The budget {what} of "
                              f"{weight.numel()} values keeps none")
         self.freeze_masks(magnitude_mask(weight, k),
                           rewind_to={'V': weight.detach().to(self.V)})
@@ -368,14 +405,40 @@ class QREmbedding(_Stored, Module):
             fraction (float): The budget :math:`f \in (0, 1]`.
             **kwargs: Passed on to the constructor.
         """
-        rows = budget_rows(num_embeddings, fraction)
+        return cls._for_rows(num_embeddings, embedding_dim,
+                             budget_rows(num_embeddings, fraction),
+                             f'fraction={fraction}', **kwargs)
+
+    @classmethod
+    def for_nbytes(cls, num_embeddings: int, embedding_dim: int, nbytes: int,
+                   precision: str = 'float32', **kwargs) -> 'QREmbedding':
+        r"""The :class:`QREmbedding` with the largest :math:`m` whose two
+        tables take at most :obj:`nbytes` stored bytes at :obj:`precision`
+        (see :func:`nbytes_rows` and :meth:`for_budget`).
+
+        Args:
+            num_embeddings (int): The number of entities :math:`N`.
+            embedding_dim (int): The embedding size :math:`d`.
+            nbytes (int): The byte budget.
+            precision (str, optional): The value precision.
+                (default: :obj:`'float32'`)
+            **kwargs: Passed on to the constructor.
+        """
+        rows = nbytes_rows(embedding_dim, nbytes, precision)
+        return cls._for_rows(num_embeddings, embedding_dim, rows,
+                             f'nbytes={nbytes} ({precision})',
+                             precision=precision, **kwargs)
+
+    @classmethod
+    def _for_rows(cls, num_embeddings: int, embedding_dim: int, rows: int,
+                  what: str, **kwargs) -> 'QREmbedding':
         lo = math.isqrt(num_embeddings - 1) + 1 if num_embeddings > 1 else 1
         need = cls.num_rows(num_embeddings, lo)
         if need > rows:
             raise ValueError(
                 f"A QREmbedding of {num_embeddings} entities needs at least "
                 f"{need} rows (fraction {need / num_embeddings:.5f}), more "
-                f"than the budget fraction={fraction} allows ({rows} rows)")
+                f"than the budget {what} allows ({rows} rows)")
         hi = num_embeddings
         while lo < hi:  # Largest m in [lo, hi] with num_rows(m) <= rows.
             mid = (lo + hi + 1) // 2
@@ -497,6 +560,20 @@ class HashEmbedding(_Stored, Module):
             raise ValueError(f"The budget fraction={fraction} of "
                              f"{num_embeddings} entities buys no row")
         return cls(num_embeddings, embedding_dim, rows, **kwargs)
+
+    @classmethod
+    def for_nbytes(cls, num_embeddings: int, embedding_dim: int, nbytes: int,
+                   precision: str = 'float32', **kwargs) -> 'HashEmbedding':
+        r"""The :class:`HashEmbedding` of the most rows (at most :math:`N`)
+        that :obj:`nbytes` stored bytes buy at :obj:`precision` (arguments as
+        :meth:`QREmbedding.for_nbytes`)."""
+        rows = min(nbytes_rows(embedding_dim, nbytes, precision),
+                   num_embeddings)
+        if rows < 1:
+            raise ValueError(f"The budget nbytes={nbytes} ({precision}) buys "
+                             f"no row of {embedding_dim} values")
+        return cls(num_embeddings, embedding_dim, rows, precision=precision,
+                   **kwargs)
 
     def reset_parameters(self) -> None:
         r"""Re-initialises the table (Xavier uniform); the hash stays."""

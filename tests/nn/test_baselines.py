@@ -322,3 +322,41 @@ def test_magnitude_mask_and_from_magnitude():
         PEPEmbedding.from_magnitude(full, 0.001)
     with pytest.raises(ValueError, match='N x d'):
         PEPEmbedding.from_magnitude(full.flatten(), 0.1)
+
+
+@pytest.mark.parametrize('precision', ['float32', 'float16', 'int8'])
+def test_sized_to_a_byte_budget(precision):
+    from pyg_cerp.memory import stored_nbytes
+    from pyg_cerp.nn.baselines import nbytes_rows
+    n, d = 1000, 16
+    nbytes = 4 * n * d // 10  # 10% of the full float32 table.
+    row = {'float32': 64, 'float16': 32, 'int8': 16 + 4}[precision]
+    assert nbytes_rows(d, nbytes, precision) == nbytes // row
+    qr = QREmbedding.for_nbytes(n, d, nbytes, precision, operation='mul')
+    hs = HashEmbedding.for_nbytes(n, d, nbytes, precision)
+    for emb in (qr, hs):
+        assert emb.precision == precision
+        assert nbytes - row < stored_nbytes(emb) <= nbytes
+    # The largest m: one more remainder row would not fit.
+    assert QREmbedding.num_rows(n, qr.num_remainder + 1) * row > nbytes
+    full = torch.randn(n, d)
+    mag = PEPEmbedding.from_magnitude(full, nbytes=nbytes,
+                                      precision=precision)
+    kept = mag.num_nonzero()
+    assert stored_nbytes(mag) <= nbytes < \
+        stored_nbytes(PEPEmbedding.from_magnitude(
+            full, (kept + 1) / (n * d), precision=precision))
+    if precision == 'float32':  # Sizes as the fraction API at 4 B/value.
+        assert hs.num_buckets == HashEmbedding.for_budget(n, d,
+                                                          0.1).num_buckets
+
+
+def test_byte_budget_errors():
+    with pytest.raises(ValueError, match='nbytes=100'):
+        HashEmbedding.for_nbytes(100, 64, 100, 'float16')
+    with pytest.raises(ValueError, match="nbytes=1000 .int8."):
+        QREmbedding.for_nbytes(10000, 4, 1000, 'int8')
+    with pytest.raises(ValueError, match='exactly one'):
+        PEPEmbedding.from_magnitude(torch.randn(10, 4), 0.1, nbytes=100)
+    with pytest.raises(ValueError, match='keeps none'):
+        PEPEmbedding.from_magnitude(torch.randn(10, 4), nbytes=10)
