@@ -1,6 +1,7 @@
 r"""Embedding modules and scorers."""
+from .compose import compose
 from .compositional import (ComposedWeight, CompositionalEmbedding,
-                            SoftThresholdPruning, compose, soft_threshold)
+                            SoftThresholdPruning, soft_threshold)
 from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
                         QREmbedding, budget_rows, magnitude_mask,
                         nbytes_rows)

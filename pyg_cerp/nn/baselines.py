@@ -28,8 +28,9 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
+from pyg_cerp.nn.compose import compose
 from pyg_cerp.nn.compositional import (SoftThresholdPruning, _check_ids,
-                                       _check_sizes, _Counts, compose,
+                                       _check_sizes, _Counts,
                                        computed_weight, soft_threshold)
 from pyg_cerp.nn.quant import check_precision, fake_quantize
 from pyg_cerp.utils.validation import check_int
@@ -326,7 +327,7 @@ class QREmbedding(_Stored, Module):
     r"""The quotient-remainder trick from the `"Compositional Embeddings Using
     Complementary Partitions for Memory-Efficient Recommendation Systems"
     <https://arxiv.org/abs/1909.02107>`_ paper, unpruned (see
-    :func:`~pyg_cerp.nn.compositional.compose`):
+    :func:`~pyg_cerp.nn.compose.compose`):
 
     .. math::
         \mathbf{e}_k = \mathbf{R}_{k \bmod m} \circ

@@ -18,7 +18,8 @@ from torch.nn import Module
 
 from pyg_cerp.memory import (DTYPES, best_layout, dtype_name, index_dtype,
                              layout_nbytes, ptr_dtype)
-from pyg_cerp.nn.compositional import compose
+from pyg_cerp.nn.compose import compose
+from pyg_cerp.nn.quant import quantize
 from pyg_cerp.utils.io import FormatError, load_module, save_module
 from pyg_cerp.utils.validation import check_index
 
@@ -115,12 +116,8 @@ class CompressedTable(Module):
         elif layout not in LAYOUTS:
             raise ValueError(f"'layout' must be 'auto' or one of {LAYOUTS} "
                              f"(got {layout!r})")
-        row, col = mask.nonzero().unbind(1)
-        values, scale = dense[mask].to(DTYPES[name]), None
-        if name == 'int8':  # Every stored value has a non-zero row scale.
-            scale = dense.abs().amax(1) / 127.
-            values = (dense[mask] / scale[row]).round().clamp(-127, 127)
-            values = values.to(torch.int8)
+        col = mask.nonzero()[:, 1]
+        values, scale = quantize(dense, name, mask)
         out = cls(rows, cols)
         if layout == 'csr':
             crow = F.pad(mask.sum(1).cumsum(0), (1, 0)).to(ptr_dtype(nnz))
