@@ -36,13 +36,14 @@ __all__ = ['export', 'save', 'load', 'exclude_', 'recommend']
 PathLike = Union[str, os.PathLike]
 
 
-def export(model: Module, dtype: Union[str, torch.dtype] = torch.float32,
+def export(model: Module, dtype: Optional[Union[str, torch.dtype]] = None,
            layout: str = 'auto', decode: str = 'cache') -> Module:
     r"""A copy of :obj:`model` for serving (evaluation mode, no gradients)
     whose :obj:`embedding` is the compact export
     :obj:`model.embedding.to_compact(dtype, layout, decode)` (see
     :meth:`~pyg_cerp.nn.CompositionalEmbedding.to_compact` for the
-    arguments); the training embedding is not copied."""
+    arguments; :obj:`dtype=None`: the embedding's training precision); the
+    training embedding is not copied."""
     if not hasattr(getattr(model, 'embedding', None), 'to_compact'):
         raise TypeError(f"'model.embedding' must be a CompositionalEmbedding "
                         f"(got {type(getattr(model, 'embedding', None))})")
