@@ -51,8 +51,9 @@ BACKBONES: Dict[str, CERPConfig] = {
 #: The dataset classes of :obj:`--dataset` names (checksum-verified).
 DATASETS = {'gowalla': Gowalla, 'yelp2020': Yelp2020}
 PRESETS = ('faithful', 'official', 'legacy')
-CHOICES = {'target_unit': ('full', 'meta'), 'gamma_unit': ('official',
-                                                           'mean')}
+CHOICES = {'target_unit': ('full', 'meta', 'bytes'),
+           'gamma_unit': ('official', 'mean'),
+           'precision': ('float32', 'float16', 'int8')}
 #: Older option names that stay valid.
 ALIASES = {'gamma_init': ['--gamma']}
 

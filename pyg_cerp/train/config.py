@@ -76,8 +76,11 @@ class CERPConfig:
             (default: :obj:`-6.`)
         targets (Tuple[float, ...]): Memory targets, sorted largest first.
             (default: :obj:`(0.10, 0.05, 0.01)`)
-        target_unit (str): :obj:`'full'` (fraction of :math:`Nd`) or
-            :obj:`'meta'` (meta-table density). (default: :obj:`'full'`)
+        target_unit (str): :obj:`'full'` (fraction of :math:`Nd`),
+            :obj:`'meta'` (meta-table density) or :obj:`'bytes'` (fraction of
+            the full table's :obj:`float32` bytes :math:`4Nd`, counted in the
+            stored form at :obj:`precision`: values + index/mask + scales).
+            (default: :obj:`'full'`)
         baseline_epochs (int): Epochs of the full-table baseline (:obj:`0`:
             none). (default: :obj:`40`)
         prune_epochs (int): Epoch budget of phase 1. (default: :obj:`5`)
@@ -133,6 +136,10 @@ class CERPConfig:
             (default: :obj:`(5, 10, 20, 50)`)
         eval_users (int, optional): Evaluate a seeded sample of this many
             users (:obj:`None`: all). (default: :obj:`None`)
+        precision (str): Value precision of CERP's meta tables, simulated in
+            training (fake quantisation, straight-through gradient) and
+            stored at export: :obj:`'float32'`, :obj:`'float16'` or
+            :obj:`'int8'` (per-row scales). (default: :obj:`'float32'`)
     """
     dim: int = 64
     bucket_size: Optional[int] = 5000
@@ -170,6 +177,7 @@ class CERPConfig:
     seed: int = 0
     ks: Tuple[int, ...] = (5, 10, 20, 50)
     eval_users: Optional[int] = None
+    precision: str = 'float32'
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> 'CERPConfig':
@@ -205,11 +213,11 @@ class CERPConfig:
         if len(set(self.targets)) != len(self.targets):
             raise ValueError(f"'targets' holds duplicates (got "
                              f"{list(targets)})")
-        for name, choices in (('target_unit', ('full', 'meta')),
-                              ('gamma_unit', ('official', 'mean'))):
+        for name, choices in (('target_unit', ('full', 'meta', 'bytes')),
+                              ('gamma_unit', ('official', 'mean')),
+                              ('precision', ('float32', 'float16', 'int8'))):
             if getattr(self, name) not in choices:
-                raise ValueError(f"'{name}' must be {choices[0]!r} or "
-                                 f"{choices[1]!r} (got "
+                raise ValueError(f"'{name}' must be one of {choices} (got "
                                  f"{getattr(self, name)!r})")
         self.ks = tuple(check_ks(self.ks))
         for name, low in (('baseline_epochs', 0), ('prune_epochs', 0),
@@ -268,6 +276,11 @@ class CERPConfig:
                      2. * max(self.targets))
             if self.target_unit == 'meta':
                 ratio = self.meta_ratio or 0.2
+            elif self.target_unit == 'bytes' and self.meta_ratio is None:
+                # A byte fraction f holds about 4f / (value bytes) of the
+                # values (int8: 4x as many as float32).
+                ratio *= 4. / {'float32': 4., 'float16': 2.,
+                               'int8': 1.}[self.precision]
             b = max(1, min(N, int(math.ceil(ratio * N / 2.))))
         batch = self.prune_schedule()[0]
         steps = max(1, int(math.ceil(int(num_pairs) / batch)))

@@ -245,7 +245,8 @@ class CERPRunner:
             return CompositionalEmbedding(n, cfg.dim,
                                           self.derived['bucket_size'],
                                           threshold_init=cfg.threshold_init,
-                                          check_index=False)
+                                          check_index=False,
+                                          precision=cfg.precision)
         if kind not in ('full', 'cerp'):
             raise ValueError(f"Unknown embedding kind {kind!r}")
         return build_embedding(m.name, n, cfg.dim, cfg.targets[0],
@@ -373,7 +374,8 @@ class CERPRunner:
         if cfg.target_unit == 'full':
             _check_target_sizes(cfg.targets, self.num_entities * cfg.dim,
                                 'full')
-        elif self.embedding_factory == self._default_embedding:
+        elif (cfg.target_unit == 'meta'
+              and self.embedding_factory == self._default_embedding):
             _check_target_sizes(cfg.targets,
                                 2 * self.derived['bucket_size'] * cfg.dim,
                                 'meta')

@@ -164,3 +164,34 @@ def test_repr_and_outcome_name_the_unit():
     with pytest.raises(ValueError, match='linear'):
         s.to_full(0.1)
     assert 'precision' not in repr(PruningScheduler(make('int8'), (0.1, )))
+
+
+
+def test_runner_prunes_to_a_byte_target_at_int8():
+    # The pipeline end to end: CERPConfig(precision='int8', target_unit=
+    # 'bytes') -> the runner's CERP, rewound for retraining, stores at most
+    # the target's bytes of the stored form.
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_trainer import block_data, make_runner
+    from pyg_cerp.train import CERPConfig
+    data = block_data()
+    n = data.num_users + data.num_items
+    cfg = CERPConfig(dim=8, bucket_size=40, targets=(0.1, ),
+                     target_unit='bytes', precision='int8', baseline_epochs=0,
+                     prune_epochs=8, retrain_epochs=1, batch_size=64,
+                     num_negatives=1, threshold_init=-3., prune_start=1,
+                     onset_quantile=0.02, pace_epochs=3, exact_snapshots=True,
+                     ks=(5, ))
+    runner = make_runner(cfg, data)
+    state = runner.run()
+    assert state['prune']['reached'] == [0.1]
+    stage = [s for s in runner.stages() if s.kind == 'retrain'][0]
+    model = runner._build('cerp', 0)
+    runner.rewind(model, stage)
+    assert model.embedding.precision == 'int8'
+    nbytes = stored_nbytes(model.embedding)
+    assert 0.9 * 0.1 * 4 * n * 8 <= nbytes <= 0.1 * 4 * n * 8
+    with pytest.raises(ValueError, match="'precision' must be one of"):
+        CERPConfig(precision='int4')
