@@ -7,8 +7,9 @@ import torch
 
 from pyg_cerp import CompositionalEmbedding, compositional_for_budget
 from pyg_cerp.memory import stored_nbytes
-from pyg_cerp.planner import (Plan, _bucket_size, PlanRow, full_table_nbytes, load_table,
-                              plan_budget, plan_nbytes, rule_bucket_ratio)
+from pyg_cerp.planner import (Plan, PlanRow, _bucket_size, full_table_nbytes,
+                              load_table, plan_budget, plan_nbytes,
+                              rule_bucket_ratio)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 GOWALLA = osp.join(ROOT, 'benchmarks', 'results',
