@@ -217,11 +217,13 @@ class RankingDistillation:
         pos, neg = teacher.scores(users, items[:, 0], items[:, 1:])
         return torch.cat([pos.unsqueeze(1), neg], dim=1)
 
-    def loss(self, users: Tensor, items: Tensor,
+    def loss(self, users: Tensor, items: Optional[Tensor],
              student_scores: Tensor) -> Tensor:
         r""":math:`\mathcal{L}_{\textrm{KD}}` (unweighted) from the
         student's scores :obj:`[B, m]` of the candidate :obj:`items`
-        :obj:`[B, m]` (for :obj:`'rd'`: the top-:math:`K`, last)."""
+        :obj:`[B, m]` of :obj:`users` :obj:`[B]` (for :obj:`'rd'`: scores
+        whose last :math:`K` columns are the teacher's top-:math:`K` in
+        order; :obj:`items` is not needed)."""
         if self.loss_type == 'rd':
             k = self.top_k
             rank = torch.arange(1, k + 1, dtype=student_scores.dtype,
