@@ -157,8 +157,9 @@ class ConvergedRunner:
     converged full table of the same seed (the teacher that
     :obj:`'magnitude'` prunes, trained once), :math:`\alpha = 0` without
     it, from the same start; the best validation result is kept (for CERP,
-    over all :math:`(b, \alpha)`), and :meth:`run` reports
-    :obj:`'distill'` (the weight used) and :obj:`'distill_sweep'`.
+    over all :math:`(b, \alpha)`; each weight is one more training), and
+    :meth:`run` reports :obj:`'distill'` (the weight used) and
+    :obj:`'distill_sweep'`.
 
     Args:
         split (Split): The data.
@@ -354,7 +355,9 @@ class ConvergedRunner:
         :obj:`'epochs'` (of the final training), :obj:`'best_epoch'`,
         :obj:`'prune_epochs'`, :obj:`'bucket_size'`,
         :obj:`'bucket_sweep'` (:math:`b` to validation NDCG@20),
-        :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
+        :obj:`'distill'` (the distillation weight used, :obj:`0.`: none),
+        :obj:`'distill_sweep'` (weight to validation NDCG@20, of the chosen
+        :math:`b`), :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
         there is none: an infeasible budget or a missed target)."""
         m = get_method(method)
         budget = 1. if m.name == 'full' else float(budget)
