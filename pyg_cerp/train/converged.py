@@ -210,9 +210,7 @@ class ConvergedRunner:
         self.eval_users = eval_users
         self.log = log
         self._full: Dict[int, Tuple[Dict[str, Tensor], FitResult]] = {}
-        self.distill_weights = tuple(float(w) for w in distill_weights)
-        for w in self.distill_weights:
-            check_float('distill_weights', w, low=0.)
+        self.distill_weights = self._weights(distill_weights)
         self.distill_options = dict(distill_options or {})
         allowed = set(inspect.signature(RankingDistillation).parameters)
         unknown = set(self.distill_options) - (allowed - {'teacher',
@@ -222,6 +220,14 @@ class ConvergedRunner:
                              f"(arguments of RankingDistillation other than "
                              f"'teacher' and 'weight')")
         self._teachers: Dict[int, Recommender] = {}
+
+    def _weights(self, weights: Optional[Sequence[float]]
+                 ) -> Tuple[float, ...]:
+        if weights is None:
+            return self.distill_weights
+        for w in weights:
+            check_float('distill_weights', w, low=0.)
+        return tuple(float(w) for w in weights)
 
     @property
     def num_entities(self) -> int:
@@ -288,15 +294,16 @@ class ConvergedRunner:
         return RankingDistillation(self.teacher(seed), weight, **options)
 
     def _fit_sweep(self, model: Recommender, config: CERPConfig, seed: int,
-                   desc: str) -> Tuple[FitResult, float, Dict[float, float]]:
+                   desc: str, weights: Tuple[float, ...]
+                   ) -> Tuple[FitResult, float, Dict[float, float]]:
         # fit() once per distillation weight from the same start; the model
         # keeps the best validation state. Without weights: fit() once.
-        if not self.distill_weights:
+        if not weights:
             return self._fit(model, config, seed, desc), 0., {}
         start = copy.deepcopy(model.state_dict())
         best: Optional[Tuple[FitResult, float, Dict[str, Tensor]]] = None
         sweep: Dict[float, float] = {}
-        for i, weight in enumerate(self.distill_weights):
+        for i, weight in enumerate(weights):
             if i:
                 model.load_state_dict(start)
             res = self._fit(model, config, seed, f'{desc} distill={weight:g}',
@@ -349,7 +356,9 @@ class ConvergedRunner:
 
     # One cell ----------------------------------------------------------------
 
-    def run(self, method: str, budget: float, seed: int) -> Dict[str, Any]:
+    def run(self, method: str, budget: float, seed: int,
+            distill_weights: Optional[Sequence[float]] = None
+            ) -> Dict[str, Any]:
         r"""Trains and tests one cell; returns the chosen model's
         :obj:`'recommender'`, its test metrics, :obj:`'valid_ndcg@20'`,
         :obj:`'epochs'` (of the final training), :obj:`'best_epoch'`,
@@ -358,7 +367,10 @@ class ConvergedRunner:
         :obj:`'distill'` (the distillation weight used, :obj:`0.`: none),
         :obj:`'distill_sweep'` (weight to validation NDCG@20, of the chosen
         :math:`b`), :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
-        there is none: an infeasible budget or a missed target)."""
+        there is none: an infeasible budget or a missed target).
+        :obj:`distill_weights` replaces the runner's for this cell (*e.g.*,
+        :obj:`(0., )` and :obj:`(1., )` to test both models)."""
+        weights = self._weights(distill_weights)
         m = get_method(method)
         budget = 1. if m.name == 'full' else float(budget)
         start = time.perf_counter()
@@ -379,7 +391,7 @@ class ConvergedRunner:
                 self._full[seed] = (copy.deepcopy(model.state_dict()), res)
             else:
                 res, weight, distill_sweep = self._fit_sweep(
-                    model, cfg, seed, f'{m.name}@{budget:g}')
+                    model, cfg, seed, f'{m.name}@{budget:g}', weights)
                 out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         elif m.kind == 'magnitude':
@@ -396,7 +408,7 @@ class ConvergedRunner:
                 full.embedding.weight.detach(), budget)
             out['prune_epochs'] = full_res.epochs
             res, weight, distill_sweep = self._fit_sweep(
-                model, cfg, seed, f'magnitude@{budget:g}')
+                model, cfg, seed, f'magnitude@{budget:g}', weights)
             out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         else:
@@ -413,7 +425,7 @@ class ConvergedRunner:
                 model, epochs = pruned
                 res, weight, distill_sweep = self._fit_sweep(
                     model, self._cell_config(m, budget, seed, b), seed,
-                    f'{m.name}@{budget:g} b={b}')
+                    f'{m.name}@{budget:g} b={b}', weights)
                 if b is not None:
                     out['bucket_sweep'][int(b)] = res.best_valid
                 if best is None or res.best_valid > best[1].best_valid:

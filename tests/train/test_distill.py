@@ -215,6 +215,12 @@ def test_converged_runner_selects_the_weight_on_validation():
     assert out['valid_ndcg@20'] == max(sweep.values())
     if out['distill'] == 0.:
         assert out['ndcg@20'] == plain['ndcg@20']
+    # Per cell, the runner's weights can be replaced.
+    only = runner.run('qr-mul', 0.3, 0, distill_weights=(0., ))
+    assert only['distill_sweep'] == {0.: plain['valid_ndcg@20']}
+    assert only['ndcg@20'] == plain['ndcg@20']
+    with pytest.raises(ValueError, match='distill_weights'):
+        runner.run('qr-mul', 0.3, 0, distill_weights=(-2., ))
     # The teacher is the converged full table, trained once per seed.
     assert 0 in runner._full and runner.teacher(0) is runner.teacher(0)
     assert not runner.teacher(0).training
