@@ -9,6 +9,8 @@ from .sampling import BPRSampler
 from .train import CERPConfig, CERPRunner, PruningScheduler
 
 from . import serving  # noqa: F401 (pyg_cerp.serving as a submodule)
+from . import planner  # noqa: F401 (pyg_cerp.planner as a submodule)
+from .planner import compositional_for_budget, plan_budget
 
 __version__ = '0.1.0'
 
@@ -28,5 +30,7 @@ __all__ = [
     'ranking_metrics',
     'ranking_metrics_from_scores',
     'RankingEvaluator',
+    'plan_budget',
+    'compositional_for_budget',
     '__version__',
 ]

@@ -13,6 +13,7 @@ from .data import (Interactions, Split, holdout_split,
 from .methods import METHODS, Method, build_embedding, get_method
 from .runner import CERPRunner, ResumeError, Stage, memory_stats, run_cerp
 from .converged import ConvergedRunner, EarlyStopping, fit
+from .distill import RankingDistillation, teacher_top_items
 
 __all__ = [
     'PruningScheduler',
@@ -48,4 +49,6 @@ __all__ = [
     'EarlyStopping',
     'fit',
     'ConvergedRunner',
+    'RankingDistillation',
+    'teacher_top_items',
 ]

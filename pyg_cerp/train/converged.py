@@ -1,6 +1,7 @@
 r"""Training to convergence: early stopping on a validation split and the
 equal-memory comparison cell by cell (:class:`ConvergedRunner`)."""
 import copy
+import inspect
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -13,12 +14,14 @@ from torch.nn import Module
 from pyg_cerp.nn.baselines import PEPEmbedding
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.train.data import Interactions, Split
+from pyg_cerp.train.distill import RankingDistillation
 from pyg_cerp.train.loop import evaluate, train_epoch
 from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
                                     build_embedding, get_method)
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
-from pyg_cerp.utils.validation import check_finite_loss, check_int
+from pyg_cerp.utils.validation import (check_finite_loss, check_float,
+                                       check_int)
 
 __all__ = ['EarlyStopping', 'FitResult', 'fit', 'ConvergedRunner']
 
@@ -77,7 +80,8 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
         sampler: Any, validate: Callable[[Recommender], Dict[str, float]],
         stopping: EarlyStopping, clip_grad_norm: Optional[float] = 100.,
         log: Callable[[str], None] = lambda s: None,
-        desc: str = '', l2_reg: float = 0.) -> FitResult:
+        desc: str = '', l2_reg: float = 0.,
+        distill: Optional[RankingDistillation] = None) -> FitResult:
     r"""Trains :obj:`recommender` until :obj:`stopping` says so and loads
     the state of its best validation epoch back into it (the model before
     any training counts as epoch 0).
@@ -95,7 +99,11 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
         desc (str, optional): The prefix of those lines.
         l2_reg (float, optional): See :func:`~pyg_cerp.train.train_epoch`.
             (default: :obj:`0.`)
+        distill (RankingDistillation, optional): The ranking distillation
+            term of every step (see :func:`~pyg_cerp.train.train_step`).
+            (default: :obj:`None`)
     """
+    extra = {} if distill is None else dict(distill=distill)
     best = float(validate(recommender)[stopping.metric])
     best_state = copy.deepcopy(recommender.state_dict())
     best_epoch, bad, epoch = 0, 0, 0
@@ -103,7 +111,8 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
     start = time.perf_counter()
     while epoch < stopping.max_epochs:
         stats = train_epoch(recommender, optimizer, sampler, epoch,
-                            clip_grad_norm=clip_grad_norm, l2_reg=l2_reg)
+                            clip_grad_norm=clip_grad_norm, l2_reg=l2_reg,
+                            **extra)
         epoch += 1
         check_finite_loss(stats['loss'], f'{desc} epoch {epoch}')
         if epoch % stopping.eval_every and epoch < stopping.max_epochs:
@@ -142,6 +151,16 @@ class ConvergedRunner:
     Every model gets the same sampler, optimiser settings, stopping rule and
     evaluation. Nothing is selected on the test split.
 
+    With :obj:`distill_weights`, every compressed model (all methods but
+    :obj:`'full'`) is trained once per weight :math:`\alpha` with the
+    :class:`~pyg_cerp.train.distill.RankingDistillation` term of the
+    converged full table of the same seed (the teacher that
+    :obj:`'magnitude'` prunes, trained once), :math:`\alpha = 0` without
+    it, from the same start; the best validation result is kept (for CERP,
+    over all :math:`(b, \alpha)`; each weight is one more training), and
+    :meth:`run` reports :obj:`'distill'` (the weight used) and
+    :obj:`'distill_sweep'`.
+
     Args:
         split (Split): The data.
         build_recommender (Callable[[torch.nn.Module], Recommender]): The
@@ -161,6 +180,13 @@ class ConvergedRunner:
         eval_users (int, optional): Validate and test on a seeded sample of
             this many users (:obj:`None`: all).
         log (Callable[[str], None], optional): Log lines.
+        distill_weights (Sequence[float], optional): The distillation
+            weights :math:`\alpha \geq 0` selected on validation (empty:
+            no distillation, the default). (default: :obj:`()`)
+        distill_options (Dict[str, Any], optional): Further arguments of
+            :class:`~pyg_cerp.train.distill.RankingDistillation` (its
+            :obj:`exclude` defaults to the training pairs).
+            (default: :obj:`None`)
     """
     def __init__(self, split: Split,
                  build_recommender: Callable[[Module], Recommender],
@@ -169,7 +195,9 @@ class ConvergedRunner:
                  stopping: Optional[EarlyStopping] = None,
                  bucket_ratios: Sequence[float] = (1.5, 2., 4.),
                  device: Any = 'cpu', eval_users: Optional[int] = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print,
+                 distill_weights: Sequence[float] = (),
+                 distill_options: Optional[Dict[str, Any]] = None) -> None:
         self.split = split
         self.build_recommender = build_recommender
         self.make_sampler = make_sampler
@@ -182,6 +210,24 @@ class ConvergedRunner:
         self.eval_users = eval_users
         self.log = log
         self._full: Dict[int, Tuple[Dict[str, Tensor], FitResult]] = {}
+        self.distill_weights = self._weights(distill_weights)
+        self.distill_options = dict(distill_options or {})
+        allowed = set(inspect.signature(RankingDistillation).parameters)
+        unknown = set(self.distill_options) - (allowed - {'teacher',
+                                                          'weight'})
+        if unknown:
+            raise ValueError(f"Unknown 'distill_options' {sorted(unknown)} "
+                             f"(arguments of RankingDistillation other than "
+                             f"'teacher' and 'weight')")
+        self._teachers: Dict[int, Recommender] = {}
+
+    def _weights(self, weights: Optional[Sequence[float]]
+                 ) -> Tuple[float, ...]:
+        if weights is None:
+            return self.distill_weights
+        for w in weights:
+            check_float('distill_weights', w, low=0.)
+        return tuple(float(w) for w in weights)
 
     @property
     def num_entities(self) -> int:
@@ -216,11 +262,57 @@ class ConvergedRunner:
                         ks=(10, 20), max_users=self.eval_users, seed=0)
 
     def _fit(self, model: Recommender, config: CERPConfig, seed: int,
-             desc: str) -> FitResult:
+             desc: str,
+             distill: Optional[RankingDistillation] = None) -> FitResult:
         torch.manual_seed(seed)
+        extra = {} if distill is None else dict(distill=distill)
         return fit(model, self._optimizer(model, config), self._sampler(seed),
                    self.validate, self.stopping, config.clip_grad_norm,
-                   self.log, desc, config.l2_reg)
+                   self.log, desc, config.l2_reg, **extra)
+
+    def teacher(self, seed: int) -> Recommender:
+        r"""The converged full-table model of :obj:`seed` as a frozen
+        teacher (built once from :meth:`full_model`)."""
+        if seed not in self._teachers:
+            state, _ = self.full_model(seed)
+            model = self._build(build_embedding(
+                'full', self.num_entities, self.config.dim, 1.), seed)
+            model.load_state_dict(state)
+            for param in model.parameters():
+                param.requires_grad_(False)
+            self._teachers[seed] = model.eval()
+        return self._teachers[seed]
+
+    def distillation(self, seed: int,
+                     weight: float) -> Optional[RankingDistillation]:
+        r"""The distillation term of weight :obj:`weight` from
+        :meth:`teacher` (:obj:`None` for :obj:`0`)."""
+        if weight == 0:
+            return None
+        options = dict(dict(exclude=self.split.train, seed=seed),
+                       **self.distill_options)
+        return RankingDistillation(self.teacher(seed), weight, **options)
+
+    def _fit_sweep(self, model: Recommender, config: CERPConfig, seed: int,
+                   desc: str, weights: Tuple[float, ...]
+                   ) -> Tuple[FitResult, float, Dict[float, float]]:
+        # fit() once per distillation weight from the same start; the model
+        # keeps the best validation state. Without weights: fit() once.
+        if not weights:
+            return self._fit(model, config, seed, desc), 0., {}
+        start = copy.deepcopy(model.state_dict())
+        best: Optional[Tuple[FitResult, float, Dict[str, Tensor]]] = None
+        sweep: Dict[float, float] = {}
+        for i, weight in enumerate(weights):
+            if i:
+                model.load_state_dict(start)
+            res = self._fit(model, config, seed, f'{desc} distill={weight:g}',
+                            self.distillation(seed, weight))
+            sweep[weight] = res.best_valid
+            if best is None or res.best_valid > best[0].best_valid:
+                best = (res, weight, copy.deepcopy(model.state_dict()))
+        model.load_state_dict(best[2])
+        return best[0], best[1], sweep
 
     def _build(self, embedding: Module, seed: int) -> Recommender:
         torch.manual_seed(seed)
@@ -264,20 +356,28 @@ class ConvergedRunner:
 
     # One cell ----------------------------------------------------------------
 
-    def run(self, method: str, budget: float, seed: int) -> Dict[str, Any]:
+    def run(self, method: str, budget: float, seed: int,
+            distill_weights: Optional[Sequence[float]] = None
+            ) -> Dict[str, Any]:
         r"""Trains and tests one cell; returns the chosen model's
         :obj:`'recommender'`, its test metrics, :obj:`'valid_ndcg@20'`,
         :obj:`'epochs'` (of the final training), :obj:`'best_epoch'`,
         :obj:`'prune_epochs'`, :obj:`'bucket_size'`,
         :obj:`'bucket_sweep'` (:math:`b` to validation NDCG@20),
-        :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
-        there is none: an infeasible budget or a missed target)."""
+        :obj:`'distill'` (the distillation weight used, :obj:`0.`: none),
+        :obj:`'distill_sweep'` (weight to validation NDCG@20, of the chosen
+        :math:`b`), :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
+        there is none: an infeasible budget or a missed target).
+        :obj:`distill_weights` replaces the runner's for this cell (*e.g.*,
+        :obj:`(0., )` and :obj:`(1., )` to test both models)."""
+        weights = self._weights(distill_weights)
         m = get_method(method)
         budget = 1. if m.name == 'full' else float(budget)
         start = time.perf_counter()
         out: Dict[str, Any] = dict(method=m.name, budget=budget, seed=seed,
                                    bucket_size=None, prune_epochs=0,
-                                   bucket_sweep={}, note='')
+                                   bucket_sweep={}, distill=0.,
+                                   distill_sweep={}, note='')
         cfg = self._cell_config(m, budget, seed, None)
         if m.kind == 'fixed':
             try:
@@ -286,10 +386,14 @@ class ConvergedRunner:
             except ValueError as error:
                 return dict(out, note=f'infeasible: {error}')
             model = self._build(emb, seed)
-            res = self._fit(model, cfg, seed, f'{m.name}@{budget:g}')
-            best = (model, res)
             if m.name == 'full':  # What 'magnitude' prunes: train it once.
+                res = self._fit(model, cfg, seed, f'{m.name}@{budget:g}')
                 self._full[seed] = (copy.deepcopy(model.state_dict()), res)
+            else:
+                res, weight, distill_sweep = self._fit_sweep(
+                    model, cfg, seed, f'{m.name}@{budget:g}', weights)
+                out.update(distill=weight, distill_sweep=distill_sweep)
+            best = (model, res)
         elif m.kind == 'magnitude':
             state, full_res = self.full_model(seed)
             full = self._build(build_embedding('full', self.num_entities,
@@ -303,7 +407,9 @@ class ConvergedRunner:
             model.embedding.freeze_magnitude(
                 full.embedding.weight.detach(), budget)
             out['prune_epochs'] = full_res.epochs
-            res = self._fit(model, cfg, seed, f'magnitude@{budget:g}')
+            res, weight, distill_sweep = self._fit_sweep(
+                model, cfg, seed, f'magnitude@{budget:g}', weights)
+            out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         else:
             sizes: List[Optional[int]] = (
@@ -317,13 +423,15 @@ class ConvergedRunner:
                     self.log(f'{m.name}@{budget:g} b={b}: target missed')
                     continue
                 model, epochs = pruned
-                res = self._fit(model, self._cell_config(m, budget, seed, b),
-                                seed, f'{m.name}@{budget:g} b={b}')
+                res, weight, distill_sweep = self._fit_sweep(
+                    model, self._cell_config(m, budget, seed, b), seed,
+                    f'{m.name}@{budget:g} b={b}', weights)
                 if b is not None:
                     out['bucket_sweep'][int(b)] = res.best_valid
                 if best is None or res.best_valid > best[1].best_valid:
                     best = (model, res)
-                    out.update(bucket_size=b, prune_epochs=epochs)
+                    out.update(bucket_size=b, prune_epochs=epochs,
+                               distill=weight, distill_sweep=distill_sweep)
             if best is None:
                 return dict(out, note=f'target {budget:g} not reached in '
                             f'{self.config.prune_epochs} prune epochs',

@@ -14,6 +14,7 @@ from pyg_cerp.distributed import (DistContext, all_reduce_gradients,
                                   reduce_metric_sums,
                                   sync_scheduler_decisions)
 from pyg_cerp.metrics import ranking_metrics_from_scores
+from pyg_cerp.train.distill import RankingDistillation, _check
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
 
@@ -98,11 +99,13 @@ def train_step(
     clip_grad_norm: Optional[float] = 100.,
     l2_reg: float = 0.,
     world: Optional[DistContext] = None,
+    distill: Optional[RankingDistillation] = None,
 ) -> Dict[str, Any]:
     r"""One optimisation step on :math:`\mathcal{L} = \mathcal{L}_{\textrm{BPR}}
     + \gamma_t \mathcal{L}_{\textrm{prune}}` (the second term only with a
     :obj:`scheduler`, over the entities of the batch, see
-    :meth:`Recommender.entities`).
+    :meth:`Recommender.entities`), plus :math:`\alpha
+    \mathcal{L}_{\textrm{KD}}` with a :obj:`distill` term.
 
     Args:
         recommender (Recommender): The model (in training mode).
@@ -135,18 +138,30 @@ def train_step(
             \mathcal{L}_r = \mathcal{L}`; the gradients are summed over the
             ranks (:func:`~pyg_cerp.distributed.all_reduce_gradients`) and
             the scheduler's decisions are rank 0's. (default: :obj:`None`)
+        distill (RankingDistillation, optional): Adds the ranking
+            distillation term of a frozen teacher, computed from the same
+            student scores as BPR (one process only; :obj:`None` or weight
+            :obj:`0`: the step without it). (default: :obj:`None`)
 
     Returns:
         :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (detached scalars; this
-        rank's part on :math:`W > 1` ranks) and :obj:`'reached'` (targets).
+        rank's part on :math:`W > 1` ranks), :obj:`'reached'` (targets) and,
+        with an active :obj:`distill`, :obj:`'distill'`.
     """
     distributed = world is not None and world.is_distributed
+    distill = _check(distill)
+    if distill is not None and distributed:
+        raise ValueError("'distill' is not supported on several ranks")
     device = _device_of(recommender)
     users, pos, neg = (t.to(device, non_blocking=True) for t in batch)
     if neg.dim() == 1:
         neg = neg.unsqueeze(-1)
-    bpr = recommender.loss(users, pos, neg)
-    loss, share = bpr, 1.
+    kd = None
+    if distill is not None:
+        bpr, kd = distill.bpr_and_distill(recommender, users, pos, neg)
+    else:
+        bpr = recommender.loss(users, pos, neg)
+    loss, share = (bpr if kd is None else bpr + kd), 1.
     if distributed:  # This rank's part of the global loss.
         full = getattr(batch, 'global_batch', None)
         n = (full[0].numel() if full is not None else
@@ -179,9 +194,12 @@ def train_step(
     reached = scheduler.step() if scheduler is not None else []
     if scheduler is not None and distributed:
         reached = sync_scheduler_decisions(scheduler, reached, world)
-    return dict(loss=loss.detach(), bpr=bpr.detach(),
-                reg=torch.zeros_like(bpr.detach()) if reg is None else
-                reg.detach(), reached=reached)
+    out = dict(loss=loss.detach(), bpr=bpr.detach(),
+               reg=torch.zeros_like(bpr.detach()) if reg is None else
+               reg.detach(), reached=reached)
+    if kd is not None:
+        out['distill'] = kd.detach()
+    return out
 
 
 def _regularizer_share(recommender: Recommender,
@@ -225,6 +243,7 @@ def train_epoch(
     step_fn: Optional[Callable[..., Dict[str, Any]]] = None,
     l2_reg: float = 0.,
     world: Optional[DistContext] = None,
+    distill: Optional[RankingDistillation] = None,
 ) -> Dict[str, Any]:
     r"""Trains one epoch over :obj:`sampler` (told the epoch through
     :obj:`set_epoch`, if it has it).
@@ -250,9 +269,12 @@ def train_epoch(
         world (pyg_cerp.distributed.DistContext, optional): The ranks (see
             :func:`train_step`); the sampler yields this rank's shares and
             the returned losses are global. (default: :obj:`None`)
+        distill (RankingDistillation, optional): See :func:`train_step`
+            (passed to the step only when given). (default: :obj:`None`)
 
     Returns:
-        The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` over the steps,
+        The mean :obj:`'loss'`, :obj:`'bpr'`, :obj:`'reg'` (and with an
+        active :obj:`distill`, :obj:`'distill'`) over the steps,
         :obj:`'steps'`, :obj:`'time'` (seconds), :obj:`'reached'` and
         :obj:`'stopped_early'`.
     """
@@ -267,6 +289,8 @@ def train_epoch(
         iterator = bar = tqdm(sampler, total=total, desc=desc, leave=False,
                               dynamic_ncols=True)
     sums: Dict[str, Any] = dict(loss=0., bpr=0., reg=0.)
+    if _check(distill) is not None:
+        sums['distill'] = 0.
     distributed = world is not None and world.is_distributed
     steps, reached, stopped = 0, [], False
     start = time.perf_counter()
@@ -274,6 +298,8 @@ def train_epoch(
         extra: Dict[str, Any] = dict(l2_reg=l2_reg) if l2_reg else {}
         if distributed:
             extra['world'] = world
+        if distill is not None:
+            extra['distill'] = distill
         out = (step_fn or train_step)(recommender, optimizer, batch,
                                       scheduler, clip_grad_norm, **extra)
         steps += 1

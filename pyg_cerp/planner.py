@@ -1,0 +1,363 @@
+r"""Planning a :class:`~pyg_cerp.nn.CompositionalEmbedding` for a byte
+budget: the bucket size :math:`b`, the target density and the value
+precision whose stored form (:mod:`pyg_cerp.memory`) fits the budget.
+
+A plan with :math:`z` non-zeros over the :math:`b` rows of
+:math:`\hat{\mathbf{P}}` and the :math:`q = \lceil N / \lceil N/b \rceil
+\rceil` used rows of :math:`\hat{\mathbf{Q}}` is counted as the cheaper of
+both tables stored as bitmaps or both as CSR, with precision :math:`p`,
+
+.. math::
+    \textrm{bytes}(z) = \min_{\ell \in \{\textrm{bitmap}, \textrm{csr}\}}
+    \sum_{t \in \{P, Q\}} \textrm{layout\_nbytes}(r_t, d, z_t, \ell, p),
+
+which does not depend on how the :math:`z` non-zeros split between the two
+tables (both layouts are affine in :math:`z_t`) and bounds the stored bytes
+of any split from above (each table takes its cheaper layout). The bucket
+size follows the bucket ratio :math:`\rho` (the meta tables hold
+:math:`\rho z` values, pruned to meta density :math:`1 / \rho`, as in
+:func:`~pyg_cerp.train.methods.bucket_candidates`),
+
+.. math::
+    b(z) = \min\left(N, \max\left(\lceil \sqrt{N} \rceil, \left\lceil
+    \frac{\rho z}{2d} \right\rceil\right)\right),
+
+so that :math:`\textrm{bytes}(z)` is non-decreasing and the plan is the
+largest :math:`z` within the budget (a larger budget never gives a smaller
+plan). The target density is :math:`z / (Nd)`, the unit of
+:class:`~pyg_cerp.train.ConvergedRunner`'s budgets and of
+:obj:`CERPConfig(target_unit='full')`.
+
+**Without a table** the rule follows the converged Gowalla LightGCN run
+(``benchmarks/results/gowalla_lightgcn_converged.csv``, :obj:`float32`,
+:math:`\rho \in \{1.5, 2, 4\}` selected on validation NDCG@20):
+
+============  ===========  =====================================
+budget        chosen       validation NDCG@20 at 1.5 / 2 / 4
+============  ===========  =====================================
+10%           1.5          0.06772 / 0.06695 / 0.06655
+5%            1.5          0.06139 / 0.06110 / 0.06016
+1%            4            0.04481 / 0.04756 / 0.05045
+============  ===========  =====================================
+
+so :math:`\rho = 1.5` from :data:`RATIO_SWITCH` (3%, between the measured
+1% and 5%) of the full :obj:`float32` table's bytes and :math:`\rho = 4`
+below; and, among :obj:`precisions`, the one storing the most non-zeros
+(ties to the earlier one). That choice of precision is an assumption, not
+a measurement: it holds where a value's precision costs less ranking
+quality than its presence, which a measured table is there to check.
+
+**With a table** (rows measured by the benchmark, see :func:`load_table`)
+the CERP rows whose stored bytes meet the budget are ranked by validation
+NDCG@20 and the best one's precision and bucket ratio are planned for
+:obj:`num_embeddings`, :obj:`embedding_dim` and the budget.
+"""
+import csv
+import math
+import os
+from dataclasses import dataclass
+from typing import (Any, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
+
+from pyg_cerp.memory import DTYPES, dtype_name, layout_nbytes
+from pyg_cerp.utils.validation import check_float, check_int
+
+__all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
+           'load_table', 'full_table_nbytes', 'plan_nbytes',
+           'rule_bucket_ratio']
+
+#: The bucket ratio of the rule from :data:`RATIO_SWITCH` of the full table
+#: (selected on validation on Gowalla at 10% and 5% of the full table).
+DEFAULT_BUCKET_RATIO = 1.5
+#: The bucket ratio of the rule below it (selected at 1%).
+LOW_BUDGET_BUCKET_RATIO = 4.
+#: The budget, as a fraction of the full float32 table's bytes, from which
+#: the rule takes DEFAULT_BUCKET_RATIO.
+RATIO_SWITCH = 0.03
+#: The methods whose measured rows plan a CompositionalEmbedding.
+CERP_METHODS = ('cerp', 'cerp-noreg')
+
+
+@dataclass(frozen=True)
+class Plan:
+    r"""A configuration of :class:`~pyg_cerp.nn.CompositionalEmbedding`
+    for a byte budget.
+
+    Args:
+        bucket_size (int): :math:`b`.
+        target_density (float): The non-zeros over :math:`Nd` to prune to
+            (the runner's budget, unit :obj:`'full'`).
+        precision (str): The value precision of the stored form
+            (:obj:`'float32'`, :obj:`'float16'` or :obj:`'int8'`).
+        expected_bytes (int): The stored bytes at :attr:`num_nonzero`
+            non-zeros (an upper bound, see the module docstring).
+        num_nonzero (int): :math:`z`, the non-zeros kept.
+        bucket_ratio (float): :math:`\rho`.
+        source (str): :obj:`'rule'` or :obj:`'table'`.
+        valid (float, optional): The validation metric of the chosen row
+            (with a table).
+    """
+    bucket_size: int
+    target_density: float
+    precision: str
+    expected_bytes: int
+    num_nonzero: int = 0
+    bucket_ratio: float = DEFAULT_BUCKET_RATIO
+    source: str = 'rule'
+    valid: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        dtype_name(self.precision)
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    r"""One measured configuration.
+
+    Args:
+        method (str): The method (only :obj:`'cerp'` and
+            :obj:`'cerp-noreg'` rows plan).
+        budget_bytes (int): Its stored bytes.
+        precision (str): Its value precision.
+        bucket_ratio (float): Its :math:`\rho = 2bd / z` (:math:`= 2b /
+            (fN)`).
+        valid (float): Its validation metric (NDCG@20).
+    """
+    method: str
+    budget_bytes: int
+    precision: str
+    bucket_ratio: float
+    valid: float
+
+
+def rule_bucket_ratio(num_embeddings: int, embedding_dim: int,
+                      budget_bytes: int) -> float:
+    r"""The rule's :math:`\rho`: :data:`DEFAULT_BUCKET_RATIO` from
+    :data:`RATIO_SWITCH` of :func:`full_table_nbytes`,
+    :data:`LOW_BUDGET_BUCKET_RATIO` below."""
+    full = full_table_nbytes(num_embeddings, embedding_dim)
+    return (DEFAULT_BUCKET_RATIO if budget_bytes >= RATIO_SWITCH * full else
+            LOW_BUDGET_BUCKET_RATIO)
+
+
+def full_table_nbytes(num_embeddings: int, embedding_dim: int) -> int:
+    r"""The bytes of the full :math:`N \times d` :obj:`float32` table (the
+    unit of budgets given as a fraction)."""
+    n, d = int(num_embeddings), int(embedding_dim)
+    return layout_nbytes(n, d, n * d, 'dense', 'float32')
+
+
+def _q_rows(num_embeddings: int, bucket_size: int) -> int:
+    # The used rows of Q (CompositionalEmbedding.num_q_rows_used).
+    return math.ceil(num_embeddings / math.ceil(num_embeddings / bucket_size))
+
+
+def _bucket_size(num_embeddings: int, embedding_dim: int, nonzero: int,
+                 ratio: float) -> int:
+    low = math.isqrt(num_embeddings - 1) + 1  # ceil(sqrt(N))
+    b = math.ceil(ratio * nonzero / (2 * embedding_dim))
+    return min(num_embeddings, max(low, b))
+
+
+def plan_nbytes(num_embeddings: int, embedding_dim: int, bucket_size: int,
+                nonzero: int, precision: str = 'float32') -> int:
+    r"""The stored bytes of a :class:`~pyg_cerp.nn.CompositionalEmbedding`
+    with :obj:`nonzero` non-zeros (the bound of the module docstring,
+    counted by :func:`pyg_cerp.memory.layout_nbytes`)."""
+    rows = (bucket_size, _q_rows(num_embeddings, bucket_size))
+    z_p = nonzero * rows[0] // sum(rows)
+    z = (z_p, nonzero - z_p)  # Any split: both totals are affine in z_t.
+    return min(sum(layout_nbytes(r, embedding_dim, zt, layout, precision)
+                   for r, zt in zip(rows, z))
+               for layout in ('bitmap', 'csr'))
+
+
+def _solve(n: int, d: int, budget: int, ratio: float,
+           precision: str) -> Optional[Tuple[int, int, int]]:
+    # The largest z in [1, N d) with bytes(z) <= budget (bytes(z) is
+    # non-decreasing), as (z, b, bytes); None if even z = 1 does not fit.
+    def size(z: int) -> Tuple[int, int]:
+        b = _bucket_size(n, d, z, ratio)
+        cap = (b + _q_rows(n, b)) * d
+        return b, (plan_nbytes(n, d, b, z, precision) if z <= cap else
+                   budget + 1)
+
+    if size(1)[1] > budget:
+        return None
+    lo, hi = 1, n * d - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if size(mid)[1] <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    b, nbytes = size(lo)
+    return lo, b, nbytes
+
+
+def _plan(n: int, d: int, budget: int, ratio: float, precision: str,
+          source: str = 'rule', valid: Optional[float] = None
+          ) -> Optional[Plan]:
+    out = _solve(n, d, budget, ratio, precision)
+    if out is None:
+        return None
+    z, b, nbytes = out
+    return Plan(b, z / (n * d), precision, nbytes, z, ratio, source, valid)
+
+
+def _check(num_embeddings: int, embedding_dim: int, budget_bytes: int,
+           precisions: Sequence[str]) -> List[str]:
+    check_int('num_embeddings', num_embeddings, minimum=2)
+    check_int('embedding_dim', embedding_dim)
+    check_int('budget_bytes', budget_bytes)
+    names = [dtype_name(p) for p in precisions]
+    if not names:
+        raise ValueError("'precisions' must not be empty")
+    return names
+
+
+def _too_small(n: int, d: int, budget: int, names: Sequence[str],
+               ratio: float) -> ValueError:
+    least = min(plan_nbytes(n, d, _bucket_size(n, d, 1, ratio), 1, p)
+                for p in names)
+    return ValueError(
+        f"'budget_bytes'={budget} is below the smallest "
+        f"CompositionalEmbedding({n}, {d}) with one non-zero and "
+        f"b >= ceil(sqrt(N)) in {list(names)}: {least} bytes")
+
+
+def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
+                table: Optional[Iterable[Union[PlanRow, Mapping]]] = None,
+                precisions: Sequence[str] = tuple(DTYPES),
+                bucket_ratio: Optional[float] = None) -> Plan:
+    r"""The :class:`Plan` of a
+    :class:`~pyg_cerp.nn.CompositionalEmbedding` for :obj:`budget_bytes`
+    (see the module docstring).
+
+    Args:
+        num_embeddings (int): :math:`N \geq 2`.
+        embedding_dim (int): :math:`d`.
+        budget_bytes (int): The stored bytes allowed (a fraction :math:`f`
+            of the full table: :obj:`int(f * full_table_nbytes(N, d))`).
+        table (Iterable[PlanRow or dict], optional): Measured rows (see
+            :func:`load_table`); :obj:`None`: the rule.
+            (default: :obj:`None`)
+        precisions (Sequence[str], optional): The precisions allowed.
+            (default: :obj:`('float32', 'float16', 'int8')`)
+        bucket_ratio (float, optional): :math:`\rho \geq 1` instead of the
+            rule's (:func:`rule_bucket_ratio`). (default: :obj:`None`)
+
+    Raises:
+        ValueError: If the budget is below the smallest representable
+            embedding, or no measured row of :obj:`table` meets it.
+    """
+    names = _check(num_embeddings, embedding_dim, budget_bytes, precisions)
+    n, d, budget = int(num_embeddings), int(embedding_dim), int(budget_bytes)
+    if bucket_ratio is None:
+        bucket_ratio = rule_bucket_ratio(n, d, budget)
+    check_float('bucket_ratio', bucket_ratio, low=1.)
+    if table is not None:
+        rows = [r if isinstance(r, PlanRow) else _row(r) for r in table]
+        fits = [r for r in rows if r.method in CERP_METHODS
+                and r.precision in names and r.budget_bytes <= budget]
+        if not fits:
+            raise ValueError(f"No measured CERP row of 'table' in "
+                             f"{list(names)} meets budget_bytes={budget} "
+                             f"(of {len(rows)} rows)")
+        # Best validation first; among equals the smaller one.
+        for row in sorted(fits, key=lambda r: (-r.valid, r.budget_bytes)):
+            plan = _plan(n, d, budget, max(row.bucket_ratio, 1.),
+                         row.precision, 'table', row.valid)
+            if plan is not None:
+                return plan
+        raise _too_small(n, d, budget, names, bucket_ratio)
+    plans = [p for p in (_plan(n, d, budget, float(bucket_ratio), name)
+                         for name in names) if p is not None]
+    if not plans:
+        raise _too_small(n, d, budget, names, bucket_ratio)
+    return max(plans, key=lambda p: p.num_nonzero)  # First among ties.
+
+
+def compositional_for_budget(num_embeddings: int, embedding_dim: int,
+                             budget_bytes: int,
+                             table: Optional[Iterable] = None,
+                             precisions: Sequence[str] = tuple(DTYPES),
+                             **kwargs: Any) -> Tuple[Any, Plan]:
+    r"""A :class:`~pyg_cerp.nn.CompositionalEmbedding` planned for
+    :obj:`budget_bytes` in one call, with its :class:`Plan` (prune it to
+    :obj:`plan.target_density`, unit :obj:`'full'`, and export it with
+    :obj:`to_compact(dtype=plan.precision)`).
+
+    Args:
+        num_embeddings (int): :math:`N`.
+        embedding_dim (int): :math:`d`.
+        budget_bytes (int): The stored bytes allowed.
+        table (Iterable, optional): See :func:`plan_budget`.
+        precisions (Sequence[str], optional): See :func:`plan_budget`.
+        **kwargs: Further arguments of
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`.
+    """
+    from pyg_cerp.nn import CompositionalEmbedding
+    plan = plan_budget(num_embeddings, embedding_dim, budget_bytes, table,
+                       precisions)
+    return CompositionalEmbedding(num_embeddings, embedding_dim,
+                                  plan.bucket_size, **kwargs), plan
+
+
+def _float(value: Any) -> Optional[float]:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _row(raw: Mapping, embedding_dim: Optional[int] = None) -> PlanRow:
+    # A PlanRow from a dict: explicit 'bucket_ratio', else 2b / (f N) from
+    # the converged CSV's bucket_size, full_table_fraction, nonzero_params
+    # (N = nonzero / (f d)).
+    budget = _float(raw.get('budget_bytes', raw.get('bytes')))
+    valid = _float(raw.get('valid', raw.get('valid_ndcg@20')))
+    ratio = _float(raw.get('bucket_ratio'))
+    if ratio is None:
+        b, nnz = _float(raw.get('bucket_size')), _float(
+            raw.get('nonzero_params'))
+        d = _float(raw.get('embedding_dim', embedding_dim))
+        if None not in (b, nnz, d) and nnz > 0:
+            ratio = 2 * b * d / nnz
+    if budget is None or valid is None or ratio is None:
+        raise ValueError(f"A table row needs the bytes ('budget_bytes' or "
+                         f"'bytes'), the validation metric ('valid' or "
+                         f"'valid_ndcg@20') and 'bucket_ratio' (or "
+                         f"'bucket_size', 'nonzero_params' and the "
+                         f"embedding size); got "
+                         f"{dict(raw)}")
+    return PlanRow(str(raw['method']), int(budget),
+                   dtype_name(raw.get('precision') or 'float32'), ratio,
+                   valid)
+
+
+def load_table(path: Union[str, os.PathLike],
+               embedding_dim: Optional[int] = None) -> List[PlanRow]:
+    r"""The measured CERP rows of a benchmark CSV (*e.g.*
+    ``benchmarks/results/gowalla_lightgcn_converged.csv``) for
+    :func:`plan_budget`: columns :obj:`method`, :obj:`bytes` (or
+    :obj:`budget_bytes`), :obj:`valid_ndcg@20` (or :obj:`valid`), optional
+    :obj:`precision` (default :obj:`'float32'`) and :obj:`bucket_ratio`
+    (else :math:`\rho = 2bd / z` from :obj:`bucket_size` and
+    :obj:`nonzero_params`, which needs :obj:`embedding_dim`). Rows of other
+    methods or without a model (no bytes or validation metric) are left
+    out.
+
+    Args:
+        path (str): The CSV file.
+        embedding_dim (int, optional): :math:`d` of the measured runs.
+    """
+    out = []
+    with open(path, newline='') as f:
+        for raw in csv.DictReader(f):
+            if raw.get('method') not in CERP_METHODS or _float(
+                    raw.get('budget_bytes', raw.get('bytes'))) is None:
+                continue
+            out.append(_row(raw, embedding_dim))
+    return out

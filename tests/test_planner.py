@@ -1,0 +1,185 @@
+import csv
+import math
+import os.path as osp
+
+import pytest
+import torch
+
+from pyg_cerp import CompositionalEmbedding, compositional_for_budget
+from pyg_cerp.memory import stored_nbytes
+from pyg_cerp.planner import (Plan, PlanRow, _bucket_size, full_table_nbytes,
+                              load_table, plan_budget, plan_nbytes,
+                              rule_bucket_ratio)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+GOWALLA = osp.join(ROOT, 'benchmarks', 'results',
+                   'gowalla_lightgcn_converged.csv')
+
+
+@pytest.mark.parametrize('n, d', [(70839, 64), (1000, 8), (50, 3)])
+def test_plan_fits_and_grows_with_the_budget(n, d):
+    full = full_table_nbytes(n, d)
+    assert full == 4 * n * d
+    last = None
+    for fraction in [0.005, 0.01, 0.02, 0.029, 0.03, 0.05, 0.1, 0.3, 0.7]:
+        budget = int(fraction * full)
+        for precisions in [('float32', ), ('float16', ), ('int8', ),
+                           ('float32', 'float16', 'int8')]:
+            try:
+                plan = plan_budget(n, d, budget, precisions=precisions)
+            except ValueError as error:  # Below one non-zero's bytes.
+                assert 'smallest' in str(error)
+                ratio = rule_bucket_ratio(n, d, budget)
+                assert all(plan_nbytes(n, d, _bucket_size(n, d, 1, ratio), 1,
+                                       p) > budget for p in precisions)
+                continue
+            assert plan.expected_bytes <= budget
+            assert plan.precision in precisions
+            assert plan.expected_bytes == plan_nbytes(
+                n, d, plan.bucket_size, plan.num_nonzero, plan.precision)
+            assert plan.target_density == plan.num_nonzero / (n * d)
+            assert math.isqrt(n - 1) + 1 <= plan.bucket_size <= n
+            # The largest z: one more non-zero no longer fits (or z hit
+            # N d - 1, density below one).
+            z = plan.num_nonzero + 1
+            b = _bucket_size(n, d, z, plan.bucket_ratio)
+            assert z == n * d or plan_nbytes(n, d, b, z,
+                                             plan.precision) > budget
+        if budget >= plan_nbytes(n, d, math.isqrt(n - 1) + 1, 1, 'float32'):
+            plan = plan_budget(n, d, budget)
+            if last is not None:  # A larger budget, never a smaller plan.
+                assert plan.num_nonzero >= last.num_nonzero
+            last = plan
+    # Every budget from 1 byte to 3x the full table: monotone, within budget.
+    if n * d < 1000:
+        sizes = []
+        for budget in range(1, 3 * full, 7):
+            try:
+                plan = plan_budget(n, d, budget, precisions=('float32', ))
+            except ValueError:
+                assert not sizes  # Infeasible only below the smallest.
+                continue
+            assert plan.expected_bytes <= budget
+            sizes.append(plan.num_nonzero)
+        assert sizes == sorted(sizes) and sizes
+
+
+def test_rule_follows_the_measured_bucket_ratios():
+    n, d = 70839, 64
+    full = full_table_nbytes(n, d)
+    assert rule_bucket_ratio(n, d, int(0.05 * full)) == 1.5
+    assert rule_bucket_ratio(n, d, int(0.1 * full)) == 1.5
+    assert rule_bucket_ratio(n, d, int(0.01 * full)) == 4.
+    plan = plan_budget(n, d, int(0.05 * full), precisions=('float32', ))
+    # The measured CERP@5% run: b = 2657, 226660 non-zeros, 948888 bytes
+    # (5.2% of the full table, its budget counted values, not bytes).
+    assert plan.bucket_ratio == 1.5 and plan.source == 'rule'
+    assert 2400 < plan.bucket_size < 2657 and plan.num_nonzero < 226660
+    # int8 with its per-row scales stores about 3.5x the non-zeros.
+    best = plan_budget(n, d, int(0.05 * full))
+    assert best.precision == 'int8'
+    assert best.num_nonzero > 3 * plan.num_nonzero
+    assert plan_budget(n, d, int(0.05 * full), bucket_ratio=2.).bucket_ratio \
+        == 2.
+
+
+def test_expected_bytes_bound_the_stored_form():
+    # Whatever the split of the non-zeros between P and Q, the stored bytes
+    # (memory_report, the counter of the export) stay within the plan.
+    n, d = 3000, 16
+    budget = int(0.05 * full_table_nbytes(n, d))
+    for precision in ('float32', 'int8'):
+        emb, plan = compositional_for_budget(n, d, budget,
+                                             precisions=(precision, ))
+        assert isinstance(emb, CompositionalEmbedding)
+        assert emb.bucket_size == plan.bucket_size
+        gen = torch.Generator().manual_seed(0)
+        rows = (emb.bucket_size, emb.num_q_rows_used)
+        for share in (0., 0.3, 0.5, 1.):
+            z_p = int(share * min(plan.num_nonzero, rows[0] * d))
+            z_q = min(plan.num_nonzero - z_p, rows[1] * d)
+            with torch.no_grad():
+                for table, z, r in ((emb.P, z_p, rows[0]),
+                                    (emb.Q, z_q, rows[1])):
+                    keep = torch.zeros(table.numel(), dtype=torch.bool)
+                    keep[torch.randperm(r * d, generator=gen)[:z]] = True
+                    table.copy_(torch.where(keep.view_as(table),
+                                            1. + torch.rand(table.shape),
+                                            torch.zeros(())))
+            assert emb.num_nonzero() == z_p + z_q
+            assert stored_nbytes(emb, precision) <= plan.expected_bytes
+
+
+def test_a_table_picks_the_best_valid_row_within_the_budget(tmp_path):
+    n, d = 10000, 16
+    rows = [
+        dict(method='cerp', bytes=30000, precision='float32',
+             bucket_ratio=2., valid=0.30),
+        dict(method='cerp', bytes=31000, precision='int8', bucket_ratio=4.,
+             valid=0.35),
+        dict(method='cerp', bytes=60000, precision='float16',
+             bucket_ratio=1.5, valid=0.50),  # Best, but too large below.
+        dict(method='magnitude', bytes=20000, precision='int8',
+             bucket_ratio=1., valid=0.90),  # Not a CERP row.
+    ]
+    plan = plan_budget(n, d, 40000, table=rows)
+    assert (plan.precision, plan.bucket_ratio, plan.valid, plan.source) == (
+        'int8', 4., 0.35, 'table')
+    assert plan.expected_bytes <= 40000
+    assert plan_budget(n, d, 70000, table=rows).precision == 'float16'
+    assert plan_budget(n, d, 40000, table=rows,
+                       precisions=('float32', )).bucket_ratio == 2.
+    with pytest.raises(ValueError, match='No measured CERP row'):
+        plan_budget(n, d, 25000, table=rows)
+    # The same from a CSV (columns as the converged benchmark writes them).
+    path = tmp_path / 'table.csv'
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, ['method', 'bytes', 'precision',
+                                    'bucket_ratio', 'valid_ndcg@20'])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(dict(method=r['method'], bytes=r['bytes'],
+                                 precision=r['precision'],
+                                 bucket_ratio=r['bucket_ratio'],
+                                 **{'valid_ndcg@20': r['valid']}))
+    table = load_table(path)
+    assert len(table) == 3 and all(isinstance(r, PlanRow) for r in table)
+    assert plan_budget(n, d, 40000, table=table) == plan
+
+
+def test_load_the_converged_gowalla_table():
+    table = load_table(GOWALLA, embedding_dim=64)
+    assert {r.method for r in table} <= {'cerp', 'cerp-noreg'}
+    cerp = {round(r.bucket_ratio, 2): r for r in table if r.method == 'cerp'}
+    assert {1.5, 4.} <= set(cerp)
+    assert all(r.precision == 'float32' for r in table)
+    n, d = 70839, 64
+    # At 1 MB the best measured row that fits is CERP@5% (948888 bytes).
+    plan = plan_budget(n, d, 10**6, table=table)
+    best = max((r for r in table if r.budget_bytes <= 10**6),
+               key=lambda r: r.valid)
+    assert plan.valid == best.valid and plan.bucket_ratio == \
+        best.bucket_ratio
+    assert plan.expected_bytes <= 10**6
+    with pytest.raises(ValueError, match='embedding size'):
+        load_table(GOWALLA)  # The bucket ratio needs d.
+
+
+def test_errors_at_the_boundary():
+    with pytest.raises(ValueError, match='smallest'):
+        plan_budget(10000, 16, 100)
+    with pytest.raises(ValueError, match='smallest'):
+        compositional_for_budget(10000, 16, 100)
+    with pytest.raises(TypeError, match='budget_bytes'):
+        plan_budget(10000, 16, 1e5)
+    with pytest.raises(ValueError, match='dtype'):
+        plan_budget(10000, 16, 10**5, precisions=('int4', ))
+    with pytest.raises(ValueError, match='precisions'):
+        plan_budget(10000, 16, 10**5, precisions=())
+    with pytest.raises(ValueError, match='bucket_ratio'):
+        plan_budget(10000, 16, 10**5, bucket_ratio=0.5)
+    with pytest.raises(ValueError, match='num_embeddings'):
+        plan_budget(1, 16, 10**5)
+    with pytest.raises(ValueError, match='needs the bytes'):
+        plan_budget(10000, 16, 10**5, table=[dict(method='cerp')])
+    assert isinstance(plan_budget(10000, 16, 10**5), Plan)
