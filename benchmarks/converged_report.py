@@ -44,6 +44,37 @@ def group(rows: List[Dict[str, str]]) -> Dict[Tuple[str, float], List[Dict]]:
     return out
 
 
+METHODS = ('cerp', 'cerp-noreg', 'magnitude', 'qr-mul', 'qr-add', 'pep', 'hash')
+
+
+def pivot(rows: List[Dict[str, str]],
+          budgets: Sequence[float] = (0.1, 0.05, 0.01)) -> str:
+    r"""One row per method, one column per budget: test NDCG@20 (± over
+    seeds), its share of the full table's, stored MB (the README's table)."""
+    g = group(rows)
+    full = g.get(('full', 1.0))
+    if not full:
+        return ''
+    F = _stats([float(r['ndcg@20']) for r in full])[0]
+    lines = ['| method | ' + ' | '.join(
+        f'{100 * b:g}%: NDCG@20 (% of full), MB' for b in budgets) + ' |',
+        '|---|' + '---|' * len(budgets),
+        f"| full table | NDCG@20 {F:.4f}, {float(full[0]['bytes']) / 1e6:.1f} "
+        f"MB |" + ' |' * (len(budgets) - 1)]
+    for m in METHODS:
+        cells = []
+        for b in budgets:
+            rs = g.get((m, b))
+            if not rs:
+                cells.append('(not yet run)')
+                continue
+            nd = _stats([float(r['ndcg@20']) for r in rs])
+            mb = _stats([float(r['bytes']) for r in rs])[0] / 1e6
+            cells.append(f'{_fmt(*nd)} ({100 * nd[0] / F:.0f}%), {mb:.2f}')
+        lines.append(f'| {m} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def report(rows: List[Dict[str, str]], title: str) -> str:
     g = group(rows)
     full = g.get(('full', 1.0))
@@ -80,7 +111,8 @@ def report(rows: List[Dict[str, str]], title: str) -> str:
             lines.append(f'| {budget:g} | {key[0]} | {_fmt(*rc)} | '
                          f'{_fmt(*nd)} | {pct} | {byt / 1e6:.3f} MB | '
                          f'{b or "-"} | {ep} | {ov} |')
-    lines += ['', '## CERP against the best baseline', '']
+    lines += ['', '## Per method and budget', '', pivot(rows),
+              '## CERP against the best baseline', '']
     if full_ndcg:
         lines += [f'Full table: NDCG@20 {full_ndcg:.4f}.', '']
     for budget in (b for b in budgets if b < 1):

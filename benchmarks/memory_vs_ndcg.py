@@ -107,7 +107,8 @@ CONVERGED_COLUMNS = [
     'nonzero_params', 'full_table_fraction', 'bytes', 'bytes_format',
     'epochs', 'best_epoch', 'prune_epochs', 'valid_ndcg@20', 'recall@10',
     'ndcg@10', 'recall@20', 'ndcg@20', 'overlap_rate', 'overlap_independent',
-    'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note'
+    'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note',
+    'precision', 'distill', 'distill_sweep'
 ]
 PRUNED = ('cerp', 'cerp-noreg', 'pep')
 #: The runner's method (its stages) of each quick/full-profile method.
@@ -517,7 +518,10 @@ class Benchmark:
 
 class CSVLog:
     r"""Appends rows to a CSV file, flushing each to disk at once (columns
-    :obj:`columns`, default :data:`COLUMNS`)."""
+    :obj:`columns`, default :data:`COLUMNS`). An existing file keeps its
+    column order; columns it lacks are added at the end (the file is
+    rewritten atomically once, old rows empty there), so that a row is never
+    written under another column's header."""
     def __init__(self, path: str, fresh: bool = False,
                  columns: Optional[Sequence[str]] = None) -> None:
         self.path = path
@@ -525,6 +529,21 @@ class CSVLog:
         os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
         if fresh and osp.exists(path):
             os.remove(path)
+        if osp.exists(path) and osp.getsize(path) > 0:
+            with open(path, newline='') as f:
+                reader = csv.DictReader(f)
+                header, old = list(reader.fieldnames or []), list(reader)
+            merged = header + [c for c in self.columns if c not in header]
+            if merged != header:
+                tmp = path + '.tmp'
+                with open(tmp, 'w', newline='') as f:
+                    writer = csv.DictWriter(f, merged)
+                    writer.writeheader()
+                    writer.writerows(old)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            self.columns = merged
 
     def rows(self) -> List[Dict[str, str]]:
         if not osp.exists(self.path):
@@ -876,6 +895,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     conv.add_argument('--prune-speed', type=float, default=None,
                       help='Rise of the threshold logits per epoch in phase '
                       '1 (default: CERPConfig faithful)')
+    conv.add_argument('--distill-weights', type=_pos_floats, default=[],
+                      help='Ranking-distillation weights from the converged '
+                      'full table into every compressed method, selected on '
+                      'validation (pyg_cerp.train.RankingDistillation; '
+                      'default: none). Use --tag to keep such cells apart')
+    conv.add_argument('--distill-temperature', type=float, default=1.,
+                      help='Softmax temperature of the listwise KL '
+                      '(default: 1)')
+    conv.add_argument('--distill-samples', type=int, default=0,
+                      help='Extra random candidate items per user '
+                      '(default: 0)')
+    conv.add_argument('--distill-top-k', type=int, default=0,
+                      help="The teacher's top-K items as extra candidates "
+                      '(default: 0)')
     conv.add_argument('--name', default=None,
                       help='The dataset name in the output file names '
                       '(default: its folder name; e.g. gowalla for '
@@ -1090,7 +1123,11 @@ def run_converged(args: argparse.Namespace,
 
         runner = train.ConvergedRunner(
             split, build, sampler, config, stopping, args.bucket_ratios,
-            device=device, eval_users=eval_users, log=log)
+            device=device, eval_users=eval_users, log=log,
+            distill_weights=tuple(args.distill_weights),
+            distill_options=dict(temperature=args.distill_temperature,
+                                 num_samples=args.distill_samples,
+                                 top_k=args.distill_top_k))
         have = {(r['method'], float(r['budget']), int(r['seed']))
                 for r in table.rows()}
         cells = []
@@ -1113,7 +1150,12 @@ def run_converged(args: argparse.Namespace,
                        prune_epochs=out.get('prune_epochs', 0),
                        bucket_sweep=';'.join(
                            f'{b}:{v:.5f}' for b, v in
-                           sorted(out.get('bucket_sweep', {}).items())))
+                           sorted(out.get('bucket_sweep', {}).items())),
+                       precision=config.precision,
+                       distill=out.get('distill', 0.),
+                       distill_sweep=';'.join(
+                           f'{w:g}:{v:.5f}' for w, v in
+                           sorted(out.get('distill_sweep', {}).items())))
             rec = out.get('recommender')
             if rec is not None:
                 emb = rec.embedding

@@ -226,3 +226,21 @@ def test_converged_profile_rejects_old_method_names(tmp_path):
         harness.parse_args(['--profile', 'converged', '--methods', 'qr'])
     with pytest.raises(SystemExit):
         harness.parse_args(['--quick', '--methods', 'magnitude'])
+
+
+def test_csvlog_adds_new_columns_to_an_older_file(tmp_path):
+    # A resumed run with more columns must not write its rows under the
+    # older file's headers: the file gains the columns, old rows stay.
+    path = str(tmp_path / 'c.csv')
+    harness.CSVLog(path, columns=['method', 'ndcg@20']).append(
+        [dict(method='full', **{'ndcg@20': 0.14})])
+    log = harness.CSVLog(path, columns=['method', 'seed', 'ndcg@20',
+                                      'distill'])
+    assert log.columns == ['method', 'ndcg@20', 'seed', 'distill']
+    log.append([dict(method='cerp', seed=0, distill=0.3,
+                     **{'ndcg@20': 0.09})])
+    rows = log.rows()
+    assert rows[0] == {'method': 'full', 'ndcg@20': '0.14', 'seed': '',
+                       'distill': ''}
+    assert rows[1] == {'method': 'cerp', 'ndcg@20': '0.09', 'seed': '0',
+                       'distill': '0.3'}
