@@ -2,8 +2,8 @@ r"""CERP LightGCN pruned to *byte* targets, per value precision (issue 14):
 the same stored bytes buy more values at float16/int8; retraining simulates
 the precision, so the reported metrics are those of the int8/float16 export.
 
-Runs :class:`~pyg_cerp.train.CERPRunner` with the embedding built at
-:obj:`--precisions` and the scheduler in :obj:`target_unit='bytes'` (targets
+Runs :class:`~pyg_cerp.train.CERPRunner` with
+:obj:`CERPConfig(precision=p, target_unit='bytes')` per :obj:`--precisions` (targets
 are fractions of the full table's float32 bytes; the pace plan and exact
 snapshots make the snapshot's stored bytes land on the target), then prints,
 per target and precision, the stored bytes of the snapshot, the values kept
@@ -15,50 +15,20 @@ Example (a Gowalla subset, ~10 min on 2 CPU cores)::
         --subset 15000 20000 --bucket 2500
 """
 import argparse
+import dataclasses
 import os
 import sys
 import time
 from types import SimpleNamespace
 
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
-from pyg_cerp.nn import CompositionalEmbedding  # noqa: E402
-from pyg_cerp.train import CERPConfig, CERPRunner, PruningScheduler  # noqa
+from pyg_cerp.train import CERPConfig, CERPRunner  # noqa: E402
 from pyg_cerp.train.cli import (dataset_folder, open_dataset,  # noqa: E402
                                 recommender_builder, slice_interactions)
 from pyg_cerp.train.data import (interactions_from_dataset,  # noqa: E402
                                  make_sampler)
-
-
-class ByteTargetRunner(CERPRunner):
-    r"""A :class:`CERPRunner` whose CERP embedding trains at
-    :obj:`precision` and whose targets are byte fractions."""
-    def __init__(self, *args, precision: str = 'float32', **kwargs):
-        self.precision = precision
-        super().__init__(*args, embedding_factory=self._embedding, **kwargs)
-
-    def _embedding(self, kind: str) -> torch.nn.Module:
-        cfg = self.config
-        if kind == 'full':
-            return torch.nn.Embedding(self.num_entities, cfg.dim)
-        return CompositionalEmbedding(self.num_entities, cfg.dim,
-                                      self.derived['bucket_size'],
-                                      threshold_init=cfg.threshold_init,
-                                      check_index=False,
-                                      precision=self.precision)
-
-    def _scheduler(self, model) -> PruningScheduler:
-        cfg, der = self.config, self.derived
-        return PruningScheduler(
-            model.embedding, cfg.targets, 'bytes', cfg.gamma_init,
-            cfg.gamma_decay, cfg.gamma_decay_every, cfg.check_every,
-            threshold_drive=cfg.threshold_drive,
-            gamma_scale=der['gamma_scale'], reduction=der['reduction'],
-            prune_start=cfg.prune_start, onset_quantile=cfg.onset_quantile,
-            exact_snapshots=cfg.exact_snapshots,
-            gamma_at_onset=cfg.gamma_at_onset, pace_epochs=cfg.pace_epochs)
 
 
 def main() -> None:
@@ -103,8 +73,9 @@ def main() -> None:
     rows = []
     for precision in args.precisions:
         start = time.perf_counter()
-        runner = ByteTargetRunner(config, data, build, sampler,
-                                  precision=precision, log=print)
+        cfg = dataclasses.replace(config, precision=precision,
+                                  target_unit='bytes')
+        runner = CERPRunner(cfg, data, build, sampler, log=print)
         state = runner.run()
         snaps = {float(s['target']): s for s in
                  state['prune']['scheduler']['snapshots']}
