@@ -5,14 +5,10 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from pyg_cerp.memory import (density_for_nbytes, module_precision,
-                             module_table_shapes, stored_nbytes,
-                             tables_nbytes)
-from pyg_cerp.nn.quant import check_precision
+from pyg_cerp.train.byte_targets import ByteTargets
 from pyg_cerp.train.snapshots import (Masks, MaskSnapshot, PruningOutcome,
                                       TargetNotReachedError,
                                       TargetNotReachedWarning)
@@ -46,7 +42,7 @@ def _opt(cast: Any, value: Any) -> Any:
     return None if value is None else cast(value)
 
 
-class PruningScheduler:
+class PruningScheduler(ByteTargets):
     r"""Drives phase 1 of CERP for any *prunable* embedding (one with
     :meth:`num_nonzero`, :attr:`num_full_params`, :meth:`masks`,
     :meth:`freeze_masks`, :meth:`initial_state` and optionally
@@ -252,30 +248,6 @@ class PruningScheduler:
         if capture_initial_state:
             self.initial_weights = self._capture()
 
-    def _init_bytes(self, embedding: Module, targets: List[float],
-                    precision: Optional[Union[str, torch.dtype]]) -> None:
-        try:
-            self._shapes = module_table_shapes(embedding)
-        except TypeError:
-            raise ValueError(
-                f"target_unit='bytes' needs an embedding whose stored tables "
-                f"pyg_cerp.memory counts ('pruned_tables()' or "
-                f"'stored_tables()'), which '{type(embedding).__name__}' "
-                f"lacks; use target_unit='full'") from None
-        self.precision = (module_precision(embedding) if precision is None
-                          else check_precision(precision))
-        floor = tables_nbytes(self._shapes, [0] * len(self._shapes),
-                              self.precision) / (
-                                  4 * int(embedding.num_full_params))
-        low = [t for t in targets if t <= floor]
-        if low:
-            raise ValueError(
-                f"Byte target(s) {low} cannot be reached at precision "
-                f"{self.precision!r}: with every value pruned, the sparse "
-                f"index (and the int8 scales) still take {floor:.4g} of the "
-                f"full table's float32 bytes; choose targets above it or a "
-                f"smaller bucket size")
-
     # Measuring ###############################################################
 
     def _capture(self) -> Dict[str, Tensor]:
@@ -298,19 +270,6 @@ class PruningScheduler:
         if self.target_unit == 'bytes':
             return self.nbytes() / self.denominator
         return int(self.embedding.num_nonzero()) / self.denominator
-
-    def nbytes(self, masks: Optional[Masks] = None) -> int:
-        r"""The stored bytes of the embedding at :obj:`precision` (for
-        :obj:`target_unit='bytes'`), or of tables with the non-zero patterns
-        :obj:`masks`."""
-        if self.target_unit != 'bytes':
-            raise RuntimeError("'nbytes()' needs target_unit='bytes'")
-        if masks is None:
-            return stored_nbytes(self.embedding, self.precision)
-        masks = [masks] if isinstance(masks, Tensor) else list(masks)
-        nnz = [int(m[:rows].sum()) for m, (rows, _, _) in zip(masks,
-                                                              self._shapes)]
-        return tables_nbytes(self._shapes, nnz, self.precision)
 
     def full_fraction(self) -> float:
         r"""The current non-zeros over the full-table size :math:`Nd`."""
@@ -397,23 +356,6 @@ class PruningScheduler:
         fraction = plan * self.denominator / sum(v.numel() for v, _ in pairs)
         self._shift_to(pairs, fraction)
         return self.density()
-
-    def _pace_bytes(self, pairs: List[Tuple[Tensor, Tensor]], plan: float,
-                    density: float) -> float:
-        # The uniform density whose stored bytes fit the plan; the tables'
-        # unused rows (Q's) can leave it a little above, so a few refits.
-        budget = math.floor(plan * self.denominator)  # Whole bytes.
-        for _ in range(4):
-            fraction = density_for_nbytes(self._shapes, budget,
-                                          self.precision)
-            if fraction is None:  # Below the empty tables' bytes.
-                break
-            self._shift_to(pairs, fraction)
-            density = self.density()
-            if density <= plan:
-                break
-            budget -= max(1, math.ceil((density - plan) * self.denominator))
-        return density
 
     def _shift_to(self, pairs: List[Tuple[Tensor, Tensor]],
                   fraction: float) -> None:
@@ -545,32 +487,6 @@ class PruningScheduler:
         if self.target_unit == 'bytes':
             return res, self.nbytes(res) / self.denominator
         return res, (have + k) / self.denominator
-
-    def _fill_count(self, nbytes: int, order: Tensor,
-                    masks: List[Tensor]) -> int:
-        r"""The most candidates :obj:`order` (flat positions over
-        :obj:`masks`, best first) that can join :obj:`masks` within
-        :obj:`nbytes` stored bytes."""
-        assert self._shapes is not None
-        # Per table, how many of the first k candidates are stored entries.
-        gained, start = [], 0
-        base = []
-        for m, (rows, cols, _) in zip(masks, self._shapes):
-            local = order - start
-            used = (local >= 0) & (local < rows * cols)
-            gained.append(F.pad(used.long().cumsum(0), (1, 0)).tolist())
-            base.append(int(m[:rows].sum()))
-            start += m.numel()
-
-        def fits(k: int) -> bool:
-            nnz = [b + g[k] for b, g in zip(base, gained)]
-            return tables_nbytes(self._shapes, nnz, self.precision) <= nbytes
-
-        lo, hi = 0, order.numel()  # Bytes grow with k: the largest fit.
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-        return lo
 
     def _apply_freeze(self) -> None:
         r"""Freezes the thresholds before :obj:`prune_start`."""
