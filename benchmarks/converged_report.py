@@ -17,6 +17,7 @@ import argparse
 import csv
 import math
 import os.path as osp
+import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -137,33 +138,11 @@ def report(rows: List[Dict[str, str]], title: str) -> str:
 
 
 def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
-    r"""NDCG@20 (mean ± std over seeds) against stored bytes, log x."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    g = group(rows)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in sorted({k[0] for k in g if k[0] != 'full'}):
-        pts = sorted((_stats([float(r['bytes']) for r in g[k]])[0],
-                      *_stats([float(r['ndcg@20']) for r in g[k]])[:2])
-                     for k in g if k[0] == method)
-        xs, ys, es = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es if any(es) else None, marker='o',
-                    capsize=3, label=method)
-    if ('full', 1.0) in g:
-        rs = g[('full', 1.0)]
-        ax.axhline(_stats([float(r['ndcg@20']) for r in rs])[0], color='k',
-                   linestyle='--', linewidth=1,
-                   label=f"full table ({float(rs[0]['bytes']) / 1e6:.1f} MB)")
-    ax.set_xscale('log')
-    ax.set_xlabel('stored bytes of the embedding (log scale)')
-    ax.set_ylabel('test NDCG@20')
-    ax.set_title(title)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    r"""NDCG@20 (mean ± std over seeds) against stored bytes, log x: the
+    plot of :mod:`memory_vs_ndcg` (:func:`write_plot`)."""
+    sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+    from memory_vs_ndcg import write_plot
+    write_plot([r for r in rows if r.get('ndcg@20')], path, title)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
