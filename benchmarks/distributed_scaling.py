@@ -55,6 +55,8 @@ from pyg_cerp.utils import lightgcn_adjacency  # noqa: E402
 
 
 def _commit() -> str:
+    if os.environ.get('PYG_CERP_COMMIT'):  # A copy without git history.
+        return os.environ['PYG_CERP_COMMIT']
     try:
         return subprocess.run(['git', 'rev-parse', 'HEAD'], text=True,
                               capture_output=True, check=True,

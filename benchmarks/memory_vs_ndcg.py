@@ -98,8 +98,8 @@ from pyg_cerp.utils.adjacency import lightgcn_adjacency  # noqa: E402
 
 METHODS = ('full', 'cerp', 'cerp-noreg', 'pep', 'qr', 'hash')
 #: The methods of the converged profile (pyg_cerp.train.methods.METHODS).
-CONVERGED_METHODS = ('full', 'cerp', 'cerp-noreg', 'qr-mul', 'qr-add',
-                     'hash', 'pep', 'magnitude')
+CONVERGED_METHODS = ('full', 'cerp', 'cerp-noreg', 'cerp-ft', 'qr-mul',
+                     'qr-add', 'hash', 'pep', 'magnitude')
 ALL_METHODS = tuple(dict.fromkeys(METHODS + CONVERGED_METHODS))
 #: The CSV columns of the converged profile.
 CONVERGED_COLUMNS = [
@@ -781,7 +781,11 @@ def diagnostics_section(num_entities: int, bucket_size: int,
 
 
 def git_commit() -> str:
-    r"""The commit of the code (with ``+dirty`` for uncommitted changes)."""
+    r"""The commit of the code (with ``+dirty`` for uncommitted changes);
+    the environment variable ``PYG_CERP_COMMIT`` where the copy has no git
+    history (*e.g.* a working tree copied to a GPU machine)."""
+    if os.environ.get('PYG_CERP_COMMIT'):
+        return os.environ['PYG_CERP_COMMIT']
     here = osp.dirname(osp.abspath(__file__))
     try:
         sha = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'],

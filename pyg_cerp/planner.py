@@ -75,7 +75,7 @@ LOW_BUDGET_BUCKET_RATIO = 4.
 #: the rule takes DEFAULT_BUCKET_RATIO.
 RATIO_SWITCH = 0.03
 #: The methods whose measured rows plan a CompositionalEmbedding.
-CERP_METHODS = ('cerp', 'cerp-noreg')
+CERP_METHODS = ('cerp', 'cerp-noreg', 'cerp-ft')
 
 
 @dataclass(frozen=True)

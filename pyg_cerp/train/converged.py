@@ -141,7 +141,8 @@ class ConvergedRunner:
     * :obj:`'cerp'`, :obj:`'cerp-noreg'`, :obj:`'pep'`: phase 1 by
       :class:`~pyg_cerp.train.CERPRunner` (stage :obj:`'prune'` only, on the
       training pairs, target :obj:`budget`), then the snapshot's masks
-      frozen, values rewound to their initial state and :func:`fit`; for the
+      frozen, values rewound to their initial state (:obj:`'cerp-ft'`: kept
+      at their values at the target) and :func:`fit`; for the
       CERP variants once per :func:`bucket_candidates` :math:`b`, keeping
       the best validation result;
     * :obj:`'magnitude'`: the converged full table of the same seed
@@ -350,7 +351,8 @@ class ConvergedRunner:
         if not state['prune']['reached']:
             return None
         model = self._build(factory('cerp'), seed)
-        runner.rewind(model, Stage('retrain', 0, cfg.targets[0]))
+        kind = 'retrain' if method.rewind else 'finetune'
+        runner.rewind(model, Stage(kind, 0, cfg.targets[0]))
         return model, sum(1 for h in state['history']
                           if h['stage'] == 'prune')
 

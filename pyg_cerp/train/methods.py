@@ -18,6 +18,8 @@ name              kind       what
 ``cerp``          threshold  :class:`CompositionalEmbedding`, phase 1 with the
                              regulariser, then retrained (rewound, masks frozen)
 ``cerp-noreg``    threshold  the same with :math:`\gamma = 0`
+``cerp-ft``       threshold  CERP fine-tuned from its values at the target
+                             (masks frozen, no rewind: one-phase CERP)
 ``pep``           threshold  :class:`PEPEmbedding`, the same two phases
 ``qr-mul``        fixed      :class:`QREmbedding`, element-wise product
 ``qr-add``        fixed      :class:`QREmbedding`, sum
@@ -57,11 +59,16 @@ class Method:
         regularized (bool): Whether phase 1 adds CERP's complementarity
             regulariser (:math:`\gamma > 0`).
         description (str): One line.
+        rewind (bool): For :obj:`'threshold'` methods, whether the pruned
+            model is retrained from the initial values (lottery-ticket
+            rewind, two-phase CERP) or fine-tuned from its values at the
+            target. (default: :obj:`True`)
     """
     name: str
     kind: str
     regularized: bool = False
     description: str = ''
+    rewind: bool = True
 
     def config(self, base: CERPConfig, **overrides: Any) -> CERPConfig:
         r"""The configuration of this method: :obj:`base` with
@@ -78,16 +85,24 @@ class Method:
         return CERPConfig.from_dict(values)
 
     @property
+    def compositional(self) -> bool:
+        r"""Whether the method is a :class:`CompositionalEmbedding`."""
+        return self.name.startswith('cerp')
+
+    @property
     def sweeps_bucket_size(self) -> bool:
         r"""Whether :math:`b` is swept per budget (the compositional
         methods)."""
-        return self.name in ('cerp', 'cerp-noreg')
+        return self.compositional
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method('full', 'fixed', description='full table'),
     Method('cerp', 'threshold', True, 'CERP (two-phase, regulariser)'),
     Method('cerp-noreg', 'threshold', False, 'CERP without regulariser'),
+    Method('cerp-ft', 'threshold', True,
+           'CERP fine-tuned from the pruned values (one phase)',
+           rewind=False),
     Method('pep', 'threshold', False, 'PEP (learned element-wise thresholds)'),
     Method('qr-mul', 'fixed', description='quotient-remainder, product'),
     Method('qr-add', 'fixed', description='quotient-remainder, sum'),
@@ -121,7 +136,7 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
         dim (int): :math:`d`.
         budget (float): :math:`f \in (0, 1]`.
         bucket_size (int, optional): :math:`b` of CERP (required for
-            :obj:`'cerp'`, :obj:`'cerp-noreg'`).
+            :obj:`'cerp'`, :obj:`'cerp-noreg'`, :obj:`'cerp-ft'`).
         threshold_init (float, optional): The initial threshold logit of
             CERP and PEP. (default: :obj:`-100.`)
 
@@ -135,7 +150,7 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
         raise ValueError(f"'budget' must be in (0, 1] (got {budget})")
     if m.name in ('full', 'magnitude'):
         return FullEmbedding(n, d, check_index=False)
-    if m.name in ('cerp', 'cerp-noreg'):
+    if m.compositional:
         if bucket_size is None:
             raise ValueError(f"Method {m.name!r} needs a 'bucket_size'")
         check_int('bucket_size', bucket_size, minimum=1)

@@ -241,7 +241,7 @@ class CERPRunner:
         cfg, m, n = self.config, self.method, self.num_entities
         if kind == 'full' and (m.kind != 'fixed' or m.name == 'full'):
             return torch.nn.Embedding(n, cfg.dim)
-        if kind == 'cerp' and m.name in ('cerp', 'cerp-noreg'):
+        if kind == 'cerp' and m.compositional:
             return CompositionalEmbedding(n, cfg.dim,
                                           self.derived['bucket_size'],
                                           threshold_init=cfg.threshold_init,
