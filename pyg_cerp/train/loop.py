@@ -393,7 +393,13 @@ def evaluate(
     was_training = recommender.training
     recommender.eval()
     try:
-        score_fn = recommender.score_function()
+        scores = recommender.score_function()
+        device = _device_of(recommender)
+
+        def score_fn(users: Tensor) -> Tensor:
+            # The evaluator's user ids live on the CPU; the model may not.
+            return scores(users.to(device))
+
         out = ranking_metrics_from_scores(
             score_fn, recommender.num_users, recommender.num_items,
             train_edge_index, test_edge_index, ks=tuple(ks),
