@@ -113,7 +113,7 @@ def main() -> None:
     if args.root is None:
         parser.error('pass --root or set PYG_CERP_DATA')
     torch.set_num_threads(args.threads)
-    world = init_distributed()
+    world = init_distributed(backend='gloo')  # A CPU benchmark.
     data = load_interactions(os.path.join(args.root, args.dataset))
     n = data.num_users + data.num_items
     adj = lightgcn_adjacency(data.train, data.num_users, data.num_items)

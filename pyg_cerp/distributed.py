@@ -202,7 +202,8 @@ def init_distributed(
 
     Args:
         backend (str, optional): :obj:`"gloo"` or :obj:`"nccl"`
-            (:obj:`None`: :obj:`"nccl"` with CUDA, else :obj:`"gloo"`).
+            (:obj:`None`: :obj:`"nccl"` when there is a GPU for every local
+            process, :obj:`LOCAL_WORLD_SIZE`, else :obj:`"gloo"`).
             (default: :obj:`None`)
         timeout (float or datetime.timedelta, optional): How long a
             collective waits for the other ranks before it fails, so that a
@@ -215,13 +216,18 @@ def init_distributed(
     """
     world_size = _env_int('WORLD_SIZE', 1)
     rank, local_rank = _env_int('RANK', 0), _env_int('LOCAL_RANK', 0)
-    if backend is None:
-        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+    local_world = _env_int('LOCAL_WORLD_SIZE', 1)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend is None:  # One GPU per local process, else the CPU.
+        backend = 'nccl' if 0 < gpus and local_world <= gpus else 'gloo'
     if backend not in ('gloo', 'nccl'):
         raise ValueError(f"'backend' must be 'gloo' or 'nccl' "
                          f"(got {backend!r})")
-    if backend == 'nccl' and not torch.cuda.is_available():
-        raise RuntimeError("Backend 'nccl' needs CUDA; use 'gloo' on CPU")
+    if backend == 'nccl' and local_rank >= gpus:
+        raise RuntimeError(
+            f"Backend 'nccl' needs one GPU per local process, but local rank "
+            f"{local_rank} sees {gpus} GPU(s); start at most {gpus} "
+            f"process(es) per machine or use backend 'gloo' (CPU)")
     if device is None:
         device = (torch.device('cuda', local_rank)
                   if backend == 'nccl' else torch.device('cpu'))

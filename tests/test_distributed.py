@@ -66,6 +66,22 @@ def test_context_validation(monkeypatch):
         init_distributed(backend='mpi')
 
 
+def test_backend_needs_a_gpu_per_local_process(monkeypatch):
+    # Two local processes on a machine with one GPU (as on the H200 machine,
+    # where the second rank asked for cuda:1): the default is gloo on the CPU,
+    # and an explicit nccl names the problem instead of 'invalid ordinal'.
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    for name in ('WORLD_SIZE', 'RANK'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    ctx = init_distributed()
+    assert ctx.device == torch.device('cpu')
+    with pytest.raises(RuntimeError, match='local rank 1 sees 1 GPU'):
+        init_distributed(backend='nccl')
+
+
 def test_shards_are_disjoint_and_cover():
     shards = [DistContext(r, 3, backend='gloo').shard(10) for r in range(3)]
     assert torch.equal(torch.cat(shards).sort()[0], torch.arange(10))
