@@ -21,7 +21,7 @@ import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
-CERP_FAMILY = ('cerp', 'cerp-noreg')
+CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft')
 
 
 def _stats(vals: Sequence[float]) -> Tuple[float, float, int]:
@@ -45,7 +45,7 @@ def group(rows: List[Dict[str, str]]) -> Dict[Tuple[str, float], List[Dict]]:
     return out
 
 
-METHODS = ('cerp', 'cerp-noreg', 'magnitude', 'qr-mul', 'qr-add', 'pep', 'hash')
+METHODS = ('cerp', 'cerp-noreg', 'cerp-ft', 'magnitude', 'qr-mul', 'qr-add', 'pep', 'hash')
 
 
 def pivot(rows: List[Dict[str, str]],
@@ -63,6 +63,8 @@ def pivot(rows: List[Dict[str, str]],
         f"| full table | NDCG@20 {F:.4f}, {float(full[0]['bytes']) / 1e6:.1f} "
         f"MB |" + ' |' * (len(budgets) - 1)]
     for m in METHODS:
+        if not any(g.get((m, b)) for b in budgets):
+            continue  # A method not in this run.
         cells = []
         for b in budgets:
             rs = g.get((m, b))
