@@ -310,7 +310,8 @@ EXAMPLE = ['-m', 'pyg_cerp.train']
 # Small and fast, with both targets reached during phase 1, so the run
 # covers pruning, the mask snapshots, the DDP rebuild for each retrain stage
 # (thresholds frozen) and the sharded evaluation.
-SMALL = ['--no-baseline', '--prune-epochs', '4', '--retrain-epochs', '1',
+SMALL = ['--preset', 'drive', '--no-baseline', '--prune-epochs', '4',
+         '--retrain-epochs', '1',
          '--batch-size', '512', '--dim', '16', '--bucket-size', '40',
          '--targets', '0.8', '0.7', '--target-unit', 'meta',
          '--threshold-init', '-3', '--threshold-lr', '0.05', '--no-progress']

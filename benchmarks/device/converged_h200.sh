@@ -2,8 +2,8 @@
 # The converged comparison's heavy cells on one GPU machine (issue 11), run
 # in one prepared call of the device tool: a CUDA smoke test of every method
 # and both backbones on a slice (the run stops at once if it fails), the
-# distributed propagation benchmark on the idle CPU cores (issue 13), then
-# the cells of $JOBS as parallel single-threaded processes sharing the GPU,
+# distributed propagation benchmark alone on the idle CPU cores (issue 13),
+# then the cells of $JOBS as parallel single-threaded processes sharing the GPU,
 # each writing its own tagged CSV, log and stdout under $WORK, killed at
 # $BUDGET_S seconds after the start (a cell that is still training then is
 # lost; finished cells are already in their CSVs). Results are packed into
@@ -17,8 +17,8 @@
 # default .gpu/data), DEVICE (default cuda), JOBS (lines "tag backbone
 # args..."), BUDGET_S (default 500), WORK (default /tmp/converged),
 # OUT (default $WORK/out), EXTRA (arguments added to every cell, e.g.
-# "--subset 600 900" for a dry run), SKIP_DIST=1 to skip the distributed
-# benchmark.
+# "--subset 600 900" for a dry run), SKIP_SMOKE=1 / SKIP_DIST=1 to skip the
+# smoke test / the distributed benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ROOT:-.gpu/data}
@@ -47,7 +47,7 @@ cell() {  # cell TAG BACKBONE ARGS... : one process of converged cells
 }
 
 # 1. Smoke: every method, both backbones, 2 epochs on a slice.
-if ! python3 benchmarks/memory_vs_ndcg.py --root "$ROOT" \
+if [[ -z "${SKIP_SMOKE:-}" ]] && ! python3 benchmarks/memory_vs_ndcg.py --root "$ROOT" \
     --dataset gowalla-lightgcnpp --name smoke --backbone both \
     --profile converged --subset 600 900 --max-epochs 2 --eval-every 1 \
     --patience 1 --threads 1 --device "$DEVICE" --budgets 0.1 \
@@ -55,9 +55,25 @@ if ! python3 benchmarks/memory_vs_ndcg.py --root "$ROOT" \
     --out "$WORK/smoke" > "$WORK/smoke.txt" 2>&1; then
   tail -40 "$WORK/smoke.txt"; pack; echo "SMOKE FAILED"; exit 3
 fi
-echo "smoke passed in $((SECONDS - start)) s"
+echo "smoke passed (or skipped) at $((SECONDS - start)) s"
 
-# 2. The cells, in parallel; the distributed benchmark beside them.
+# 2. The distributed propagation benchmark, alone on the idle CPU cores
+# (W = 1, 2, 1, 2 processes, gloo).
+if [[ -z "${SKIP_DIST:-}" ]]; then
+  for w in 1 2 1 2; do
+    if [[ $w == 1 ]]; then
+      python3 benchmarks/distributed_scaling.py --root "$ROOT" --steps 8 \
+        --out "$WORK/distributed_scaling.jsonl"
+    else
+      python3 -m torch.distributed.run --nproc_per_node=2 \
+        benchmarks/distributed_scaling.py --root "$ROOT" --steps 8 \
+        --out "$WORK/distributed_scaling.jsonl"
+    fi
+  done > "$WORK/distributed.out" 2>&1
+  echo "distributed benchmark done at $((SECONDS - start)) s"
+fi
+
+# 3. The cells, in parallel.
 n=0
 while read -r tag backbone args; do
   [[ -z "$tag" || "$tag" == \#* ]] && continue
@@ -68,18 +84,6 @@ while read -r tag backbone args; do
   n=$((n + 1))
 done < "${JOBS:?JOBS names the job list}"
 echo "$n cell processes started at $((SECONDS - start)) s"
-if [[ -z "${SKIP_DIST:-}" ]]; then
-  ( for w in 1 2 1 2; do
-      if [[ $w == 1 ]]; then
-        python3 benchmarks/distributed_scaling.py --root "$ROOT" --steps 8 \
-          --out "$WORK/distributed_scaling.jsonl"
-      else
-        python3 -m torch.distributed.run --nproc_per_node=2 \
-          benchmarks/distributed_scaling.py --root "$ROOT" --steps 8 \
-          --out "$WORK/distributed_scaling.jsonl"
-      fi
-    done ) > "$WORK/distributed.out" 2>&1 &
-fi
 last=$SECONDS
 while [[ -n "$(jobs -r)" ]]; do
   sleep 5

@@ -36,6 +36,9 @@ _PRESETS: Dict[str, Dict[str, Any]] = dict(
                   exact_snapshots=False, prune_epochs=50, batch_size=8192),
     legacy=dict(baseline_epochs=3, retrain_epochs=3, batch_size=8192,
                 lr=5e-3, l2_reg=0.),
+    # The field defaults: a constant threshold drive (one global magnitude
+    # cut); the main job's default until 2026-12-04.
+    drive=dict(),
 )
 
 
@@ -184,8 +187,11 @@ class CERPConfig:
         r"""A named configuration: :obj:`'faithful'` (the official loss and
         optimiser converted to the batch shape, a pruning schedule in
         epochs), :obj:`'official'` (the official values as such: at
-        :math:`B \gg 10` it prunes nothing for :math:`\approx 10^5` steps)
-        or :obj:`'legacy'` (the committed quick-profile numbers).
+        :math:`B \gg 10` it prunes nothing for :math:`\approx 10^5` steps),
+        :obj:`'legacy'` (the committed quick-profile numbers) or
+        :obj:`'drive'` (the field defaults: a constant threshold drive, in
+        effect one global magnitude cut; the main job's default until
+        2026-12-04, ``examples/results/lightgcn_cerp-gowalla-drive.*``).
 
         Args:
             name (str): The preset.

@@ -103,17 +103,29 @@ def assert_same_results(out, reference):
         assert results[stage]['ndcg@20'] == pytest.approx(ndcg, abs=1e-6)
 
 
+# The old scripts' configuration: LightGCN's was the constant threshold
+# drive, now `--preset drive` (the default is the faithful preset).
+OLD = {'lightgcn': ['--preset', 'drive'], 'mlp': []}
+
+
 @pytest.mark.parametrize('backbone', ['lightgcn', 'mlp'])
-def test_default_config_is_the_old_scripts(backbone):
-    assert parse(['--backbone', backbone]).to_dict() == \
+def test_old_config_is_the_old_scripts(backbone):
+    assert parse(['--backbone', backbone] + OLD[backbone]).to_dict() == \
         OLD_DEFAULTS[backbone]
+
+
+def test_lightgcn_default_is_faithful_cerp():
+    cfg = parse(['--backbone', 'lightgcn'])
+    assert cfg == CERPConfig.preset('faithful')
+    assert cfg.threshold_drive == 0 and cfg.gamma_init > 0
+    assert cfg.bucket_size is None  # Derived from N and the targets.
 
 
 @pytest.mark.parametrize('backbone', ['lightgcn', 'mlp'])
 def test_same_metrics_as_the_old_script(backbone, folder, tmp_path):
     extra = ['--num-layers', '2'] if backbone == 'lightgcn' else []
     main(['--backbone', backbone, '--dataset', str(folder), '--out',
-          str(tmp_path / 'o')] + TINY + extra)
+          str(tmp_path / 'o')] + OLD[backbone] + TINY + extra)
     assert_same_results(tmp_path / 'o', OLD_TOY[backbone])
 
 
@@ -132,7 +144,8 @@ def test_main_job_on_gowalla_slice_as_the_old_script(backbone, data_root,
     # through the checksummed `Gowalla` class: the old metrics, the same
     # files (in the old default folder) and contents format.
     monkeypatch.chdir(tmp_path)
-    main(['--backbone', backbone, '--root', data_root] + GOWALLA_SLICE)
+    main(['--backbone', backbone, '--root', data_root] + OLD[backbone] +
+         GOWALLA_SLICE)
     out = tmp_path / 'results' / f'{backbone}_cerp-gowalla'
     assert_same_results(out, OLD_GOWALLA[backbone])
     summary = json.load(open(out / 'results.json'))
