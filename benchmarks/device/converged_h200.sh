@@ -15,7 +15,8 @@
 #
 # Environment: ROOT (data root holding gowalla-lightgcnpp/ and gowalla/,
 # default .gpu/data), DEVICE (default cuda), JOBS (lines "tag backbone
-# args..."), BUDGET_S (default 500), WORK (default /tmp/converged),
+# args...", or "tag cmd COMMAND..." for any command, which sees ROOT, DEVICE
+# and WORK), BUDGET_S (default 500), WORK (default /tmp/converged),
 # OUT (default $WORK/out), EXTRA (arguments added to every cell, e.g.
 # "--subset 600 900" for a dry run), SKIP_SMOKE=1 / SKIP_DIST=1 to skip the
 # smoke test / the distributed benchmark.
@@ -28,6 +29,7 @@ WORK=${WORK:-/tmp/converged}
 OUT=${OUT:-$WORK/out}
 EXTRA=${EXTRA:-}
 mkdir -p "$WORK" "$OUT"
+export ROOT DEVICE WORK
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 start=$SECONDS
 pack() { tar czf "$OUT/results.tgz.tmp" -C "$WORK" --exclude=out . 2>/dev/null &&
@@ -77,9 +79,12 @@ fi
 n=0
 while read -r tag backbone args; do
   [[ -z "$tag" || "$tag" == \#* ]] && continue
-  # shellcheck disable=SC2086
-  timeout -k 5 $((BUDGET_S - (SECONDS - start))) bash -c \
-    "$(declare -f cell); ROOT='$ROOT' DEVICE='$DEVICE' WORK='$WORK' EXTRA='$EXTRA' cell $tag $backbone $args" \
+  if [[ "$backbone" == cmd ]]; then  # "tag cmd COMMAND...": run as it is
+    script="cd '$PWD' && $args"
+  else
+    script="$(declare -f cell); ROOT='$ROOT' DEVICE='$DEVICE' WORK='$WORK' EXTRA='$EXTRA' cell $tag $backbone $args"
+  fi
+  timeout -k 5 $((BUDGET_S - (SECONDS - start))) bash -c "$script" \
     > "$WORK/$tag.out" 2>&1 &
   n=$((n + 1))
 done < "${JOBS:?JOBS names the job list}"

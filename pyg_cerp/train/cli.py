@@ -211,6 +211,21 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return convert
 
 
+def _device(text: str) -> torch.device:
+    # Checked before any data is read.
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise argparse.ArgumentTypeError(str(e))
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f'{text!r} asked for, but torch sees no CUDA device')
+    if device.type not in ('cpu', 'cuda'):
+        raise argparse.ArgumentTypeError(
+            f"'cpu' or 'cuda[:N]' (got {text!r})")
+    return device
+
+
 def build_parser() -> argparse.ArgumentParser:
     r"""The parser of :obj:`python -m pyg_cerp.train`."""
     parser = argparse.ArgumentParser(
@@ -257,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         help='torch CPU threads (default: what torch uses, all cores; on a '
         'machine shared with other jobs, fewer threads than free cores is '
         'faster)')
+    group.add_argument(
+        '--device', type=_device, default='cpu',
+        help="Where the models train and rank: 'cpu', 'cuda' or 'cuda:N' "
+        "(default: cpu)")
     group.add_argument('--no-progress', action='store_true',
                        help='No tqdm progress bars')
     group.add_argument(
@@ -343,21 +362,24 @@ def recommender_builder(args: argparse.Namespace, config: CERPConfig,
                         data: Interactions) -> Callable[[Module], Module]:
     r"""Builds the :obj:`--backbone` around an embedding (PyG's
     :class:`~torch_geometric.nn.models.LightGCN` with the fused symmetric
-    propagation, or :class:`~pyg_cerp.nn.MLPScorer`)."""
+    propagation, or :class:`~pyg_cerp.nn.MLPScorer`) on :obj:`--device`
+    (the training step moves each batch there)."""
+    device = getattr(args, 'device', torch.device('cpu'))
     if args.backbone == 'mlp':
         from pyg_cerp.nn import MLPScorer
 
         def build_mlp(embedding: Module) -> MLPRecommender:
             return MLPRecommender(MLPScorer(
                 data.num_users, data.num_items, embedding,
-                hidden_channels=args.hidden))
+                hidden_channels=args.hidden)).to(device)
         return build_mlp
 
     from torch_geometric.nn.models import LightGCN
 
     from pyg_cerp.nn import use_symmetric_propagation
     from pyg_cerp.utils import lightgcn_adjacency
-    adj = lightgcn_adjacency(data.train, data.num_users, data.num_items)
+    adj = lightgcn_adjacency(data.train, data.num_users,
+                             data.num_items).to(device)
 
     def build_lightgcn(embedding: Module) -> LightGCNRecommender:
         model = LightGCN(data.num_users + data.num_items, config.dim,
@@ -365,7 +387,8 @@ def recommender_builder(args: argparse.Namespace, config: CERPConfig,
         use_symmetric_propagation(model)
         model.embedding = embedding
         model.reset_parameters()
-        return LightGCNRecommender(model, adj, data.num_users, data.num_items)
+        return LightGCNRecommender(model, adj, data.num_users,
+                                   data.num_items).to(device)
     return build_lightgcn
 
 

@@ -297,8 +297,9 @@ def test_real_gowalla_slice(data_root, tmp_path):
     ['--gamma', '-1'], ['--gamma-decay', 'nan'], ['--threshold-init', 'nan'],
     ['--num-layers', '-1'], ['--threads', '0'], ['--eval-users', '0'],
     ['--subset', '0', '5'], ['--hidden', '0'], ['--stop-after', '0'],
-    ['--batch-size', '0'], ['--target-unit', 'half'],
-])
+    ['--batch-size', '0'], ['--target-unit', 'half'], ['--device', 'tpu'],
+    ['--device', 'meta'],
+] + ([] if torch.cuda.is_available() else [['--device', 'cuda']]))
 def test_bad_arguments_fail_before_reading_data(bad, tmp_path, capsys):
     # No dataset exists: only argument validation can have stopped the run.
     with pytest.raises(SystemExit) as exc:

@@ -10,8 +10,12 @@ from pyg_cerp.train.methods import bucket_candidates
 
 
 def test_method_registry_and_budgets():
-    assert list(METHODS) == ['full', 'cerp', 'cerp-noreg', 'pep', 'qr-mul',
-                             'qr-add', 'hash', 'magnitude']
+    assert list(METHODS) == ['full', 'cerp', 'cerp-noreg', 'cerp-ft', 'pep',
+                             'qr-mul', 'qr-add', 'hash', 'magnitude']
+    assert [m.name for m in METHODS.values() if m.compositional] == [
+        'cerp', 'cerp-noreg', 'cerp-ft']
+    assert not METHODS['cerp-ft'].rewind and METHODS['cerp'].rewind
+    assert METHODS['cerp-ft'].regularized
     n, d = 2000, 8
     for name, cls in [('full', FullEmbedding), ('magnitude', FullEmbedding),
                       ('pep', PEPEmbedding), ('hash', HashEmbedding),

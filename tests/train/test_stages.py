@@ -81,3 +81,30 @@ def test_method_config_switches_the_regulariser_off():
     assert METHODS['cerp'].config(base).gamma_init == 0.5
     assert METHODS['cerp-noreg'].config(base, seed=3).gamma_init == 0.
     assert METHODS['cerp-noreg'].config(base, seed=3).seed == 3
+
+
+def test_cerp_ft_keeps_the_values_at_the_target():
+    # 'cerp' rewinds the pruned model to the initial values (two-phase),
+    # 'cerp-ft' keeps the values of the step the target was reached at; both
+    # freeze the same snapshot's masks.
+    from pyg_cerp.train import ConvergedRunner, EarlyStopping, Split
+    data = block_data()
+    split = Split(data.train, data.test[:, ::2], data.test[:, 1::2],
+                  data.num_users, data.num_items)
+    config = CERPConfig.preset('faithful', dim=8, batch_size=64,
+                               prune_epochs=6, prune_speed=40., ks=(10, 20))
+    runner = ConvergedRunner(
+        split, lightgcn_builder(data, 8),
+        lambda ei, seed: make_sampler(ei, data.num_users, data.num_items, 2,
+                                      64, seed),
+        config, EarlyStopping(max_epochs=1), bucket_ratios=(2., ),
+        log=lambda s: None)
+    b = 30
+    two, _ = runner._prune(METHODS['cerp'], 0.3, 0, b)
+    one, _ = runner._prune(METHODS['cerp-ft'], 0.3, 0, b)
+    # Same snapshot, other values (the rewind itself is tested above).
+    assert not torch.equal(one.embedding.P, two.embedding.P)
+    assert torch.equal(one.embedding.mask_P, two.embedding.mask_P)
+    assert one.embedding.is_retraining and two.embedding.is_retraining
+    assert one.embedding.num_nonzero() <= 0.3 * (split.num_users +
+                                                 split.num_items) * 8
