@@ -2,9 +2,9 @@ r"""Embedding modules and scorers."""
 from .compose import compose
 from .compositional import (ComposedWeight, CompositionalEmbedding,
                             SoftThresholdPruning, soft_threshold)
-from .baselines import (FullEmbedding, HashEmbedding, PEPEmbedding,
-                        QREmbedding, budget_rows, magnitude_mask,
-                        nbytes_rows)
+from .pep import PEPEmbedding, magnitude_mask
+from .baselines import FullEmbedding, HashEmbedding, QREmbedding
+from .stored import budget_rows, nbytes_rows
 from .compact import CompactEmbedding, CompressedTable, FormatError
 from .quant import PRECISIONS, fake_quantize, quantize
 from .mlp import MLPScorer

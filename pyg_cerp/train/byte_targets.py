@@ -20,7 +20,8 @@ from pyg_cerp.train.snapshots import Masks
 class ByteTargets:
     r"""The byte counting of :class:`~pyg_cerp.train.PruningScheduler`
     (a mixin; it uses the scheduler's :obj:`embedding`, :obj:`target_unit`,
-    :obj:`denominator`, :meth:`density` and :meth:`_shift_to`)."""
+    :obj:`denominator`, :meth:`density` and the pace plan's
+    :meth:`~pyg_cerp.train.pace.PacePlan._shift_to`)."""
     precision: Optional[str] = None
     _shapes: Optional[List[Tuple[int, int, int]]] = None
 

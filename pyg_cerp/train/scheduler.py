@@ -2,26 +2,23 @@ r"""The pruning schedule of CERP: the regulariser weight :math:`\gamma`, the
 density plan and mask snapshots at memory targets."""
 import math
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 
 from pyg_cerp.train.byte_targets import ByteTargets
-from pyg_cerp.train.snapshots import (Masks, MaskSnapshot, PruningOutcome,
+# VALUE_BOUND (pace.py) and Masks (snapshots.py) stay importable from here.
+from pyg_cerp.train.pace import VALUE_BOUND, PacePlan  # noqa: F401
+from pyg_cerp.train.snapshots import (ExactSnapshots, Masks,  # noqa: F401
+                                      MaskSnapshot, PruningOutcome,
                                       TargetNotReachedError,
                                       TargetNotReachedWarning)
 from pyg_cerp.utils.validation import check_float, check_int
 
 #: The units of the memory targets.
 TARGET_UNITS = ('full', 'meta', 'bytes')
-
-VALUE_BOUND = 1. - 1e-4
-r"""Under a pace plan the pruned tables' values are kept in
-:math:`[-\beta, \beta]`, :math:`\beta = \sigma(9.2)`, where the
-threshold :math:`\sigma(S)` can still reach them."""
-
 
 # The configuration and the progress in a state dict, and how
 # load_state_dict() casts what it restores.
@@ -42,7 +39,7 @@ def _opt(cast: Any, value: Any) -> Any:
     return None if value is None else cast(value)
 
 
-class PruningScheduler(ByteTargets):
+class PruningScheduler(PacePlan, ExactSnapshots, ByteTargets):
     r"""Drives phase 1 of CERP for any *prunable* embedding (one with
     :meth:`num_nonzero`, :attr:`num_full_params`, :meth:`masks`,
     :meth:`freeze_masks`, :meth:`initial_state` and optionally
@@ -304,78 +301,6 @@ class PruningScheduler(ByteTargets):
         return self.gamma_init * self.gamma_decay**(
             (self.epoch - start) // self.gamma_decay_every)
 
-    def planned_density(self, ahead: int = 0) -> Optional[float]:
-        r"""The density :math:`\hat{\delta}(\tau)` of the pace plan now,
-        or :obj:`ahead` steps from now (:obj:`None` without
-        :obj:`pace_epochs` or before the onset)."""
-        if (self.pace_epochs is None or self.onset_step is None
-                or self.onset_density is None):
-            return None
-        if self.steps_per_epoch is None:
-            return self.onset_density
-        tau = (self.num_steps + ahead - self.onset_step) / \
-            self.steps_per_epoch
-        final = min(self.targets)
-        frac = min(1., max(0., tau / self.pace_epochs))
-        return self.onset_density * (final / self.onset_density)**frac
-
-    def _pairs(self) -> List[Tuple[Tensor, Tensor]]:
-        r"""(values, threshold logits) of each pruned table."""
-        raw = [getattr(self.embedding, n, None) for n in ('P', 'Q')]
-        if raw[0] is None:  # PEP's values are 'V'.
-            raw = [getattr(self.embedding, 'V', getattr(self.embedding,
-                                                         'weight', None))]
-        if len(raw) != len(self._thresholds) or any(
-                not isinstance(r, Tensor) for r in raw):
-            raise TypeError(f"'pace_epochs' needs the tables 'P', 'Q' (or "
-                            f"'weight') of '{type(self.embedding).__name__}'"
-                            f" paired with its threshold logits")
-        return list(zip(raw, self._thresholds))
-
-    @torch.no_grad()
-    def _pace(self, density: float) -> float:
-        r"""Raises the threshold logits of each table by the least common
-        offset that brings that table down to the plan; returns the new
-        density."""
-        if self.pace_epochs is None or self.onset_step is None:
-            return density
-        if self.onset_density is None:
-            self.onset_density = density
-            return density
-        plan = self.planned_density()
-        if plan is None or density <= plan:
-            return density
-        # An offset per table (with one, a table absorbs all the pruning),
-        # values kept within reach of a sigmoid threshold (the regulariser
-        # grows the entries it defends; measured: the plan stalls beyond 1).
-        pairs = self._pairs()
-        for value, _ in pairs:
-            value.clamp_(-VALUE_BOUND, VALUE_BOUND)
-        if self.target_unit == 'bytes':
-            return self._pace_bytes(pairs, plan, density)
-        fraction = plan * self.denominator / sum(v.numel() for v, _ in pairs)
-        self._shift_to(pairs, fraction)
-        return self.density()
-
-    def _shift_to(self, pairs: List[Tuple[Tensor, Tensor]],
-                  fraction: float) -> None:
-        shifts = []
-        for value, thr in pairs:
-            v = value.detach().abs().float()
-            m = torch.logit(v.clamp(max=VALUE_BOUND)) - thr.detach().float()
-            m = m.expand_as(v) if m.shape != v.shape else m
-            nonzero = int((m > 0).sum())
-            margins = m[(m > 0) & torch.isfinite(m)]
-            excess = nonzero - int(math.floor(fraction * v.numel()))
-            if excess <= 0 or margins.numel() == 0:
-                shifts.append(0.)
-                continue
-            shift = float(torch.kthvalue(margins, min(
-                excess, margins.numel())).values) * (1. + 1e-6) + 1e-12
-            thr.add_(shift)
-            shifts.append(shift)
-        self.pace_offset += sum(shifts) / max(len(shifts), 1)
-
     @property
     def pending(self) -> List[float]:
         r"""The targets not reached yet, largest first."""
@@ -440,53 +365,8 @@ class PruningScheduler(ByteTargets):
                                                  snap_density, snap_full,
                                                  nbytes)
         if self.exact_snapshots and not self.done:
-            tables = self._tables()
-            self._prev_tables = (None if tables is None else
-                                 [x.detach().abs().clone() for x in tables])
+            self._remember_tables()
         return new
-
-    def _tables(self) -> Optional[List[Tensor]]:
-        for name, wrap in (('pruned_tables', list), ('pruned_table',
-                                                     lambda t: [t])):
-            fn = getattr(self.embedding, name, None)
-            if callable(fn):
-                return wrap(fn())
-        return None
-
-    def _fill_to(self, target: float, masks: Masks) -> Tuple[Masks, float]:
-        r"""The current masks plus the entries pruned since the previous
-        check with the largest previous magnitudes, so that the density is
-        :obj:`target` (rounded down to whole entries)."""
-        cur = [masks] if isinstance(masks, Tensor) else list(masks)
-        prev = self._prev_tables
-        assert prev is not None
-        if len(prev) != len(cur) or any(p.shape != m.shape
-                                        for p, m in zip(prev, cur)):
-            return masks, self.density()
-        want = int(math.floor(target * self.denominator))
-        have = sum(int(m.sum()) for m in cur)
-        # Candidates: non-zero at the previous check, zero now.
-        scores = torch.cat([
-            torch.where((p != 0) & ~m.bool(), p, torch.zeros_like(p)).flatten()
-            for p, m in zip(prev, cur)
-        ])
-        flat = torch.cat([m.bool().flatten() for m in cur])
-        if self.target_unit == 'bytes':
-            order = torch.topk(scores, int((scores > 0).sum())).indices
-            order = order[:self._fill_count(want, order, cur)]
-            flat[order] = True
-        else:
-            k = min(max(want - have, 0), int((scores > 0).sum()))
-            if k > 0:
-                flat[torch.topk(scores, k).indices] = True
-        out, offset = [], 0
-        for m in cur:
-            out.append(flat[offset:offset + m.numel()].view_as(m).clone())
-            offset += m.numel()
-        res: Masks = out[0] if isinstance(masks, Tensor) else tuple(out)
-        if self.target_unit == 'bytes':
-            return res, self.nbytes(res) / self.denominator
-        return res, (have + k) / self.denominator
 
     def _apply_freeze(self) -> None:
         r"""Freezes the thresholds before :obj:`prune_start`."""

@@ -1,8 +1,10 @@
-r"""What phase 1 records: mask snapshots at memory targets and its
-outcome."""
+r"""What phase 1 records: mask snapshots at memory targets (taken exactly at
+the target with :obj:`exact_snapshots`) and its outcome."""
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import Tensor
 
 Masks = Union[Tensor, Sequence[Tensor]]
@@ -90,3 +92,61 @@ class PruningOutcome:
     def complete(self) -> bool:
         r"""Whether every target was reached."""
         return not self.missing
+
+
+class ExactSnapshots:
+    r"""The exact snapshots of :class:`~pyg_cerp.train.PruningScheduler`
+    (:obj:`exact_snapshots=True`; a mixin): the magnitudes of the pruned
+    tables at each check, and a snapshot that overshot its target refilled
+    from them (it uses the scheduler's :obj:`embedding`,
+    :obj:`target_unit`, :obj:`denominator`, :meth:`density` and, for byte
+    targets, :meth:`nbytes` and :meth:`_fill_count`)."""
+    def _remember_tables(self) -> None:
+        r"""Keeps the magnitudes of the pruned tables for :meth:`_fill_to`
+        at the next check."""
+        tables = self._tables()
+        self._prev_tables = (None if tables is None else
+                             [x.detach().abs().clone() for x in tables])
+
+    def _tables(self) -> Optional[List[Tensor]]:
+        for name, wrap in (('pruned_tables', list), ('pruned_table',
+                                                     lambda t: [t])):
+            fn = getattr(self.embedding, name, None)
+            if callable(fn):
+                return wrap(fn())
+        return None
+
+    def _fill_to(self, target: float, masks: Masks) -> Tuple[Masks, float]:
+        r"""The current masks plus the entries pruned since the previous
+        check with the largest previous magnitudes, so that the density is
+        :obj:`target` (rounded down to whole entries)."""
+        cur = [masks] if isinstance(masks, Tensor) else list(masks)
+        prev = self._prev_tables
+        assert prev is not None
+        if len(prev) != len(cur) or any(p.shape != m.shape
+                                        for p, m in zip(prev, cur)):
+            return masks, self.density()
+        want = int(math.floor(target * self.denominator))
+        have = sum(int(m.sum()) for m in cur)
+        # Candidates: non-zero at the previous check, zero now.
+        scores = torch.cat([
+            torch.where((p != 0) & ~m.bool(), p, torch.zeros_like(p)).flatten()
+            for p, m in zip(prev, cur)
+        ])
+        flat = torch.cat([m.bool().flatten() for m in cur])
+        if self.target_unit == 'bytes':
+            order = torch.topk(scores, int((scores > 0).sum())).indices
+            order = order[:self._fill_count(want, order, cur)]
+            flat[order] = True
+        else:
+            k = min(max(want - have, 0), int((scores > 0).sum()))
+            if k > 0:
+                flat[torch.topk(scores, k).indices] = True
+        out, offset = [], 0
+        for m in cur:
+            out.append(flat[offset:offset + m.numel()].view_as(m).clone())
+            offset += m.numel()
+        res: Masks = out[0] if isinstance(masks, Tensor) else tuple(out)
+        if self.target_unit == 'bytes':
+            return res, self.nbytes(res) / self.denominator
+        return res, (have + k) / self.denominator
