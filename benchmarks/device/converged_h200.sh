@@ -19,7 +19,8 @@
 # and WORK), BUDGET_S (default 500), WORK (default /tmp/converged),
 # OUT (default $WORK/out), EXTRA (arguments added to every cell, e.g.
 # "--subset 600 900" for a dry run), SKIP_SMOKE=1 / SKIP_DIST=1 to skip the
-# smoke test / the distributed benchmark.
+# smoke test / the distributed benchmark, DIST_PARALLEL=1 to run the latter
+# beside the cells.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=${ROOT:-.gpu/data}
@@ -59,9 +60,10 @@ if [[ -z "${SKIP_SMOKE:-}" ]] && ! python3 benchmarks/memory_vs_ndcg.py --root "
 fi
 echo "smoke passed (or skipped) at $((SECONDS - start)) s"
 
-# 2. The distributed propagation benchmark, alone on the idle CPU cores
-# (W = 1, 2, 1, 2 processes, gloo).
-if [[ -z "${SKIP_DIST:-}" ]]; then
+# 2. The distributed propagation benchmark on the CPU cores (W = 1, 2, 1, 2
+# processes, gloo): alone before the cells, or beside them with
+# DIST_PARALLEL=1 (each row records the load average).
+dist() {
   for w in 1 2 1 2; do
     if [[ $w == 1 ]]; then
       python3 benchmarks/distributed_scaling.py --root "$ROOT" --steps 8 \
@@ -72,6 +74,9 @@ if [[ -z "${SKIP_DIST:-}" ]]; then
         --out "$WORK/distributed_scaling.jsonl"
     fi
   done > "$WORK/distributed.out" 2>&1
+}
+if [[ -z "${SKIP_DIST:-}" && -z "${DIST_PARALLEL:-}" ]]; then
+  dist
   echo "distributed benchmark done at $((SECONDS - start)) s"
 fi
 
@@ -89,6 +94,9 @@ while read -r tag backbone args; do
   n=$((n + 1))
 done < "${JOBS:?JOBS names the job list}"
 echo "$n cell processes started at $((SECONDS - start)) s"
+if [[ -z "${SKIP_DIST:-}" && -n "${DIST_PARALLEL:-}" ]]; then
+  dist &
+fi
 last=$SECONDS
 while [[ -n "$(jobs -r)" ]]; do
   sleep 5
