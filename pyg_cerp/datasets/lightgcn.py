@@ -9,6 +9,7 @@ import os
 import os.path as osp
 import shutil
 import tempfile
+from contextlib import suppress
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from torch import Tensor
@@ -20,6 +21,7 @@ from pyg_cerp.datasets.split import (EDGE_TYPE, Checksums, ChecksumError,
                                      verify_file, verify_files)
 from pyg_cerp.datasets.split import read_lightgcn_file  # noqa: F401 (old path)
 from pyg_cerp.utils.adjacency import lightgcn_adjacency
+from pyg_cerp.utils.io import file_lock
 
 #: Known hashes of the exact Gowalla split used by LightGCN and CERP.
 GOWALLA_CHECKSUMS: Dict[str, Dict[str, str]] = {
@@ -221,7 +223,7 @@ class LightGCNDataset(InMemoryDataset):
                                    ' Download failed (offline?): ' +
                                    '; '.join(errors))
 
-    def _process(self) -> None:
+    def _process_unlocked(self) -> None:
         # Hash (and verify) the raw files on every load, and rebuild a
         # processed file that was built from other raw bytes: the data never
         # silently differs from the raw files.
@@ -241,17 +243,30 @@ class LightGCNDataset(InMemoryDataset):
             self.force_reload = True
         super()._process()
 
+    def _process(self) -> None:
+        # Processes that open the same folder at once build the cache once:
+        # the others wait, then find it up to date.
+        with file_lock(osp.join(self.processed_dir, '.lock')):
+            self._process_unlocked()
+
     def _raw_sha256(self) -> Dict[str, str]:
         return {f: h['sha256'] for f, h in self.raw_hashes.items()}
 
     def process(self) -> None:
+        # The raw hashes go last, and both files are replaced atomically: a
+        # crash in between leaves no hashes, so the next load rebuilds.
+        hashes = osp.join(self.processed_dir, self.raw_hashes_file)
+        with suppress(FileNotFoundError):
+            os.remove(hashes)
         data = load_lightgcn_split(*self.raw_paths)
         if self.pre_transform is not None:
             data = self.pre_transform(data)
-        self.save([data], self.processed_paths[0])
-        with open(osp.join(self.processed_dir, self.raw_hashes_file),
-                  'w') as f:
+        path = self.processed_paths[0]
+        self.save([data], path + '.tmp')
+        os.replace(path + '.tmp', path)
+        with open(hashes + '.tmp', 'w') as f:
             json.dump(self._raw_sha256(), f)
+        os.replace(hashes + '.tmp', hashes)
 
     @property
     def num_users(self) -> int:

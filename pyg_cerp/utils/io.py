@@ -7,8 +7,13 @@ import pickle
 import socket
 import tempfile
 import zipfile
-from contextlib import suppress
-from typing import Any, Dict, Optional, Union
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover (Windows)
+    fcntl = None
+from contextlib import contextmanager, suppress
+from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from torch import Tensor
@@ -217,6 +222,31 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         pass
     return True
+
+
+@contextmanager
+def file_lock(path: PathLike) -> Iterator[None]:
+    r"""Holds an exclusive advisory lock on :obj:`path` (created if missing)
+    for the duration of the block (:func:`fcntl.flock`): other processes
+    taking it wait, so that work done under it (*e.g.*, building a dataset's
+    processed cache) happens once and is never read half-written. Released
+    when the block ends or the process dies. Not re-entrant; without
+    :mod:`fcntl` (Windows) it does nothing.
+
+    Args:
+        path (str or os.PathLike): The lock file.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 class FolderLock:

@@ -316,3 +316,42 @@ def test_open_folder_verifies_known_names(tmp_path):
     assert ds.num_users == 2 and ds.raw_dir == str(flat)
     with pytest.raises(FileNotFoundError, match='missing'):
         open_folder(str(tmp_path / 'nothing'))
+
+
+def _open_counts(root):
+    ds = LightGCNDataset(root, 'toy', log=False)
+    return ds[0][EDGE_TYPE].edge_index.size(1)
+
+
+def test_concurrent_opens_build_the_cache_once(tmp_path):
+    # Processes that open a fresh folder at once (parallel benchmark cells)
+    # used to read each other's half-written processed file (EOFError).
+    import multiprocessing as mp
+    train = ''.join(f'{u} ' + ' '.join(str((u + j) % 50) for j in range(20))
+                    + '\n' for u in range(400))
+    test = ''.join(f'{u} {(u + 30) % 50}\n' for u in range(400))
+    make_raw(tmp_path, train=train, test=test)
+    with mp.get_context('spawn').Pool(4) as pool:
+        counts = pool.map(_open_counts, [str(tmp_path)] * 8)
+    assert counts == [400 * 20] * 8
+    processed = tmp_path / 'toy' / 'processed'
+    assert not [f for f in os.listdir(processed) if f.endswith('.tmp')]
+
+
+def test_crash_while_processing_leaves_no_stale_cache(tmp_path, monkeypatch):
+    make_raw(tmp_path, train='0 1\n1 0\n', test='0 0\n1 1\n')
+    LightGCNDataset(str(tmp_path), 'toy', log=False)
+    processed = tmp_path / 'toy' / 'processed'
+
+    def crash(data_list, path):  # a partial file, then the process dies
+        with open(path, 'wb') as f:
+            f.write(b'PK\x03\x04 truncated')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LightGCNDataset, 'save', staticmethod(crash))
+    with pytest.raises(KeyboardInterrupt):
+        LightGCNDataset(str(tmp_path), 'toy', log=False, force_reload=True)
+    assert not (processed / LightGCNDataset.raw_hashes_file).exists()
+    monkeypatch.undo()
+    ds = LightGCNDataset(str(tmp_path), 'toy', log=False)  # rebuilt
+    assert ds[0][EDGE_TYPE].edge_label_index.size(1) == 2
