@@ -50,12 +50,32 @@ are skipped on restart). Its methods are those of
 hash, pep, magnitude``. ``--device cuda`` where available; ``--mlp-preset
 official`` for the official MLP scorer (a GPU for full ranking).
 
+Byte budgets (``--profile converged --budget-unit bytes``): the budgets are
+fractions of the full table's float32 bytes :math:`4Nd`, and every method
+(the full table included) is trained and stored at each of ``--precisions``
+(``float32``, ``float16``, ``int8`` with per-row scales; fake quantisation
+in training, see :class:`pyg_cerp.train.ConvergedRunner`): QR and hashing
+sized by ``for_nbytes``, CERP and PEP pruned to the byte target, magnitude
+pruning kept to the bytes, CERP's ``b`` from the budget planner. One row per
+(method, budget, precision, seed) goes to
+``<dataset>_<backbone>_bytes[_<tag>].csv`` (:data:`BYTES_COLUMNS`, resumable
+cell by cell); ``bytes`` (the stored form, :mod:`pyg_cerp.memory`) is at
+most ``budget_bytes`` in every row; a method that cannot meet a budget (QR
+below about :math:`2\sqrt{N}` rows, a pruned full table whose sparse index
+and int8 scales alone exceed it) gets a row with its ``note``.
+
 Examples::
 
     # the converged comparison on the published Gowalla validation split
     python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
         --dataset gowalla-lightgcnpp --backbone lightgcn --profile converged \
         --device cuda
+
+    # every method at byte budgets, float32 and int8 (a GPU machine)
+    python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
+        --dataset gowalla-lightgcnpp --name gowalla --backbone lightgcn \
+        --profile converged --budget-unit bytes --precisions float32,int8 \
+        --budgets 0.1,0.05,0.01,0.005 --device cuda
 
     # the quick profile on Gowalla, both backbones (about 30 min, 2 cores)
     python benchmarks/memory_vs_ndcg.py --root /work/shared/data \
@@ -93,6 +113,7 @@ from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,  # noqa: E402
                                    PEPEmbedding, QREmbedding)
 from pyg_cerp.nn.compositional import CompositionalEmbedding  # noqa: E402
 from pyg_cerp.nn.mlp import MLPScorer  # noqa: E402
+from pyg_cerp.nn.quant import PRECISIONS  # noqa: E402
 from pyg_cerp.train.recommender import chunked_scores  # noqa: E402
 from pyg_cerp.utils.adjacency import lightgcn_adjacency  # noqa: E402
 
@@ -109,6 +130,18 @@ CONVERGED_COLUMNS = [
     'ndcg@10', 'recall@20', 'ndcg@20', 'overlap_rate', 'overlap_independent',
     'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note',
     'precision', 'distill', 'distill_sweep'
+]
+#: The CSV columns of the converged profile with byte budgets
+#: (``--budget-unit bytes``): ``budget`` is the fraction of the full table's
+#: float32 bytes, ``budget_bytes`` the bytes it allows, ``bytes`` the stored
+#: bytes of the trained model at ``precision``.
+BYTES_COLUMNS = [
+    'dataset', 'backbone', 'method', 'budget', 'budget_bytes', 'precision',
+    'seed', 'bucket_size', 'nonzero_params', 'full_table_fraction', 'bytes',
+    'bytes_format', 'embedding_dim', 'epochs', 'best_epoch', 'prune_epochs',
+    'valid_ndcg@20', 'recall@10', 'ndcg@10', 'recall@20', 'ndcg@20',
+    'distill', 'distill_sweep', 'overlap_rate', 'overlap_independent',
+    'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note'
 ]
 PRUNED = ('cerp', 'cerp-noreg', 'pep')
 #: The runner's method (its stages) of each quick/full-profile method.
@@ -852,7 +885,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         + ' (profiles quick/full) or of ' +
                         ','.join(CONVERGED_METHODS) + ' (profile converged)')
     parser.add_argument('--budgets', type=_floats, default=[0.10, 0.05, 0.01],
-                        help='Memory budgets, fractions of N*d')
+                        help='Memory budgets, fractions of N*d (with '
+                        "--budget-unit bytes: of the full table's float32 "
+                        'bytes 4*N*d)')
     parser.add_argument('--seeds', type=_ints, default=[0])
     parser.add_argument('--gamma-schedules',
                         type=_choices(tuple(GAMMA_SCHEDULES)), default=[],
@@ -920,6 +955,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       'validation split)')
     conv.add_argument('--device', default='cpu',
                       help="'cuda' when available")
+    conv.add_argument('--budget-unit', choices=('full', 'bytes'),
+                      default='full',
+                      help='full: --budgets are fractions of the N*d values '
+                      'of the full table (<name>_<backbone>_converged.csv); '
+                      "bytes: fractions of the full table's float32 bytes "
+                      '4*N*d, every method trained and stored at each of '
+                      '--precisions (<name>_<backbone>_bytes.csv)')
+    conv.add_argument('--precisions', type=_choices(PRECISIONS),
+                      default=['float32'],
+                      help='Comma-separated value precisions of '
+                      '--budget-unit bytes, one row each: ' +
+                      ', '.join(PRECISIONS) + ' (int8: per-row scales); '
+                      'simulated in training (fake quantisation)')
     parser.add_argument('--prune-epochs', type=int, default=None,
                         help='Override the profile')
     parser.add_argument('--retrain-epochs', type=int, default=None,
@@ -981,8 +1029,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         if args.gamma_schedules:
             parser.error('--gamma-schedules is not part of the converged '
                          'profile')
+        if args.budget_unit != 'bytes' and args.precisions != ['float32']:
+            parser.error('--precisions needs --budget-unit bytes (a budget '
+                         'of values does not depend on the precision)')
+        if len(set(args.precisions)) != len(args.precisions):
+            parser.error(f'--precisions holds duplicates: '
+                         f'{",".join(args.precisions)}')
         args.profile_obj = None
         return args
+    if args.budget_unit != 'full' or args.precisions != ['float32']:
+        parser.error('--budget-unit and --precisions are options of '
+                     '--profile converged')
     if args.methods is None:
         args.methods = list(METHODS)
     bad = [m for m in args.methods if m not in METHODS]
@@ -1056,8 +1113,13 @@ def run_converged(args: argparse.Namespace,
     (:obj:`--bucket-ratios`) and selected on validation. Each finished cell
     is appended to ``<out>/<dataset>_<backbone>_converged[_<tag>].csv`` at
     once; cells already in the file are skipped, so a killed run continues
-    where it stopped. Phase 1 and the optimiser follow
-    :meth:`CERPConfig.preset` :obj:`'faithful'` (overridable: :obj:`--dim`,
+    where it stopped. With :obj:`--budget-unit bytes` the budgets are
+    fractions of the full table's float32 bytes and every cell is run once
+    per :obj:`--precisions`, into
+    ``<out>/<dataset>_<backbone>_bytes[_<tag>].csv`` (:data:`BYTES_COLUMNS`,
+    one row per (method, budget, precision, seed)). Phase 1 and the
+    optimiser follow :meth:`CERPConfig.preset` :obj:`'faithful'`
+    (overridable: :obj:`--dim`,
     :obj:`--batch-size`, :obj:`--lr`, :obj:`--prune-epochs`,
     :obj:`--gamma`, :obj:`--num-negatives`)."""
     torch.set_num_threads(args.threads)
@@ -1087,10 +1149,13 @@ def run_converged(args: argparse.Namespace,
     backbones = BACKBONES if args.backbone == 'both' else (args.backbone, )
     outputs = []
     for backbone in backbones:
-        stem = f'{label}_{backbone}_converged' + (f'_{args.tag}'
-                                                  if args.tag else '')
+        in_bytes = args.budget_unit == 'bytes'
+        stem = (f'{label}_{backbone}_' + ('bytes' if in_bytes else
+                                          'converged') +
+                (f'_{args.tag}' if args.tag else ''))
         csv_path = osp.join(args.out, stem + '.csv')
-        table = CSVLog(csv_path, fresh=args.fresh, columns=CONVERGED_COLUMNS)
+        table = CSVLog(csv_path, fresh=args.fresh, columns=(
+            BYTES_COLUMNS if in_bytes else CONVERGED_COLUMNS))
         adj = None
         if backbone == 'lightgcn':
             adj = lightgcn_adjacency(split.train, split.num_users,
@@ -1131,21 +1196,25 @@ def run_converged(args: argparse.Namespace,
             distill_weights=tuple(args.distill_weights),
             distill_options=dict(temperature=args.distill_temperature,
                                  num_samples=args.distill_samples,
-                                 top_k=args.distill_top_k))
-        have = {(r['method'], float(r['budget']), int(r['seed']))
-                for r in table.rows()}
+                                 top_k=args.distill_top_k),
+            budget_unit=args.budget_unit)
+        # A cell: (method, budget, seed, precision); rows of files written
+        # before the precision column are float32.
+        have = {(r['method'], float(r['budget']), int(r['seed']),
+                 r.get('precision') or 'float32') for r in table.rows()}
         cells = []
         for seed in args.seeds:
             for method in args.methods:
-                for budget in ([1.0] if method == 'full' else
-                               sorted(args.budgets, reverse=True)):
-                    cells.append((method, budget, seed))
+                for precision in args.precisions:
+                    for budget in ([1.0] if method == 'full' else
+                                   sorted(args.budgets, reverse=True)):
+                        cells.append((method, budget, seed, precision))
         todo = [c for c in cells if c not in have]
         if len(todo) < len(cells):
             print(f'{backbone}: {len(cells) - len(todo)} cell(s) already in '
                   f'{csv_path}, skipped', flush=True)
-        for method, budget, seed in todo:
-            out = runner.run(method, budget, seed)
+        for method, budget, seed, precision in todo:
+            out = runner.run(method, budget, seed, precision=precision)
             row = dict(dataset=label, backbone=backbone, method=method,
                        budget=budget, seed=seed, profile='converged',
                        commit=commit, note=out.get('note', ''),
@@ -1155,7 +1224,9 @@ def run_converged(args: argparse.Namespace,
                        bucket_sweep=';'.join(
                            f'{b}:{v:.5f}' for b, v in
                            sorted(out.get('bucket_sweep', {}).items())),
-                       precision=config.precision,
+                       precision=precision,
+                       budget_bytes=out.get('budget_bytes') or '',
+                       embedding_dim=config.dim,
                        distill=out.get('distill', 0.),
                        distill_sweep=';'.join(
                            f'{w:g}:{v:.5f}' for w, v in
@@ -1163,7 +1234,7 @@ def run_converged(args: argparse.Namespace,
             rec = out.get('recommender')
             if rec is not None:
                 emb = rec.embedding
-                report = memory_report(emb)
+                report = memory_report(emb)  # At the model's precision.
                 nnz = int(emb.num_nonzero())
                 row.update(nonzero_params=nnz, bytes=report.nbytes,
                            bytes_format=report.formats(),
@@ -1179,8 +1250,10 @@ def run_converged(args: argparse.Namespace,
                     row['overlap_rate'] = round(stats.mean, 6)
                     row['overlap_independent'] = round(stats.independent, 6)
             table.append([row])
-            print(f"{backbone} {method} budget {budget:g} seed {seed}: "
-                  f"ndcg@20 {row.get('ndcg@20', '-')} (valid "
+            print(f"{backbone} {method} budget {budget:g} seed {seed}"
+                  + (f" {precision} ({row.get('bytes', '-')} of "
+                     f"{row['budget_bytes']} bytes)" if in_bytes else '') +
+                  f": ndcg@20 {row.get('ndcg@20', '-')} (valid "
                   f"{row.get('valid_ndcg@20', '-')}, b "
                   f"{row['bucket_size'] or '-'}, {row.get('epochs', 0)} "
                   f"epochs) {row['note']}", flush=True)

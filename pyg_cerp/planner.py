@@ -345,7 +345,9 @@ def load_table(path: Union[str, os.PathLike],
     :obj:`budget_bytes`), :obj:`valid_ndcg@20` (or :obj:`valid`), optional
     :obj:`precision` (default :obj:`'float32'`) and :obj:`bucket_ratio`
     (else :math:`\rho = 2bd / z` from :obj:`bucket_size` and
-    :obj:`nonzero_params`, which needs :obj:`embedding_dim`). Rows of other
+    :obj:`nonzero_params`, which needs :obj:`embedding_dim`, an argument or
+    a column: the byte-budget CSV ``<name>_<backbone>_bytes.csv`` of
+    ``benchmarks/memory_vs_ndcg.py`` has every column). Rows of other
     methods or without a model (no bytes or validation metric) are left
     out.
 
@@ -356,8 +358,9 @@ def load_table(path: Union[str, os.PathLike],
     out = []
     with open(path, newline='') as f:
         for raw in csv.DictReader(f):
-            if raw.get('method') not in CERP_METHODS or _float(
-                    raw.get('budget_bytes', raw.get('bytes'))) is None:
-                continue
+            if raw.get('method') not in CERP_METHODS or None in (
+                    _float(raw.get('budget_bytes', raw.get('bytes'))),
+                    _float(raw.get('valid', raw.get('valid_ndcg@20')))):
+                continue  # No model (an infeasible budget, a missed target).
             out.append(_row(raw, embedding_dim))
     return out

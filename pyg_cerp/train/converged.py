@@ -2,6 +2,7 @@ r"""Training to convergence: early stopping on a validation split and the
 equal-memory comparison cell by cell (:class:`ConvergedRunner`)."""
 import copy
 import inspect
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -11,13 +12,17 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
+from pyg_cerp.memory import (density_for_nbytes, memory_report,
+                             module_table_shapes, tables_nbytes)
 from pyg_cerp.nn.baselines import PEPEmbedding
+from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.train.data import Interactions, Split
 from pyg_cerp.train.distill import RankingDistillation
 from pyg_cerp.train.loop import evaluate, train_epoch
 from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
-                                    build_embedding, get_method)
+                                    budget_nbytes, build_embedding,
+                                    check_budget_unit, get_method)
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
 from pyg_cerp.utils.validation import (check_finite_loss, check_float,
@@ -152,6 +157,21 @@ class ConvergedRunner:
     Every model gets the same sampler, optimiser settings, stopping rule and
     evaluation. Nothing is selected on the test split.
 
+    With :obj:`budget_unit='bytes'` a cell's budget is a fraction of the
+    full table's :obj:`float32` bytes :math:`4Nd`
+    (:func:`~pyg_cerp.train.methods.budget_nbytes`) and every model of the
+    cell, the full table included, is built and trained at the cell's
+    :obj:`precision` (fake quantisation, so that the stored form scores
+    what was trained): QR and hashing sized by :meth:`for_nbytes`, CERP and
+    PEP pruned to the byte target (:obj:`target_unit='bytes'`, counted in
+    the stored form by :mod:`pyg_cerp.memory`), CERP's :math:`b` from the
+    budget planner (:func:`~pyg_cerp.train.methods.bucket_candidates`),
+    magnitude pruning of the converged full table of the same seed and
+    precision by :meth:`~pyg_cerp.nn.baselines.PEPEmbedding.freeze_magnitude`
+    with :obj:`nbytes`. A pruned method whose sparse index (and int8 scales)
+    alone exceed the budget is reported infeasible without training. The
+    stored bytes of every model are at most the budget's (checked).
+
     With :obj:`distill_weights`, every compressed model (all methods but
     :obj:`'full'`) is trained once per weight :math:`\alpha` with the
     :class:`~pyg_cerp.train.distill.RankingDistillation` term of the
@@ -188,6 +208,10 @@ class ConvergedRunner:
             :class:`~pyg_cerp.train.distill.RankingDistillation` (its
             :obj:`exclude` defaults to the training pairs).
             (default: :obj:`None`)
+        budget_unit (str, optional): The unit of the budgets of :meth:`run`:
+            :obj:`'full'` (a fraction of the :math:`Nd` values of the full
+            table) or :obj:`'bytes'` (a fraction of its :obj:`float32`
+            bytes). (default: :obj:`'full'`)
     """
     def __init__(self, split: Split,
                  build_recommender: Callable[[Module], Recommender],
@@ -198,8 +222,10 @@ class ConvergedRunner:
                  device: Any = 'cpu', eval_users: Optional[int] = None,
                  log: Callable[[str], None] = print,
                  distill_weights: Sequence[float] = (),
-                 distill_options: Optional[Dict[str, Any]] = None) -> None:
+                 distill_options: Optional[Dict[str, Any]] = None,
+                 budget_unit: str = 'full') -> None:
         self.split = split
+        self.budget_unit = check_budget_unit(budget_unit)
         self.build_recommender = build_recommender
         self.make_sampler = make_sampler
         self.config = config or CERPConfig.preset('faithful')
@@ -210,7 +236,9 @@ class ConvergedRunner:
         self.device = torch.device(device)
         self.eval_users = eval_users
         self.log = log
-        self._full: Dict[int, Tuple[Dict[str, Tensor], FitResult]] = {}
+        # The converged full tables by (seed, precision).
+        self._full: Dict[Tuple[int, str], Tuple[Dict[str, Tensor],
+                                                FitResult]] = {}
         self.distill_weights = self._weights(distill_weights)
         self.distill_options = dict(distill_options or {})
         allowed = set(inspect.signature(RankingDistillation).parameters)
@@ -237,11 +265,43 @@ class ConvergedRunner:
     # Pieces ------------------------------------------------------------------
 
     def _cell_config(self, method: Method, budget: float, seed: int,
-                     bucket_size: Optional[int]) -> CERPConfig:
+                     bucket_size: Optional[int],
+                     precision: str = 'float32') -> CERPConfig:
+        unit = 'bytes' if self.budget_unit == 'bytes' else 'full'
         return method.config(
             self.config, targets=(min(budget, 0.999999), ),
-            target_unit='full', baseline_epochs=0, retrain_epochs=0,
-            finetune_epochs=0, seed=int(seed), bucket_size=bucket_size)
+            target_unit=unit, baseline_epochs=0, retrain_epochs=0,
+            finetune_epochs=0, seed=int(seed), bucket_size=bucket_size,
+            precision=precision)
+
+    def _embedding(self, method: str, budget: float, precision: str,
+                   bucket_size: Optional[int] = None,
+                   threshold_init: float = -100.) -> Module:
+        return build_embedding(method, self.num_entities, self.config.dim,
+                               budget, bucket_size, threshold_init,
+                               precision, self.budget_unit)
+
+    def budget_nbytes(self, budget: float) -> int:
+        r"""The stored bytes a byte budget :obj:`budget` allows
+        (:func:`~pyg_cerp.train.methods.budget_nbytes`)."""
+        return budget_nbytes(self.num_entities, self.config.dim, budget)
+
+    def _bytes_infeasible(self, embedding: Module, budget: float) -> str:
+        # Why a pruned embedding cannot meet a byte budget at its precision
+        # ('' if it can keep at least one value): the sparse index (and the
+        # int8 scales) of its tables alone, counted by pyg_cerp.memory.
+        nbytes = self.budget_nbytes(budget)
+        shapes = module_table_shapes(embedding)
+        precision = embedding.precision
+        density = density_for_nbytes(shapes, nbytes, precision)
+        if density is not None and max(
+                math.floor(density * r * c) for r, c, _ in shapes) >= 1:
+            return ''
+        floor = tables_nbytes(shapes, [0] * len(shapes), precision)
+        return (f'infeasible: the stored form of {type(embedding).__name__} '
+                f'at {precision} takes {floor} bytes with no value kept '
+                f'(sparse index and scales), the budget {budget:g} allows '
+                f'{nbytes} bytes')
 
     def _sampler(self, seed: int) -> Any:
         # The step moves each batch to the model's device.
@@ -319,26 +379,41 @@ class ConvergedRunner:
         torch.manual_seed(seed)
         return self.build_recommender(embedding)
 
-    def full_model(self, seed: int) -> Tuple[Dict[str, Tensor], FitResult]:
-        r"""The converged full-table model of :obj:`seed` (trained once)."""
-        if seed not in self._full:
-            cfg = self._cell_config(METHODS['full'], 1., seed, None)
-            model = self._build(build_embedding('full', self.num_entities,
-                                                cfg.dim, 1.), seed)
-            res = self._fit(model, cfg, seed, f'full seed {seed}')
-            self._full[seed] = (copy.deepcopy(model.state_dict()), res)
-        return self._full[seed]
+    def full_model(self, seed: int, precision: str = 'float32'
+                   ) -> Tuple[Dict[str, Tensor], FitResult]:
+        r"""The converged full-table model of :obj:`seed` trained at
+        :obj:`precision` (trained once; the :obj:`'float32'` one is the
+        distillation teacher).
+
+        Args:
+            seed (int): The seed.
+            precision (str, optional): The value precision.
+                (default: :obj:`'float32'`)
+        """
+        precision = check_precision(precision)
+        key = (seed, precision)
+        if key not in self._full:
+            cfg = self._cell_config(METHODS['full'], 1., seed, None,
+                                    precision)
+            model = self._build(build_embedding(
+                'full', self.num_entities, cfg.dim, 1.,
+                precision=precision), seed)
+            desc = f'full seed {seed}' + ('' if precision == 'float32' else
+                                          f' {precision}')
+            res = self._fit(model, cfg, seed, desc)
+            self._full[key] = (copy.deepcopy(model.state_dict()), res)
+        return self._full[key]
 
     def _prune(self, method: Method, budget: float, seed: int,
-               bucket_size: Optional[int]
+               bucket_size: Optional[int], precision: str = 'float32'
                ) -> Optional[Tuple[Recommender, int]]:
         # Phase 1 by the runner (stage 'prune' only), then the snapshot
         # frozen and the weights rewound by its scheduler.
-        cfg = self._cell_config(method, budget, seed, bucket_size)
+        cfg = self._cell_config(method, budget, seed, bucket_size, precision)
 
         def factory(kind: str) -> Module:
-            return build_embedding(method.name, self.num_entities, cfg.dim,
-                                   budget, bucket_size, cfg.threshold_init)
+            return self._embedding(method.name, budget, precision,
+                                   bucket_size, cfg.threshold_init)
 
         data = Interactions(self.split.train, self.split.valid,
                             self.split.num_users, self.split.num_items)
@@ -359,8 +434,8 @@ class ConvergedRunner:
     # One cell ----------------------------------------------------------------
 
     def run(self, method: str, budget: float, seed: int,
-            distill_weights: Optional[Sequence[float]] = None
-            ) -> Dict[str, Any]:
+            distill_weights: Optional[Sequence[float]] = None,
+            precision: Optional[str] = None) -> Dict[str, Any]:
         r"""Trains and tests one cell; returns the chosen model's
         :obj:`'recommender'`, its test metrics, :obj:`'valid_ndcg@20'`,
         :obj:`'epochs'` (of the final training), :obj:`'best_epoch'`,
@@ -368,66 +443,111 @@ class ConvergedRunner:
         :obj:`'bucket_sweep'` (:math:`b` to validation NDCG@20),
         :obj:`'distill'` (the distillation weight used, :obj:`0.`: none),
         :obj:`'distill_sweep'` (weight to validation NDCG@20, of the chosen
-        :math:`b`), :obj:`'seconds'` and :obj:`'note'` (why there is no model, if
-        there is none: an infeasible budget or a missed target).
-        :obj:`distill_weights` replaces the runner's for this cell (*e.g.*,
-        :obj:`(0., )` and :obj:`(1., )` to test both models)."""
+        :math:`b`), :obj:`'precision'`, :obj:`'bytes'` (the stored bytes of
+        the model's embedding, :func:`pyg_cerp.memory.memory_report`),
+        :obj:`'budget_bytes'` (for :obj:`budget_unit='bytes'`, else
+        :obj:`None`), :obj:`'seconds'` and :obj:`'note'` (why there is no
+        model, if there is none: an infeasible budget or a missed target).
+
+        Args:
+            method (str): A name of :data:`~pyg_cerp.train.methods.METHODS`.
+            budget (float): The budget :math:`f \in (0, 1]` in the runner's
+                :obj:`budget_unit` (ignored for :obj:`'full'`, whose budget
+                is :obj:`1`).
+            seed (int): The seed of the cell.
+            distill_weights (Sequence[float], optional): Replaces the
+                runner's weights for this cell (*e.g.*, :obj:`(0., )` and
+                :obj:`(1., )` to test both models). (default: :obj:`None`)
+            precision (str, optional): The value precision every model of
+                the cell is trained and stored at (:obj:`None`: the
+                configuration's :obj:`precision`). (default: :obj:`None`)
+        """
         weights = self._weights(distill_weights)
         m = get_method(method)
+        precision = check_precision(self.config.precision if precision is None
+                                    else precision)
         budget = 1. if m.name == 'full' else float(budget)
+        in_bytes = self.budget_unit == 'bytes'
         start = time.perf_counter()
-        out: Dict[str, Any] = dict(method=m.name, budget=budget, seed=seed,
-                                   bucket_size=None, prune_epochs=0,
-                                   bucket_sweep={}, distill=0.,
-                                   distill_sweep={}, note='')
-        cfg = self._cell_config(m, budget, seed, None)
+        out: Dict[str, Any] = dict(
+            method=m.name, budget=budget, seed=seed, bucket_size=None,
+            prune_epochs=0, bucket_sweep={}, distill=0., distill_sweep={},
+            note='', precision=precision,
+            budget_bytes=self.budget_nbytes(budget) if in_bytes else None)
+        cfg = self._cell_config(m, budget, seed, None, precision)
+        tag = f'{m.name}@{budget:g}' + ('' if precision == 'float32' else
+                                        f' {precision}')
         if m.kind == 'fixed':
             try:
-                emb = build_embedding(m.name, self.num_entities, cfg.dim,
-                                      budget)
+                emb = self._embedding(m.name, budget, precision)
             except ValueError as error:
                 return dict(out, note=f'infeasible: {error}')
             model = self._build(emb, seed)
             if m.name == 'full':  # What 'magnitude' prunes: train it once.
-                res = self._fit(model, cfg, seed, f'{m.name}@{budget:g}')
-                self._full[seed] = (copy.deepcopy(model.state_dict()), res)
+                res = self._fit(model, cfg, seed, tag)
+                self._full[(seed, precision)] = (
+                    copy.deepcopy(model.state_dict()), res)
             else:
                 res, weight, distill_sweep = self._fit_sweep(
-                    model, cfg, seed, f'{m.name}@{budget:g}', weights)
+                    model, cfg, seed, tag, weights)
                 out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         elif m.kind == 'magnitude':
-            state, full_res = self.full_model(seed)
-            full = self._build(build_embedding('full', self.num_entities,
-                                               cfg.dim, 1.), seed)
+            def pruned() -> Module:
+                return PEPEmbedding(self.num_entities, cfg.dim,
+                                    check_index=False, precision=precision)
+
+            if in_bytes:
+                note = self._bytes_infeasible(pruned(), budget)
+                if note:
+                    return dict(out, note=note)
+            state, full_res = self.full_model(seed, precision)
+            full = self._build(build_embedding(
+                'full', self.num_entities, cfg.dim, 1.,
+                precision=precision), seed)
             full.load_state_dict(state)
-            model = self._build(PEPEmbedding(self.num_entities, cfg.dim,
-                                             check_index=False), seed)
+            model = self._build(pruned(), seed)
             rest = {k: v for k, v in state.items()
                     if not _is_embedding_key(model, k)}
             model.load_state_dict(rest, strict=False)  # The backbone's rest.
-            model.embedding.freeze_magnitude(
-                full.embedding.weight.detach(), budget)
+            weight = full.embedding.weight.detach()
+            if in_bytes:
+                model.embedding.freeze_magnitude(
+                    weight, nbytes=out['budget_bytes'])
+            else:
+                model.embedding.freeze_magnitude(weight, budget)
             out['prune_epochs'] = full_res.epochs
             res, weight, distill_sweep = self._fit_sweep(
-                model, cfg, seed, f'magnitude@{budget:g}', weights)
+                model, cfg, seed, tag, weights)
             out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         else:
             sizes: List[Optional[int]] = (
                 bucket_candidates(self.num_entities, budget,
-                                  self.bucket_ratios)
+                                  self.bucket_ratios, self.budget_unit,
+                                  cfg.dim, precision)
                 if m.sweeps_bucket_size else [None])
+            if not sizes:
+                return dict(out, note=f'infeasible: no bucket size of '
+                            f'{m.name} fits {out["budget_bytes"]} bytes at '
+                            f'{precision}')
             best = None
+            notes = []
             for b in sizes:
-                pruned = self._prune(m, budget, seed, b)
+                if in_bytes:
+                    note = self._bytes_infeasible(
+                        self._embedding(m.name, budget, precision, b), budget)
+                    if note:
+                        notes.append(note)
+                        continue
+                pruned = self._prune(m, budget, seed, b, precision)
                 if pruned is None:
-                    self.log(f'{m.name}@{budget:g} b={b}: target missed')
+                    self.log(f'{tag} b={b}: target missed')
                     continue
                 model, epochs = pruned
                 res, weight, distill_sweep = self._fit_sweep(
-                    model, self._cell_config(m, budget, seed, b), seed,
-                    f'{m.name}@{budget:g} b={b}', weights)
+                    model, self._cell_config(m, budget, seed, b, precision),
+                    seed, f'{tag} b={b}', weights)
                 if b is not None:
                     out['bucket_sweep'][int(b)] = res.best_valid
                 if best is None or res.best_valid > best[1].best_valid:
@@ -435,13 +555,21 @@ class ConvergedRunner:
                     out.update(bucket_size=b, prune_epochs=epochs,
                                distill=weight, distill_sweep=distill_sweep)
             if best is None:
+                if len(notes) == len(sizes):
+                    return dict(out, note=notes[0],
+                                seconds=time.perf_counter() - start)
                 return dict(out, note=f'target {budget:g} not reached in '
                             f'{self.config.prune_epochs} prune epochs',
                             seconds=time.perf_counter() - start)
         model, res = best
+        nbytes = memory_report(model.embedding).nbytes
+        if in_bytes and nbytes > out['budget_bytes']:
+            raise RuntimeError(
+                f'{tag} seed {seed}: the trained embedding stores {nbytes} '
+                f'bytes, over its budget of {out["budget_bytes"]} bytes')
         metrics = self.test(model)
         out.update(metrics, recommender=model, epochs=res.epochs,
-                   best_epoch=res.best_epoch,
+                   best_epoch=res.best_epoch, bytes=nbytes,
                    seconds=time.perf_counter() - start)
         out['valid_ndcg@20'] = res.best_valid
         if out['bucket_size'] is None and hasattr(model.embedding,

@@ -11,6 +11,18 @@ magnitude: at most :math:`fNd`, the scheduler's :obj:`target_unit='full'`).
 The stored bytes (:func:`pyg_cerp.memory.stored_nbytes`, with sparse
 formats for pruned tables) are reported next to it.
 
+With :obj:`budget_unit='bytes'` the budget :math:`f` is instead a fraction
+of the full table's :obj:`float32` bytes :math:`4Nd` (:func:`budget_nbytes`)
+and every method is built at a value :obj:`precision` (:obj:`'float32'`,
+:obj:`'float16'` or :obj:`'int8'`, simulated in training by fake
+quantisation): :class:`QREmbedding` and :class:`HashEmbedding` by their
+:meth:`for_nbytes`, the pruned ones pruned to a byte target
+(:obj:`CERPConfig(target_unit='bytes')`, counted by :mod:`pyg_cerp.memory`
+in the stored form at that precision: values, sparse index, int8 scales),
+magnitude pruning by :meth:`PEPEmbedding.freeze_magnitude` with
+:obj:`nbytes`, and CERP's :math:`b` by the budget planner
+(:func:`bucket_candidates`).
+
 ================  =========  ====================================================
 name              kind       what
 ================  =========  ====================================================
@@ -39,11 +51,19 @@ from torch.nn import Module
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
+from pyg_cerp.nn.quant import check_precision
+from pyg_cerp.planner import full_table_nbytes, plan_budget
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.utils.validation import check_int
 
 __all__ = ['Method', 'METHODS', 'get_method', 'build_embedding',
-           'bucket_candidates']
+           'bucket_candidates', 'budget_nbytes', 'check_budget_unit',
+           'BUDGET_UNITS']
+
+#: The units of a budget :math:`f`: :obj:`'full'` (a fraction of the
+#: :math:`Nd` values of the full table) or :obj:`'bytes'` (a fraction of its
+#: :obj:`float32` bytes :math:`4Nd`, the stored form at a precision).
+BUDGET_UNITS = ('full', 'bytes')
 
 
 @dataclass(frozen=True)
@@ -123,22 +143,58 @@ def get_method(name: Union[str, Method]) -> Method:
     return METHODS[name]
 
 
+def check_budget_unit(budget_unit: str) -> str:
+    r""":obj:`budget_unit` if it is one of :data:`BUDGET_UNITS` (a
+    :class:`ValueError` otherwise)."""
+    if budget_unit not in BUDGET_UNITS:
+        raise ValueError(f"'budget_unit' must be one of {BUDGET_UNITS} (got "
+                         f"{budget_unit!r})")
+    return budget_unit
+
+
+def budget_nbytes(num_entities: int, dim: int, budget: float) -> int:
+    r"""The stored bytes that a byte budget :math:`f` allows:
+    :math:`\lfloor f \cdot 4Nd \rfloor`, a fraction of the full table's
+    :obj:`float32` bytes (:func:`pyg_cerp.planner.full_table_nbytes`).
+
+    Args:
+        num_entities (int): :math:`N`.
+        dim (int): :math:`d`.
+        budget (float): :math:`f \in (0, 1]`.
+    """
+    if not 0. < float(budget) <= 1.:
+        raise ValueError(f"'budget' must be in (0, 1] (got {budget})")
+    return int(math.floor(float(budget) * full_table_nbytes(num_entities,
+                                                             dim)))
+
+
 def build_embedding(method: str, num_entities: int, dim: int, budget: float,
                     bucket_size: Optional[int] = None,
-                    threshold_init: float = -100.) -> Module:
+                    threshold_init: float = -100.,
+                    precision: str = 'float32',
+                    budget_unit: str = 'full') -> Module:
     r"""A fresh embedding of :obj:`method` sized to :obj:`budget` (for the
     pruning methods, the unpruned start of phase 1; for
-    :obj:`'magnitude'`, the full table it is pruned from).
+    :obj:`'magnitude'`, the full table it is pruned from), trained and
+    stored at :obj:`precision`.
 
     Args:
         method (str): A name of :data:`METHODS`.
         num_entities (int): :math:`N`.
         dim (int): :math:`d`.
-        budget (float): :math:`f \in (0, 1]`.
+        budget (float): :math:`f \in (0, 1]`, in :obj:`budget_unit`.
         bucket_size (int, optional): :math:`b` of CERP (required for
             :obj:`'cerp'`, :obj:`'cerp-noreg'`, :obj:`'cerp-ft'`).
         threshold_init (float, optional): The initial threshold logit of
             CERP and PEP. (default: :obj:`-100.`)
+        precision (str, optional): The value precision of the stored form,
+            simulated in training: :obj:`'float32'`, :obj:`'float16'` or
+            :obj:`'int8'` (per-row scales). (default: :obj:`'float32'`)
+        budget_unit (str, optional): :obj:`'full'` (:math:`f` of the
+            :math:`Nd` values) or :obj:`'bytes'` (:math:`f` of the full
+            table's :obj:`float32` bytes, :func:`budget_nbytes`; QR and
+            hashing sized by their :meth:`for_nbytes` at :obj:`precision`).
+            (default: :obj:`'full'`)
 
     Raises:
         ValueError: If the method cannot meet the budget (*e.g.*, QR needs
@@ -148,32 +204,79 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
     n, d = int(num_entities), int(dim)
     if not 0. < float(budget) <= 1.:
         raise ValueError(f"'budget' must be in (0, 1] (got {budget})")
+    precision = check_precision(precision)
+    check_budget_unit(budget_unit)
     if m.name in ('full', 'magnitude'):
-        return FullEmbedding(n, d, check_index=False)
+        return FullEmbedding(n, d, check_index=False, precision=precision)
     if m.compositional:
         if bucket_size is None:
             raise ValueError(f"Method {m.name!r} needs a 'bucket_size'")
         check_int('bucket_size', bucket_size, minimum=1)
         return CompositionalEmbedding(n, d, int(bucket_size),
                                       threshold_init=threshold_init,
-                                      check_index=False)
+                                      check_index=False, precision=precision)
     if m.name == 'pep':
         return PEPEmbedding(n, d, threshold_init=threshold_init,
-                            check_index=False)
-    if m.name in ('qr-mul', 'qr-add'):
-        return QREmbedding.for_budget(n, d, budget, operation=m.name[3:],
-                                      check_index=False)
-    return HashEmbedding.for_budget(n, d, budget, check_index=False)
+                            check_index=False, precision=precision)
+    cls = HashEmbedding if m.name == 'hash' else QREmbedding
+    kwargs: Dict[str, Any] = dict(check_index=False)
+    if m.name != 'hash':
+        kwargs['operation'] = m.name[3:]
+    if budget_unit == 'bytes':
+        return cls.for_nbytes(n, d, budget_nbytes(n, d, budget),
+                              precision=precision, **kwargs)
+    return cls.for_budget(n, d, budget, precision=precision, **kwargs)
 
 
 def bucket_candidates(num_entities: int, budget: float,
-                      ratios: Sequence[float] = (1.5, 2., 4.)) -> List[int]:
-    r"""The bucket sizes swept for CERP at :obj:`budget`: :math:`b =
-    \lceil \rho f N / 2 \rceil` for each ratio :math:`\rho`, so that the two
-    meta tables hold :math:`\rho f` of the full table and must be pruned to
-    meta density :math:`1/\rho` (:math:`0.67, 0.5, 0.25` by default). Capped
-    at :math:`N`, deduplicated, ascending."""
+                      ratios: Sequence[float] = (1.5, 2., 4.),
+                      budget_unit: str = 'full',
+                      dim: Optional[int] = None,
+                      precision: str = 'float32') -> List[int]:
+    r"""The bucket sizes swept for CERP at :obj:`budget`.
+
+    For :obj:`budget_unit='full'`: :math:`b = \lceil \rho f N / 2 \rceil`
+    for each ratio :math:`\rho`, so that the two meta tables hold
+    :math:`\rho f` of the full table and must be pruned to meta density
+    :math:`1/\rho` (:math:`0.67, 0.5, 0.25` by default).
+
+    For :obj:`budget_unit='bytes'`: the :math:`b` of the budget planner
+    (:func:`pyg_cerp.planner.plan_budget` with :obj:`bucket_ratio`
+    :math:`\rho` and :obj:`precision`): :math:`b = \lceil \rho z / (2d)
+    \rceil` (at least :math:`\lceil \sqrt{N} \rceil`) for the most
+    non-zeros :math:`z` whose stored form at :obj:`precision` (values,
+    sparse index, int8 scales) fits :func:`budget_nbytes`, so that a
+    narrower value keeps more of them; ratios no embedding fits are left
+    out.
+
+    Capped at :math:`N`, deduplicated, ascending.
+
+    Args:
+        num_entities (int): :math:`N`.
+        budget (float): :math:`f \in (0, 1]`, in :obj:`budget_unit`.
+        ratios (Sequence[float], optional): The ratios :math:`\rho`.
+            (default: :obj:`(1.5, 2., 4.)`)
+        budget_unit (str, optional): :obj:`'full'` or :obj:`'bytes'` (see
+            :func:`build_embedding`). (default: :obj:`'full'`)
+        dim (int, optional): :math:`d` (required for :obj:`'bytes'`).
+        precision (str, optional): The value precision (for
+            :obj:`'bytes'`). (default: :obj:`'float32'`)
+    """
     n = int(num_entities)
-    out = sorted({max(1, min(n, math.ceil(r * budget * n / 2.)))
-                  for r in ratios})
-    return out
+    if check_budget_unit(budget_unit) == 'full':
+        return sorted({max(1, min(n, math.ceil(r * budget * n / 2.)))
+                       for r in ratios})
+    if dim is None:
+        raise ValueError("budget_unit='bytes' needs the embedding size "
+                         "'dim'")
+    nbytes = budget_nbytes(n, dim, budget)
+    out = set()
+    for r in ratios:
+        try:
+            plan = plan_budget(n, int(dim), nbytes,
+                               precisions=(check_precision(precision), ),
+                               bucket_ratio=max(1., float(r)))
+        except ValueError:  # Below the smallest embedding at this ratio.
+            continue
+        out.add(plan.bucket_size)
+    return sorted(out)

@@ -244,3 +244,96 @@ def test_csvlog_adds_new_columns_to_an_older_file(tmp_path):
                        'distill': ''}
     assert rows[1] == {'method': 'cerp', 'ndcg@20': '0.09', 'seed': '0',
                        'distill': '0.3'}
+
+
+BYTES = ['method', 'budget_bytes', 'precision', 'bucket_size',
+         'nonzero_params', 'bytes', 'epochs', 'recall@20', 'ndcg@20',
+         'distill', 'valid_ndcg@20', 'seed', 'overlap_rate', 'commit',
+         'embedding_dim', 'note']
+
+
+def test_converged_profile_with_byte_budgets(tmp_path):
+    from pyg_cerp.memory import DTYPES
+    from pyg_cerp.planner import load_table
+    data = write_split(tmp_path / 'syn')  # N = 70, d = 8: 2240 bytes.
+    out = tmp_path / 'out'
+    argv = ['--profile', 'converged', '--dataset', str(data), '--out',
+            str(out), '--backbone', 'lightgcn', '--budget-unit', 'bytes',
+            '--precisions', 'float32,int8', '--budgets', '0.3,0.005',
+            '--max-epochs', '2', '--patience', '1', '--batch-size', '32',
+            '--dim', '8', '--prune-epochs', '10', '--prune-speed', '30',
+            '--tag', 't']
+    (path, ) = harness.main(argv)
+    assert osp.basename(path) == 'syn_lightgcn_bytes_t.csv'
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert set(BYTES) <= set(rows[0])
+    methods = harness.CONVERGED_METHODS
+    # One row per (method, budget, precision, seed); 'full' at budget 1.
+    keys = [(r['method'], float(r['budget']), r['precision'], r['seed'])
+            for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * (1 + 2 * (len(methods) - 1))
+    for r in rows:
+        assert int(r['budget_bytes']) == int(float(r['budget']) * 2240)
+        assert r['precision'] in DTYPES
+        if r['note']:  # No model: no bytes.
+            assert r['bytes'] == '' and r['ndcg@20'] == ''
+            continue
+        assert int(r['bytes']) <= int(r['budget_bytes'])
+        assert r['distill'] == '0.0' and r['embedding_dim'] == '8'
+        assert 0 <= float(r['ndcg@20']) <= 1 and int(r['epochs']) >= 1
+    by = {(r['method'], float(r['budget']), r['precision']): r for r in rows}
+    # Every method meets 30% of the bytes at both precisions.
+    for m in methods:
+        for p in ('float32', 'int8'):
+            r = by[(m, 1.0 if m == 'full' else 0.3, p)]
+            assert r['note'] == '' and r['bytes'] != '', (m, p, r['note'])
+    # int8 stores a byte a value (+ a float32 scale a row): the full table
+    # takes 70 * (8 + 4) bytes; hashing buys 56 rows instead of 21.
+    assert int(by[('full', 1.0, 'int8')]['bytes']) == 70 * 12
+    assert int(by[('full', 1.0, 'float32')]['bytes']) == 2240
+    assert int(by[('hash', 0.3, 'int8')]['nonzero_params']) > 2 * int(
+        by[('hash', 0.3, 'float32')]['nonzero_params'])
+    # 0.5% (11 bytes) is below every method: each says why in its note.
+    for m in methods[1:]:
+        for p in ('float32', 'int8'):
+            assert by[(m, 0.005, p)]['note'].startswith('infeasible'), m
+    # The budget planner reads the file (rows with a model only).
+    table = load_table(path)
+    assert {(r.method, r.precision) for r in table} == {
+        (m, p) for m in ('cerp', 'cerp-noreg', 'cerp-ft')
+        for p in ('float32', 'int8')}
+    # A restart skips finished cells; a new precision appends its cells.
+    before = open(path).read()
+    harness.main(argv)
+    assert open(path).read() == before
+    harness.main([a if a != 'float32,int8' else 'int8,float16'
+                  for a in argv[:-2]] + ['--methods', 'full,hash', '--tag',
+                                         't'])
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert open(path).read().startswith(before)
+    new = rows[len(keys):]
+    assert sorted((r['method'], r['precision'], r['budget']) for r in new) \
+        == [('full', 'float16', '1.0'), ('hash', 'float16', '0.005'),
+            ('hash', 'float16', '0.3')]
+    assert 0 < int(new[0]['bytes']) <= int(new[0]['budget_bytes'])
+
+
+def test_byte_budget_arguments():
+    with pytest.raises(SystemExit):  # A value budget has no precision.
+        harness.parse_args(['--profile', 'converged', '--precisions',
+                            'int8'])
+    with pytest.raises(SystemExit):
+        harness.parse_args(['--profile', 'converged', '--budget-unit',
+                            'bytes', '--precisions', 'int4'])
+    with pytest.raises(SystemExit):
+        harness.parse_args(['--profile', 'converged', '--budget-unit',
+                            'bytes', '--precisions', 'int8,int8'])
+    with pytest.raises(SystemExit):
+        harness.parse_args(['--quick', '--budget-unit', 'bytes'])
+    args = harness.parse_args(['--profile', 'converged', '--budget-unit',
+                               'bytes', '--precisions', 'float32,int8'])
+    assert args.precisions == ['float32', 'int8']
+    assert harness.parse_args(['--profile', 'converged']).budget_unit == \
+        'full'

@@ -222,7 +222,8 @@ def test_converged_runner_selects_the_weight_on_validation():
     with pytest.raises(ValueError, match='distill_weights'):
         runner.run('qr-mul', 0.3, 0, distill_weights=(-2., ))
     # The teacher is the converged full table, trained once per seed.
-    assert 0 in runner._full and runner.teacher(0) is runner.teacher(0)
+    assert (0, 'float32') in runner._full
+    assert runner.teacher(0) is runner.teacher(0)
     assert not runner.teacher(0).training
     full = runner.run('full', 1., 0)
     assert full['distill'] == 0. and full['distill_sweep'] == {}

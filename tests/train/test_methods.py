@@ -6,7 +6,9 @@ from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
 from pyg_cerp.train import (METHODS, EarlyStopping, build_embedding, fit,
                             get_method, holdout_split)
-from pyg_cerp.train.methods import bucket_candidates
+from pyg_cerp.memory import memory_report
+from pyg_cerp.planner import full_table_nbytes, plan_budget
+from pyg_cerp.train.methods import bucket_candidates, budget_nbytes
 
 
 def test_method_registry_and_budgets():
@@ -87,3 +89,118 @@ def test_fit_restores_the_best_validation_epoch(monkeypatch):
     assert float(rec.lin.bias) == 1.  # The state of epoch 1.
     with pytest.raises(ValueError):
         EarlyStopping(patience=0)
+
+
+def test_byte_budgets_size_every_method_at_its_precision():
+    n, d = 2000, 8
+    full = full_table_nbytes(n, d)
+    assert budget_nbytes(n, d, 0.05) == 3200 == full // 20
+    with pytest.raises(ValueError, match='budget'):
+        budget_nbytes(n, d, 1.5)
+    for precision in ('float32', 'int8'):
+        for name in ('qr-mul', 'qr-add', 'hash'):
+            emb = build_embedding(name, n, d, 0.05, precision=precision,
+                                  budget_unit='bytes')
+            assert emb.precision == precision
+            assert memory_report(emb).nbytes <= 3200
+        for name in ('full', 'magnitude', 'pep'):
+            emb = build_embedding(name, n, d, 0.05, precision=precision,
+                                  budget_unit='bytes')
+            assert emb.precision == precision
+    # int8 rows are 12 bytes instead of 32: the same bytes buy more rows.
+    assert build_embedding('hash', n, d, 0.05, precision='int8',
+                           budget_unit='bytes').num_buckets == 3200 // 12
+    assert build_embedding('hash', n, d, 0.05, budget_unit='bytes'
+                           ).num_buckets == 100
+    # QR needs ~2 sqrt(N) = 90 rows: 3200 bytes buy 100 float32 rows.
+    with pytest.raises(ValueError, match='QREmbedding'):
+        build_embedding('qr-mul', n, d, 0.02, budget_unit='bytes')
+    build_embedding('qr-mul', n, d, 0.02, precision='int8',
+                    budget_unit='bytes')
+    with pytest.raises(ValueError, match='budget_unit'):
+        build_embedding('hash', n, d, 0.05, budget_unit='values')
+    with pytest.raises(ValueError, match='precision'):
+        build_embedding('hash', n, d, 0.05, precision='int4')
+    emb = build_embedding('cerp', n, d, 0.05, bucket_size=50,
+                          precision='int8', budget_unit='bytes')
+    assert emb.precision == 'int8'
+    # b for a byte budget: the planner's, per ratio; int8 keeps about four
+    # times the values, so its b are larger.
+    b32 = bucket_candidates(n, 0.05, (1.5, 2., 4.), 'bytes', d)
+    b8 = bucket_candidates(n, 0.05, (1.5, 2., 4.), 'bytes', d, 'int8')
+    assert b32 == sorted(plan_budget(n, d, 3200, precisions=('float32', ),
+                                     bucket_ratio=r).bucket_size
+                         for r in (1.5, 2., 4.))
+    assert len(b32) == 3 and all(b > b_ for b, b_ in zip(b8, b32))
+    assert b8[0] > 2 * b32[0]
+    with pytest.raises(ValueError, match='dim'):
+        bucket_candidates(n, 0.05, budget_unit='bytes')
+    # The value budgets are unchanged.
+    assert bucket_candidates(1000, 0.05, budget_unit='full') == [38, 50, 100]
+
+
+def _byte_runner(**kwargs):
+    import sys
+    import os
+    from pyg_cerp.train import (CERPConfig, ConvergedRunner, Split,
+                                make_sampler)
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_trainer import block_data, lightgcn_builder
+    data = block_data()
+    split = Split(data.train, data.test[:, ::2], data.test[:, 1::2],
+                  data.num_users, data.num_items)
+    config = CERPConfig.preset('faithful', dim=8, batch_size=64,
+                               prune_epochs=10, prune_speed=40., ks=(10, 20))
+    return ConvergedRunner(
+        split, lightgcn_builder(data, 8),
+        lambda ei, seed: make_sampler(ei, data.num_users, data.num_items, 2,
+                                      64, seed),
+        config, EarlyStopping(max_epochs=2, patience=1),
+        bucket_ratios=(2., 4.), log=lambda s: None, **kwargs)
+
+
+def test_converged_runner_trains_every_method_to_a_byte_budget():
+    # N = 140, d = 8: the full float32 table takes 4480 bytes.
+    runner = _byte_runner(budget_unit='bytes')
+    assert runner.budget_nbytes(0.3) == 1344
+    feasible = set()
+    for precision in ('float32', 'int8'):
+        for method in METHODS:
+            for budget in ((1., ) if method == 'full' else (0.3, 0.1)):
+                out = runner.run(method, budget, 0, precision=precision)
+                assert out['precision'] == precision
+                assert out['budget_bytes'] == int(budget * 4480)
+                if 'recommender' not in out:
+                    assert out['note'].startswith(('infeasible',
+                                                   'target')), out
+                    continue
+                feasible.add((method, budget, precision))
+                emb = out['recommender'].embedding
+                assert emb.precision == precision  # Trained at it.
+                report = memory_report(emb)
+                assert out['bytes'] == report.nbytes <= out['budget_bytes']
+                assert 0. <= out['ndcg@20'] <= 1.
+                if method.startswith('cerp'):
+                    assert out['bucket_size'] in out['bucket_sweep']
+                    assert len(out['bucket_sweep']) == 2
+    # Every method meets 30% of the bytes at both precisions.
+    for method in METHODS:
+        if method != 'full':
+            assert {(method, 0.3, 'float32'), (method, 0.3, 'int8')} <= \
+                feasible, method
+    # At 10% (448 bytes): QR needs 24 rows of 32 float32 bytes, and a
+    # pruned full table at int8 stores a 4-byte scale and a 1-byte bitmap
+    # per row (700 bytes) with no value kept.
+    assert ('qr-mul', 0.1, 'int8') in feasible
+    assert ('qr-mul', 0.1, 'float32') not in feasible
+    assert ('pep', 0.1, 'float32') in feasible
+    assert ('magnitude', 0.1, 'float32') in feasible
+    out = runner.run('magnitude', 0.1, 0, precision='int8')
+    assert 'recommender' not in out and out['note'].startswith('infeasible')
+    assert '700 bytes' in out['note'] and '448 bytes' in out['note']
+    assert ('pep', 0.1, 'int8') not in feasible
+    assert ('cerp', 0.1, 'int8') in feasible
+    # The full table of each precision is trained once and reused.
+    assert {(0, 'float32'), (0, 'int8')} <= set(runner._full)
+    with pytest.raises(ValueError, match='budget_unit'):
+        _byte_runner(budget_unit='values')
