@@ -87,6 +87,12 @@ while read -r tag backbone args; do
   if [[ "$backbone" == cmd ]]; then  # "tag cmd COMMAND...": run as it is
     script="cd '$PWD' && $args"
   else
+    # Seed the cell's CSV with the committed rows, so that finished cells
+    # are skipped (merge.py leaves them alone).
+    kind=converged
+    [[ "$args" == *"--budget-unit bytes"* ]] && kind=bytes
+    committed="benchmarks/results/gowalla_${backbone}_${kind}.csv"
+    [[ -f "$committed" ]] && cp "$committed" "$WORK/gowalla_${backbone}_${kind}_${tag}.csv"
     script="$(declare -f cell); ROOT='$ROOT' DEVICE='$DEVICE' WORK='$WORK' EXTRA='$EXTRA' cell $tag $backbone $args"
   fi
   timeout -k 5 $((BUDGET_S - (SECONDS - start))) bash -c "$script" \
