@@ -8,10 +8,21 @@ against the independent expectation; then the best method per budget and
 CERP's gap to the best baseline. Everything was selected on the validation
 split by the run itself; this script only reads the CSV.
 
-Example::
+A bytes CSV (``--budget-unit bytes``, told apart by its ``budget_bytes``
+and ``precision`` columns) gets per byte budget every (method, precision):
+validation and test NDCG@20, the share of the float32 full table's, stored
+bytes (at most ``budget_bytes``; a row above it is an error), ``b``,
+epochs, the distillation weight; then per budget the best pyg-cerp
+configuration (cerp, cerp-noreg, cerp-ft, any precision) against the best
+baseline, both chosen on validation NDCG@20, with the test difference and
+the seed spread; and the infeasible rows with their note.
+
+Examples::
 
     python benchmarks/converged_report.py \
         benchmarks/results/gowalla_lightgcn_converged.csv
+    python benchmarks/converged_report.py \
+        benchmarks/results/gowalla_lightgcn_bytes.csv
 """
 import argparse
 import csv
@@ -19,7 +30,7 @@ import math
 import os.path as osp
 import sys
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft')
 
@@ -36,13 +47,83 @@ def _fmt(mean: float, std: float, n: int, digits: int = 4) -> str:
             f'{mean:.{digits}f}')
 
 
-def group(rows: List[Dict[str, str]]) -> Dict[Tuple[str, float], List[Dict]]:
-    r"""Rows with a result, grouped by (method, budget)."""
-    out: Dict[Tuple[str, float], List[Dict]] = defaultdict(list)
+def _key(r: Dict[str, str]) -> Tuple[str, float]:
+    return r['method'], float(r['budget'])
+
+
+def _bytes_key(r: Dict[str, str]) -> Tuple[str, float, str]:
+    return r['method'], float(r['budget']), r.get('precision') or 'float32'
+
+
+def group(rows: List[Dict[str, str]],
+          key: Callable[[Dict[str, str]], Tuple] = _key
+          ) -> Dict[Tuple, List[Dict]]:
+    r"""Rows with a result, grouped by :obj:`key` (default (method,
+    budget); a bytes CSV: (method, budget, precision))."""
+    out: Dict[Tuple, List[Dict]] = defaultdict(list)
     for r in rows:
         if r.get('ndcg@20'):
-            out[(r['method'], float(r['budget']))].append(r)
+            out[key(r)].append(r)
     return out
+
+
+def _col(rs: Sequence[Dict[str, str]], col: str) -> Tuple[float, float, int]:
+    return _stats([float(r[col]) for r in rs])
+
+
+def _best(g: Dict[Tuple, List[Dict]], keys: Sequence[Tuple],
+          col: str) -> Optional[Tuple]:
+    r"""The key of :obj:`keys` with the highest mean :obj:`col` (the
+    first on ties), or :obj:`None`."""
+    keys = list(keys)
+    return max(keys, key=lambda k: _col(g[k], col)[0]) if keys else None
+
+
+#: A table column: its header and its cell from (key, rows of the key).
+Column = Tuple[str, Callable[[Tuple, List[Dict]], str]]
+
+
+def _table(g: Dict[Tuple, List[Dict]], columns: Sequence[Column]
+           ) -> List[str]:
+    r"""One line per key, budgets descending, within a budget by mean test
+    NDCG@20 descending."""
+    lines = ['| ' + ' | '.join(h for h, _ in columns) + ' |',
+             '|' + '---|' * len(columns)]
+    for budget in sorted({k[1] for k in g}, reverse=True):
+        keys = sorted((k for k in g if k[1] == budget),
+                      key=lambda k: -_col(g[k], 'ndcg@20')[0])
+        for key in keys:
+            lines.append('| ' + ' | '.join(f(key, g[key])
+                                           for _, f in columns) + ' |')
+    return lines
+
+
+def _pct_cell(full_ndcg: Optional[float]) -> Callable:
+    def cell(key: Tuple, rs: List[Dict]) -> str:
+        nd = _col(rs, 'ndcg@20')[0]
+        return f'{100 * nd / full_ndcg:.1f}' if full_ndcg else '-'
+    return cell
+
+
+def _b_cell(key: Tuple, rs: List[Dict]) -> str:
+    return ','.join(sorted({r['bucket_size'] for r in rs
+                            if r['bucket_size']})) or '-'
+
+
+def _epochs_cell(key: Tuple, rs: List[Dict]) -> str:
+    return ','.join(f"{r['epochs']} ({r['best_epoch']})" for r in rs)
+
+
+def _overlap_cell(key: Tuple, rs: List[Dict]) -> str:
+    if not rs[0].get('overlap_rate'):
+        return '-'
+    o = _col(rs, 'overlap_rate')[0]
+    i = _col(rs, 'overlap_independent')[0]
+    return f'{o:.3f} ({i:.3f}, {o / i:.2f}x)'
+
+
+def _metric_cell(col: str) -> Callable:
+    return lambda key, rs: _fmt(*_col(rs, col))
 
 
 METHODS = ('cerp', 'cerp-noreg', 'cerp-ft', 'magnitude', 'qr-mul', 'qr-add', 'pep', 'hash')
@@ -89,31 +170,18 @@ def report(rows: List[Dict[str, str]], title: str) -> str:
              'stored form (values + index/mask; `pyg_cerp.memory`). Overlap: '
              'mean fraction of dimensions zero in both meta rows of an '
              'entity, against the same if the two zero patterns were '
-             'independent.', '',
-             '| budget | method | Recall@20 | NDCG@20 | % of full NDCG | bytes '
-             '| b | epochs (best) | overlap (independent, ratio) |',
-             '|---|---|---|---|---|---|---|---|---|']
+             'independent.', '']
+    lines += _table(g, [
+        ('budget', lambda k, rs: f'{k[1]:g}'),
+        ('method', lambda k, rs: k[0]),
+        ('Recall@20', _metric_cell('recall@20')),
+        ('NDCG@20', _metric_cell('ndcg@20')),
+        ('% of full NDCG', _pct_cell(full_ndcg)),
+        ('bytes', lambda k, rs: f"{_col(rs, 'bytes')[0] / 1e6:.3f} MB"),
+        ('b', _b_cell),
+        ('epochs (best)', _epochs_cell),
+        ('overlap (independent, ratio)', _overlap_cell)])
     budgets = sorted({k[1] for k in g}, reverse=True)
-    for budget in budgets:
-        keys = sorted((k for k in g if k[1] == budget),
-                      key=lambda k: -_stats([float(r['ndcg@20'])
-                                             for r in g[k]])[0])
-        for key in keys:
-            rs = g[key]
-            nd = _stats([float(r['ndcg@20']) for r in rs])
-            rc = _stats([float(r['recall@20']) for r in rs])
-            pct = f'{100 * nd[0] / full_ndcg:.1f}' if full_ndcg else '-'
-            byt = _stats([float(r['bytes']) for r in rs])[0]
-            b = ','.join(sorted({r['bucket_size'] for r in rs if r['bucket_size']}))
-            ep = ','.join(f"{r['epochs']} ({r['best_epoch']})" for r in rs)
-            ov = '-'
-            if rs[0].get('overlap_rate'):
-                o = _stats([float(r['overlap_rate']) for r in rs])[0]
-                i = _stats([float(r['overlap_independent']) for r in rs])[0]
-                ov = f'{o:.3f} ({i:.3f}, {o / i:.2f}x)'
-            lines.append(f'| {budget:g} | {key[0]} | {_fmt(*rc)} | '
-                         f'{_fmt(*nd)} | {pct} | {byt / 1e6:.3f} MB | '
-                         f'{b or "-"} | {ep} | {ov} |')
     lines += ['', '## Per method and budget', '', pivot(rows),
               '## CERP against the best baseline', '']
     if full_ndcg:
@@ -123,10 +191,10 @@ def report(rows: List[Dict[str, str]], title: str) -> str:
                  for k in g if k[1] == budget}
         base = {m: v for m, v in means.items() if m not in CERP_FAMILY}
         line = f'* {budget:g} of the full table: '
-        if 'cerp' in means:
-            line += f"CERP {_fmt(*means['cerp'])}"
+        line += (f"CERP {_fmt(*means['cerp'])}" if 'cerp' in means else
+                 'CERP has no row at this budget yet')
         if base:
-            best = max(base, key=lambda m: base[m][0])
+            best = _best(g, [(m, budget) for m in base], 'ndcg@20')[0]
             line += f'; best baseline {best} {_fmt(*base[best])}'
             if 'cerp' in means:
                 gap = means['cerp'][0] - base[best][0]
@@ -139,18 +207,148 @@ def report(rows: List[Dict[str, str]], title: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def is_bytes(rows: List[Dict[str, str]]) -> bool:
+    r"""Whether :obj:`rows` come from a bytes CSV (``--budget-unit
+    bytes``, :data:`memory_vs_ndcg.BYTES_COLUMNS`)."""
+    return bool(rows) and 'budget_bytes' in rows[0] and 'precision' in rows[0]
+
+
+def check_bytes(rows: List[Dict[str, str]]) -> None:
+    r"""Raises :class:`ValueError` if a row stores more than its
+    ``budget_bytes`` (the runner guarantees it; such a row is a broken
+    comparison)."""
+    over = [r for r in rows if r.get('bytes') and r.get('budget_bytes')
+            and float(r['bytes']) > float(r['budget_bytes'])]
+    if over:
+        raise ValueError('stored bytes above the budget: ' + '; '.join(
+            f"{r['method']} {r['budget']} {r.get('precision') or 'float32'} "
+            f"seed {r['seed']}: {r['bytes']} > {r['budget_bytes']}"
+            for r in over))
+
+
+def _spread(rs: List[Dict[str, str]]) -> str:
+    nd = _col(rs, 'ndcg@20')
+    if nd[2] < 2:
+        return '1 seed'
+    vals = [float(r['ndcg@20']) for r in rs]
+    return (f'± {nd[1]:.4f} over {nd[2]} seeds, '
+            f'{min(vals):.4f}-{max(vals):.4f}')
+
+
+def _missing(none: List[Dict[str, str]], budget: float, cerp: bool) -> str:
+    # 'yet', or the infeasible (method precision) cells of the side.
+    cells = sorted({f"{r['method']} {r.get('precision') or 'float32'}"
+                    for r in none if float(r['budget']) == budget and
+                    (r['method'] in CERP_FAMILY) == cerp})
+    return f"(infeasible: {', '.join(cells)})" if cells else 'yet'
+
+
+def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
+    r"""The report of a bytes CSV: per byte budget every (method,
+    precision), then the best pyg-cerp configuration against the best
+    baseline, both chosen on validation NDCG@20, and the infeasible rows."""
+    check_bytes(rows)
+    g = group(rows, _bytes_key)
+    full = g.get(('full', 1.0, 'float32'))
+    full_ndcg = _col(full, 'ndcg@20')[0] if full else None
+    lines = [f'# {title}', '',
+             'Byte budgets: `budget` is a fraction of the full table\'s '
+             'float32 bytes, `budget bytes` what it allows; every model is '
+             'trained and stored at its precision. Test metrics of the epoch '
+             'with the best validation NDCG@20 (nothing selected on test). '
+             '`(n)`: number of seeds, ± their standard deviation. % of full: '
+             'of the float32 full table\'s test NDCG@20. Bytes: the stored '
+             'form (`pyg_cerp.memory`), at most the budget bytes in every '
+             'row (checked).', '']
+    lines += _table(g, [
+        ('budget', lambda k, rs: f'{k[1]:g}'),
+        ('budget bytes', lambda k, rs: rs[0]['budget_bytes'] or '-'),
+        ('method', lambda k, rs: k[0]),
+        ('precision', lambda k, rs: k[2]),
+        ('valid NDCG@20', _metric_cell('valid_ndcg@20')),
+        ('NDCG@20', _metric_cell('ndcg@20')),
+        ('% of full NDCG', _pct_cell(full_ndcg)),
+        ('Recall@20', _metric_cell('recall@20')),
+        ('bytes', lambda k, rs: f"{_col(rs, 'bytes')[0]:.0f}"),
+        ('b', _b_cell),
+        ('epochs (best)', _epochs_cell),
+        ('distill', lambda k, rs: ','.join(sorted(
+            {r.get('distill') or '0' for r in rs})))])
+    lines += ['', '## Best pyg-cerp configuration against the best baseline',
+              '', 'Both chosen on validation NDCG@20 (mean over seeds) among '
+              'every method and precision at the budget; pyg-cerp: '
+              f'{", ".join(CERP_FAMILY)}. The difference is in test NDCG@20, '
+              'relative to the baseline.', '']
+    if full_ndcg:
+        lines += [f'Full table (float32): NDCG@20 {full_ndcg:.4f}.', '']
+    none = [r for r in rows if not r.get('ndcg@20')]
+    for budget in sorted({k[1] for k in g if k[1] < 1} |
+                         {float(r['budget']) for r in none
+                          if float(r['budget']) < 1}, reverse=True):
+        keys = [k for k in g if k[1] == budget]
+        cerp = _best(g, [k for k in keys if k[0] in CERP_FAMILY],
+                     'valid_ndcg@20')
+        base = _best(g, [k for k in keys if k[0] not in CERP_FAMILY],
+                     'valid_ndcg@20')
+        line = f'* {budget:g} of the full table: '
+        if cerp is None:
+            line += 'pyg-cerp has no row at this budget ' + _missing(
+                none, budget, True)
+        else:
+            nd = _col(g[cerp], 'ndcg@20')
+            line += (f'best pyg-cerp **{cerp[0]} {cerp[2]}** (valid '
+                     f"{_col(g[cerp], 'valid_ndcg@20')[0]:.4f}) test "
+                     f'{_fmt(*nd)}')
+            if full_ndcg:
+                line += f', {100 * nd[0] / full_ndcg:.1f}% of full'
+        if base is None:
+            line += '; no baseline row at this budget ' + _missing(
+                none, budget, False)
+        else:
+            bn = _col(g[base], 'ndcg@20')
+            line += (f'; best baseline {base[0]} {base[2]} (valid '
+                     f"{_col(g[base], 'valid_ndcg@20')[0]:.4f}) test "
+                     f'{_fmt(*bn)}')
+            if cerp is not None:
+                gap = nd[0] - bn[0]
+                line += (f'; pyg-cerp {gap:+.4f} ({100 * gap / bn[0]:+.1f}%); '
+                         f'seed spread: pyg-cerp {_spread(g[cerp])}, '
+                         f'baseline {_spread(g[base])}')
+        lines.append(line)
+    if none:
+        lines += ['', '## Infeasible (no model)', '',
+                  '| budget | budget bytes | method | precision | seed | note |',
+                  '|---|---|---|---|---|---|']
+        for r in sorted(none, key=lambda r: (-float(r['budget']),
+                                             r['method'], r['precision'],
+                                             r['seed'])):
+            note = (r.get('note') or 'no result').replace('|', '/')
+            lines.append(f"| {float(r['budget']):g} | {r['budget_bytes']} | "
+                         f"{r['method']} | {r.get('precision') or 'float32'} "
+                         f"| {r['seed']} | {note} |")
+    return '\n'.join(lines) + '\n'
+
+
 def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
     r"""NDCG@20 (mean ± std over seeds) against stored bytes, log x: the
-    plot of :mod:`memory_vs_ndcg` (:func:`write_plot`)."""
+    plot of :mod:`memory_vs_ndcg` (:func:`write_plot`); a bytes CSV's lines
+    are (method, precision), the float32 full table the reference line."""
     sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
     from memory_vs_ndcg import write_plot
-    write_plot([r for r in rows if r.get('ndcg@20')], path, title)
+    rows = [r for r in rows if r.get('ndcg@20')]
+    if is_bytes(rows):
+        rows = [dict(r, method=r['method'] if (r['method'], r['precision'] or
+                                                'float32') == ('full',
+                                                               'float32')
+                     else f"{r['method']} {r['precision']}") for r in rows]
+    write_plot(rows, path, title)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('csv', help='converged CSV (written by '
-                        'memory_vs_ndcg.py --profile converged)')
+    parser.add_argument('csv', help='converged or bytes CSV (written by '
+                        'memory_vs_ndcg.py --profile converged [--budget-unit '
+                        'bytes])')
     parser.add_argument('--title', default=None,
                         help='title (default: the CSV name)')
     parser.add_argument('--no-plot', action='store_true',
@@ -162,8 +360,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         parser.error(f'{args.csv} has no rows')
     stem = osp.splitext(args.csv)[0]
     title = args.title or osp.basename(stem)
+    try:
+        text = (bytes_report if is_bytes(rows) else report)(rows, title)
+    except ValueError as error:
+        parser.error(f'{args.csv}: {error}')
     with open(stem + '.md', 'w') as f:
-        f.write(report(rows, title))
+        f.write(text)
     if not args.no_plot:
         plot(rows, stem + '.png', title)
     print(f'wrote {stem}.md' + ('' if args.no_plot else f', {stem}.png'))
