@@ -87,18 +87,9 @@ def test_cerp_ft_keeps_the_values_at_the_target():
     # 'cerp' rewinds the pruned model to the initial values (two-phase),
     # 'cerp-ft' keeps the values of the step the target was reached at; both
     # freeze the same snapshot's masks.
-    from pyg_cerp.train import ConvergedRunner, EarlyStopping, Split
-    data = block_data()
-    split = Split(data.train, data.test[:, ::2], data.test[:, 1::2],
-                  data.num_users, data.num_items)
-    config = CERPConfig.preset('faithful', dim=8, batch_size=64,
-                               prune_epochs=6, prune_speed=40., ks=(10, 20))
-    runner = ConvergedRunner(
-        split, lightgcn_builder(data, 8),
-        lambda ei, seed: make_sampler(ei, data.num_users, data.num_items, 2,
-                                      64, seed),
-        config, EarlyStopping(max_epochs=1), bucket_ratios=(2., ),
-        log=lambda s: None)
+    from test_distill import _runner  # A tiny ConvergedRunner.
+    runner = _runner()
+    split = runner.split
     b = 30
     two, _ = runner._prune(METHODS['cerp'], 0.3, 0, b)
     one, _ = runner._prune(METHODS['cerp-ft'], 0.3, 0, b)
