@@ -934,6 +934,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     conv.add_argument('--prune-speed', type=float, default=None,
                       help='Rise of the threshold logits per epoch in phase '
                       '1 (default: CERPConfig faithful)')
+    conv.add_argument('--pace-epochs', type=float, default=None,
+                      help='Epochs of the density plan from the onset to '
+                      'the target (default: CERPConfig faithful)')
+    conv.add_argument('--gamma-decay', type=float, default=None,
+                      help='Decay of gamma per epoch (default: CERPConfig '
+                      'faithful, 0.5)')
+    conv.add_argument('--prune-batch-size', type=int, default=None,
+                      help='The batch of phase 1 only (default: CERPConfig '
+                      'prune_schedule: --batch-size capped at 8192)')
+    conv.add_argument('--reg-thresholds-only', action='store_true',
+                      help="The regulariser's gradient on the threshold "
+                      'logits only (CERPConfig.regularize_thresholds_only)')
     conv.add_argument('--distill-weights', type=_pos_floats, default=[],
                       help='Ranking-distillation weights from the converged '
                       'full table into every compressed method, selected on '
@@ -1133,7 +1145,10 @@ def run_converged(args: argparse.Namespace,
         prune_epochs=args.prune_epochs, gamma_init=args.gamma_init,
         num_negatives=args.num_negatives,
         threshold_init=args.threshold_init,
-        prune_speed=args.prune_speed).items() if v is not None}
+        prune_speed=args.prune_speed, pace_epochs=args.pace_epochs,
+        gamma_decay=args.gamma_decay, prune_batch_size=args.prune_batch_size,
+        regularize_thresholds_only=args.reg_thresholds_only or None,
+    ).items() if v is not None}
     config = train.CERPConfig.preset('faithful', ks=(10, 20), **overrides)
     stopping = train.EarlyStopping(max_epochs=args.max_epochs,
                                    patience=args.patience,

@@ -436,8 +436,14 @@ class CompositionalEmbedding(SoftThresholdPruning):
                                                 with_module=True)
         self.reset_parameters()
 
+    #: The default of :meth:`pruning_loss`'s :obj:`thresholds_only` (set by
+    #: :class:`~pyg_cerp.train.CERPRunner` from
+    #: :obj:`CERPConfig.regularize_thresholds_only`).
+    regularize_thresholds_only: bool = False
+
     def pruning_loss(self, index: Optional[Tensor] = None, K: float = 100.,
-                     reduction: str = 'mean') -> Tensor:
+                     reduction: str = 'mean',
+                     thresholds_only: Optional[bool] = None) -> Tensor:
         r"""The complementary pruning regulariser of CERP,
 
         .. math::
@@ -456,13 +462,25 @@ class CompositionalEmbedding(SoftThresholdPruning):
             K (float, optional): The sharpness. (default: :obj:`100.`)
             reduction (str, optional): :obj:`'mean'` (over entities) or
                 :obj:`'sum'`. (default: :obj:`'mean'`)
+            thresholds_only (bool, optional): Detach the values
+                :math:`\mathbf{P}, \mathbf{Q}` inside the term, so that its
+                gradient reaches the threshold logits only (the same loss
+                value; no gradient on the values, which otherwise grow away
+                from the thresholds against it). Not official.
+                (:obj:`None`: :attr:`regularize_thresholds_only`, default
+                :obj:`False`). (default: :obj:`None`)
         """
         if reduction not in ('mean', 'sum'):
             raise ValueError(f"'reduction' must be 'mean' or 'sum' "
                              f"(got {reduction!r})")
-        emb = (compose(*self.pruned_tables(), self.num_embeddings,
-                       self.rows_per_q) if index is None else
-               self._lookup(index, self.pruned_tables()))
+        if thresholds_only is None:
+            thresholds_only = self.regularize_thresholds_only
+        tables = self.pruned_tables()
+        if thresholds_only and not self.is_retraining:
+            tables = tuple(soft_threshold(t.detach(), s) for t, s in zip(
+                self._get(0), self._get(1)))
+        emb = (compose(*tables, self.num_embeddings, self.rows_per_q)
+               if index is None else self._lookup(index, tables))
         emb = emb.reshape(-1, self.embedding_dim)
         out = -_TanhSquareSum.apply(emb, float(K))
         return out / max(emb.size(0), 1) if reduction == 'mean' else out

@@ -129,6 +129,11 @@ class CERPConfig:
             :obj:`prune_start`. (default: :obj:`False`)
         pace_epochs (float, optional): Epochs of the geometric density plan
             (:obj:`None`: no plan). (default: :obj:`None`)
+        regularize_thresholds_only (bool): The regulariser's gradient on
+            the threshold logits only (values detached in
+            :math:`\mathcal{L}_{\textrm{prune}}`, see
+            :meth:`~pyg_cerp.nn.CompositionalEmbedding.pruning_loss`); not
+            official. (default: :obj:`False`)
         check_every (int): Measure the density every this many steps.
             (default: :obj:`1`)
         clip_grad_norm (float): Gradient-norm clipping. (default: :obj:`100.`)
@@ -174,6 +179,7 @@ class CERPConfig:
     exact_snapshots: bool = False
     gamma_at_onset: bool = False
     pace_epochs: Optional[float] = None
+    regularize_thresholds_only: bool = False
     check_every: int = 1
     clip_grad_norm: float = 100.
     l2_reg: float = 1e-4

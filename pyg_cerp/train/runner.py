@@ -283,6 +283,9 @@ class CERPRunner:
 
     def _scheduler(self, model: Recommender) -> PruningScheduler:
         cfg, der = self.config, self.derived
+        if hasattr(model.embedding, 'regularize_thresholds_only'):
+            model.embedding.regularize_thresholds_only = bool(
+                cfg.regularize_thresholds_only)
         return PruningScheduler(
             model.embedding, cfg.targets, cfg.target_unit, cfg.gamma_init,
             cfg.gamma_decay, cfg.gamma_decay_every, cfg.check_every,

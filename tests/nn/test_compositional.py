@@ -81,6 +81,32 @@ def test_gradients_reach_all_parameters():
     assert emb.P.grad.abs().sum() > 0 and emb.Q.grad.abs().sum() > 0
 
 
+def test_pruning_loss_thresholds_only_changes_only_the_value_gradient():
+    emb = make(threshold_init=-2.)  # sigmoid(-2) = 0.12: some pruned
+    index = torch.tensor([0, 5, 17, 63, 99, 5])
+
+    def grads(**kwargs):
+        emb.zero_grad(set_to_none=True)
+        loss = emb.pruning_loss(index, reduction='sum', **kwargs)
+        loss.backward()
+        return loss.detach(), [None if p.grad is None else p.grad.clone()
+                               for p in (emb.P, emb.Q, emb.threshold_P,
+                                         emb.threshold_Q)]
+
+    loss, (gP, gQ, gSP, gSQ) = grads()
+    assert gP.abs().sum() > 0 and gSP.abs().sum() > 0
+    for kwargs in (dict(thresholds_only=True), {}):
+        if not kwargs:  # The module default, as CERPRunner sets it.
+            emb.regularize_thresholds_only = True
+        loss2, (gP2, gQ2, gSP2, gSQ2) = grads(**kwargs)
+        assert torch.equal(loss, loss2)
+        assert gP2 is None and gQ2 is None  # No value gradient ...
+        assert torch.equal(gSP, gSP2) and torch.equal(gSQ, gSQ2)  # ... same.
+    # Explicit False wins over the module default; the default is off.
+    assert grads(thresholds_only=False)[1][0] is not None
+    assert make().regularize_thresholds_only is False
+
+
 def test_pruning_loss_prefers_complementary_zero_patterns():
     # N = 4, b = 2: entity k -> P[k % 2] + Q[k // 2]; rows never zero together
     # when P zeroes the even and Q the odd dimensions.

@@ -261,3 +261,25 @@ def test_faithful_preset_prunes_to_every_target_on_any_size(
         # Not before the onset, and within the planned epochs.
         assert cfg.prune_start * steps < s['step'] <= (
             cfg.prune_start + cfg.pace_epochs) * steps + 1
+
+
+@pytest.mark.parametrize('flag', [False, True])
+def test_runner_passes_regularize_thresholds_only_to_the_embedding(flag):
+    # CERPConfig.regularize_thresholds_only (off by default) reaches
+    # CompositionalEmbedding.pruning_loss through the runner's scheduler.
+    from pyg_cerp.train import CERPRunner, make_sampler
+    sys_path = __import__('sys').path
+    sys_path.insert(0, __import__('os').path.dirname(__file__))
+    from test_trainer import lightgcn_builder
+    assert CERPConfig.preset('faithful').regularize_thresholds_only is False
+    data = _random_interactions(50, 50, 2)
+    cfg = CERPConfig.preset('faithful', dim=8, baseline_epochs=0,
+                            retrain_epochs=0, eval_users=10, ks=(20, ),
+                            regularize_thresholds_only=flag)
+    runner = CERPRunner(cfg, data, lightgcn_builder(data, 8),
+                        lambda seed: make_sampler(
+                            data.train, 50, 50, 1, cfg.batch_size, seed),
+                        log=lambda m: None)
+    model = lightgcn_builder(data, 8)(runner._default_embedding('cerp'))
+    runner._scheduler(model)
+    assert model.embedding.regularize_thresholds_only is flag
