@@ -187,18 +187,21 @@ def test_step_and_fit_accept_distill_only_as_the_term():
     assert not torch.equal(a.embedding.weight, c.embedding.weight)
 
 
-def _runner(**kwargs):
+def _runner(prune_epochs=6, bucket_ratios=(2., ), **kwargs):
+    # A tiny ConvergedRunner on block_data (also used by test_methods and
+    # test_stages).
     from pyg_cerp.train import CERPConfig
     split = Split(DATA.train, DATA.test[:, ::2], DATA.test[:, 1::2],
                   DATA.num_users, DATA.num_items)
     config = CERPConfig.preset('faithful', dim=8, batch_size=64,
-                               prune_epochs=6, prune_speed=40., ks=(10, 20))
+                               prune_epochs=prune_epochs, prune_speed=40.,
+                               ks=(10, 20))
     return ConvergedRunner(
         split, lightgcn_builder(DATA, 8),
         lambda ei, seed: make_sampler(ei, DATA.num_users, DATA.num_items, 2,
                                       64, seed),
         config, EarlyStopping(max_epochs=2, patience=1),
-        bucket_ratios=(2., ), log=lambda s: None, **kwargs)
+        bucket_ratios=bucket_ratios, log=lambda s: None, **kwargs)
 
 
 def test_converged_runner_selects_the_weight_on_validation():

@@ -140,23 +140,11 @@ def test_byte_budgets_size_every_method_at_its_precision():
 
 
 def _byte_runner(**kwargs):
-    import sys
     import os
-    from pyg_cerp.train import (CERPConfig, ConvergedRunner, Split,
-                                make_sampler)
+    import sys
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_trainer import block_data, lightgcn_builder
-    data = block_data()
-    split = Split(data.train, data.test[:, ::2], data.test[:, 1::2],
-                  data.num_users, data.num_items)
-    config = CERPConfig.preset('faithful', dim=8, batch_size=64,
-                               prune_epochs=10, prune_speed=40., ks=(10, 20))
-    return ConvergedRunner(
-        split, lightgcn_builder(data, 8),
-        lambda ei, seed: make_sampler(ei, data.num_users, data.num_items, 2,
-                                      64, seed),
-        config, EarlyStopping(max_epochs=2, patience=1),
-        bucket_ratios=(2., 4.), log=lambda s: None, **kwargs)
+    from test_distill import _runner
+    return _runner(prune_epochs=10, bucket_ratios=(2., 4.), **kwargs)
 
 
 def test_converged_runner_trains_every_method_to_a_byte_budget():
