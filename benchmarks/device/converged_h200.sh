@@ -33,7 +33,7 @@ mkdir -p "$WORK" "$OUT"
 export ROOT DEVICE WORK
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 start=$SECONDS
-pack() { tar czf "$OUT/results.tgz.tmp" -C "$WORK" --exclude=out . 2>/dev/null &&
+pack() { tar czf "$OUT/results.tgz.tmp" -C "$WORK" --exclude=out --exclude='*.pt' . 2>/dev/null &&
          mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"; }
 { date -u; nproc; free -g | head -2; nvidia-smi -L 2>/dev/null;
   python3 -c 'import torch, torch_geometric as g; print(torch.__version__, g.__version__, torch.cuda.is_available())'; } \
