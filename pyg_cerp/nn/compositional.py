@@ -436,14 +436,9 @@ class CompositionalEmbedding(SoftThresholdPruning):
                                                 with_module=True)
         self.reset_parameters()
 
-    #: The default of :meth:`pruning_loss`'s :obj:`thresholds_only` (set by
-    #: :class:`~pyg_cerp.train.CERPRunner` from
-    #: :obj:`CERPConfig.regularize_thresholds_only`).
-    regularize_thresholds_only: bool = False
-
     def pruning_loss(self, index: Optional[Tensor] = None, K: float = 100.,
                      reduction: str = 'mean',
-                     thresholds_only: Optional[bool] = None) -> Tensor:
+                     thresholds_only: bool = False) -> Tensor:
         r"""The complementary pruning regulariser of CERP,
 
         .. math::
@@ -466,15 +461,13 @@ class CompositionalEmbedding(SoftThresholdPruning):
                 :math:`\mathbf{P}, \mathbf{Q}` inside the term, so that its
                 gradient reaches the threshold logits only (the same loss
                 value; no gradient on the values, which otherwise grow away
-                from the thresholds against it). Not official.
-                (:obj:`None`: :attr:`regularize_thresholds_only`, default
-                :obj:`False`). (default: :obj:`None`)
+                from the thresholds against it). Not official; the
+                scheduler's :obj:`thresholds_only`.
+                (default: :obj:`False`)
         """
         if reduction not in ('mean', 'sum'):
             raise ValueError(f"'reduction' must be 'mean' or 'sum' "
                              f"(got {reduction!r})")
-        if thresholds_only is None:
-            thresholds_only = self.regularize_thresholds_only
         tables = self.pruned_tables()
         if thresholds_only and not self.is_retraining:
             tables = tuple(soft_threshold(t.detach(), s) for t, s in zip(

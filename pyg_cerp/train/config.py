@@ -132,7 +132,8 @@ class CERPConfig:
         regularize_thresholds_only (bool): The regulariser's gradient on
             the threshold logits only (values detached in
             :math:`\mathcal{L}_{\textrm{prune}}`, see
-            :meth:`~pyg_cerp.nn.CompositionalEmbedding.pruning_loss`); not
+            :meth:`~pyg_cerp.nn.CompositionalEmbedding.pruning_loss`, through
+            :class:`PruningScheduler`'s :obj:`thresholds_only`); not
             official. (default: :obj:`False`)
         check_every (int): Measure the density every this many steps.
             (default: :obj:`1`)

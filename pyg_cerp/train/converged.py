@@ -267,10 +267,9 @@ class ConvergedRunner:
     def _cell_config(self, method: Method, budget: float, seed: int,
                      bucket_size: Optional[int],
                      precision: str = 'float32') -> CERPConfig:
-        unit = 'bytes' if self.budget_unit == 'bytes' else 'full'
         return method.config(
             self.config, targets=(min(budget, 0.999999), ),
-            target_unit=unit, baseline_epochs=0, retrain_epochs=0,
+            target_unit=self.budget_unit, baseline_epochs=0, retrain_epochs=0,
             finetune_epochs=0, seed=int(seed), bucket_size=bucket_size,
             precision=precision)
 
@@ -336,8 +335,7 @@ class ConvergedRunner:
         teacher (built once from :meth:`full_model`)."""
         if seed not in self._teachers:
             state, _ = self.full_model(seed)
-            model = self._build(build_embedding(
-                'full', self.num_entities, self.config.dim, 1.), seed)
+            model = self._build(self._embedding('full', 1., 'float32'), seed)
             model.load_state_dict(state)
             for param in model.parameters():
                 param.requires_grad_(False)
@@ -395,9 +393,7 @@ class ConvergedRunner:
         if key not in self._full:
             cfg = self._cell_config(METHODS['full'], 1., seed, None,
                                     precision)
-            model = self._build(build_embedding(
-                'full', self.num_entities, cfg.dim, 1.,
-                precision=precision), seed)
+            model = self._build(self._embedding('full', 1., precision), seed)
             desc = f'full seed {seed}' + ('' if precision == 'float32' else
                                           f' {precision}')
             res = self._fit(model, cfg, seed, desc)
@@ -502,9 +498,7 @@ class ConvergedRunner:
                 if note:
                     return dict(out, note=note)
             state, full_res = self.full_model(seed, precision)
-            full = self._build(build_embedding(
-                'full', self.num_entities, cfg.dim, 1.,
-                precision=precision), seed)
+            full = self._build(self._embedding('full', 1., precision), seed)
             full.load_state_dict(state)
             model = self._build(pruned(), seed)
             rest = {k: v for k, v in state.items()

@@ -283,9 +283,6 @@ class CERPRunner:
 
     def _scheduler(self, model: Recommender) -> PruningScheduler:
         cfg, der = self.config, self.derived
-        if hasattr(model.embedding, 'regularize_thresholds_only'):
-            model.embedding.regularize_thresholds_only = bool(
-                cfg.regularize_thresholds_only)
         return PruningScheduler(
             model.embedding, cfg.targets, cfg.target_unit, cfg.gamma_init,
             cfg.gamma_decay, cfg.gamma_decay_every, cfg.check_every,
@@ -293,7 +290,8 @@ class CERPRunner:
             gamma_scale=der['gamma_scale'], reduction=der['reduction'],
             prune_start=cfg.prune_start, onset_quantile=cfg.onset_quantile,
             exact_snapshots=cfg.exact_snapshots,
-            gamma_at_onset=cfg.gamma_at_onset, pace_epochs=cfg.pace_epochs)
+            gamma_at_onset=cfg.gamma_at_onset, pace_epochs=cfg.pace_epochs,
+            thresholds_only=cfg.regularize_thresholds_only)
 
     def _train_epoch(self, model: Recommender, *args: Any,
                      **kwargs: Any) -> Dict[str, Any]:

@@ -132,6 +132,10 @@ class PruningScheduler(PacePlan, ExactSnapshots, ByteTargets):
         precision (str, optional): For :obj:`target_unit='bytes'`, the value
             precision the bytes are counted at (:obj:`None`: the embedding's
             :obj:`precision`, else :obj:`'float32'`). (default: :obj:`None`)
+        thresholds_only (bool, optional): Pass :obj:`thresholds_only=True`
+            to the embedding's :meth:`pruning_loss`, so that the
+            regulariser's gradient reaches the threshold logits only (not
+            official). (default: :obj:`False`)
     """
     def __init__(
         self,
@@ -154,6 +158,7 @@ class PruningScheduler(PacePlan, ExactSnapshots, ByteTargets):
         pace_epochs: Optional[float] = None,
         steps_per_epoch: Optional[int] = None,
         precision: Optional[Union[str, torch.dtype]] = None,
+        thresholds_only: bool = False,
     ) -> None:
         for name in ('num_nonzero', 'masks', 'freeze_masks', 'initial_state'):
             if not callable(getattr(embedding, name, None)):
@@ -216,6 +221,7 @@ class PruningScheduler(PacePlan, ExactSnapshots, ByteTargets):
         self.embedding = embedding
         self.targets: List[float] = sorted(targets, reverse=True)
         self.target_unit, self.reduction = target_unit, reduction
+        self.thresholds_only = bool(thresholds_only)
         self.gamma_init, self.gamma_decay = float(gamma_init), float(
             gamma_decay)
         self.gamma_decay_every = int(gamma_decay_every)
@@ -425,8 +431,12 @@ class PruningScheduler(PacePlan, ExactSnapshots, ByteTargets):
         gamma = self.gamma
         fn = getattr(self.embedding, 'pruning_loss', None)
         if gamma != 0. and self.gamma_scale != 0. and fn is not None:
-            loss = (fn(index) if self.reduction == 'mean' else fn(
-                index, reduction=self.reduction))
+            kwargs: Dict[str, Any] = {}
+            if self.reduction != 'mean':
+                kwargs['reduction'] = self.reduction
+            if self.thresholds_only:
+                kwargs['thresholds_only'] = True
+            loss = fn(index, **kwargs)
             out = (gamma * self.gamma_scale) * loss
         active = [p for p in self._thresholds if p.requires_grad]
         if self.threshold_drive > 0 and active:

@@ -7,13 +7,13 @@ import pickle
 import socket
 import tempfile
 import zipfile
+from contextlib import contextmanager, suppress
+from typing import Any, Dict, Iterator, Optional, Union
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover (Windows)
     fcntl = None
-from contextlib import contextmanager, suppress
-from typing import Any, Dict, Iterator, Optional, Union
 
 import torch
 from torch import Tensor

@@ -95,16 +95,12 @@ def test_pruning_loss_thresholds_only_changes_only_the_value_gradient():
 
     loss, (gP, gQ, gSP, gSQ) = grads()
     assert gP.abs().sum() > 0 and gSP.abs().sum() > 0
-    for kwargs in (dict(thresholds_only=True), {}):
-        if not kwargs:  # The module default, as CERPRunner sets it.
-            emb.regularize_thresholds_only = True
-        loss2, (gP2, gQ2, gSP2, gSQ2) = grads(**kwargs)
-        assert torch.equal(loss, loss2)
-        assert gP2 is None and gQ2 is None  # No value gradient ...
-        assert torch.equal(gSP, gSP2) and torch.equal(gSQ, gSQ2)  # ... same.
-    # Explicit False wins over the module default; the default is off.
+    loss2, (gP2, gQ2, gSP2, gSQ2) = grads(thresholds_only=True)
+    assert torch.equal(loss, loss2)
+    assert gP2 is None and gQ2 is None  # No value gradient ...
+    assert torch.equal(gSP, gSP2) and torch.equal(gSQ, gSQ2)  # ... same.
+    # Off by default and when False.
     assert grads(thresholds_only=False)[1][0] is not None
-    assert make().regularize_thresholds_only is False
 
 
 def test_pruning_loss_prefers_complementary_zero_patterns():

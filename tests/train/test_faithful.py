@@ -264,7 +264,7 @@ def test_faithful_preset_prunes_to_every_target_on_any_size(
 
 
 @pytest.mark.parametrize('flag', [False, True])
-def test_runner_passes_regularize_thresholds_only_to_the_embedding(flag):
+def test_runner_passes_regularize_thresholds_only_to_the_scheduler(flag):
     # CERPConfig.regularize_thresholds_only (off by default) reaches
     # CompositionalEmbedding.pruning_loss through the runner's scheduler.
     from pyg_cerp.train import CERPRunner, make_sampler
@@ -281,5 +281,12 @@ def test_runner_passes_regularize_thresholds_only_to_the_embedding(flag):
                             data.train, 50, 50, 1, cfg.batch_size, seed),
                         log=lambda m: None)
     model = lightgcn_builder(data, 8)(runner._default_embedding('cerp'))
-    runner._scheduler(model)
-    assert model.embedding.regularize_thresholds_only is flag
+    scheduler = runner._scheduler(model)
+    assert scheduler.thresholds_only is flag
+    scheduler.epoch = scheduler.prune_start  # The regulariser is on.
+    model.embedding.zero_grad(set_to_none=True)
+    loss = scheduler.regularizer(torch.arange(20))
+    assert loss is not None and loss.requires_grad
+    loss.backward()
+    # Thresholds only: no gradient on the values.
+    assert (model.embedding.P.grad is None) is flag
