@@ -67,12 +67,15 @@ class ByteTargets:
         # The uniform density whose stored bytes fit the plan; the tables'
         # unused rows (Q's) can leave it a little above, so a few refits.
         budget = math.floor(plan * self.denominator)  # Whole bytes.
+        # The share is of the rows each table stores (as in the byte count).
+        rows = ([r for r, _, _ in self._shapes]
+                if len(self._shapes) == len(pairs) else None)
         for _ in range(4):
             fraction = density_for_nbytes(self._shapes, budget,
                                           self.precision)
             if fraction is None:  # Below the empty tables' bytes.
                 break
-            self._shift_to(pairs, fraction)
+            self._shift_to(pairs, fraction, rows)
             density = self.density()
             if density <= plan:
                 break

@@ -75,12 +75,18 @@ class PacePlan:
         return self.density()
 
     def _shift_to(self, pairs: List[Tuple[Tensor, Tensor]],
-                  fraction: float) -> None:
+                  fraction: float,
+                  rows: Optional[List[int]] = None) -> None:
+        # Prunes each table to `fraction` of its entries, counted over its
+        # first `rows[i]` rows when given (the rows its stored form keeps:
+        # CERP's Q has rows no entity uses, which must not count).
         shifts = []
-        for value, thr in pairs:
+        for i, (value, thr) in enumerate(pairs):
             v = value.detach().abs().float()
             m = torch.logit(v.clamp(max=VALUE_BOUND)) - thr.detach().float()
             m = m.expand_as(v) if m.shape != v.shape else m
+            if rows is not None:
+                v, m = v[:rows[i]], m[:rows[i]]
             nonzero = int((m > 0).sum())
             margins = m[(m > 0) & torch.isfinite(m)]
             excess = nonzero - int(math.floor(fraction * v.numel()))

@@ -195,3 +195,36 @@ def test_runner_prunes_to_a_byte_target_at_int8():
     assert 0.9 * 0.1 * 4 * n * 8 <= nbytes <= 0.1 * 4 * n * 8
     with pytest.raises(ValueError, match="'precision' must be one of"):
         CERPConfig(precision='int4')
+
+
+
+def test_pace_shares_count_the_stored_rows_only():
+    # N = 2000, b = 300: Q's rows 286..299 belong to no entity and are not
+    # stored. With them pruned, P a little below a uniform share and Q's
+    # stored rows above theirs (as on Gowalla), counting Q's share over all
+    # 300 rows left Q unpruned and the pace stuck above the plan for good
+    # (int8, 5% of the bytes: 0.05015).
+    from pyg_cerp.memory import tables_nbytes
+    torch.manual_seed(0)
+    emb = CompositionalEmbedding(N, D, 300, precision='int8')
+    s = byte_scheduler(emb, (0.05, ), threshold_drive=0.)
+    (p_rows, _, _), (q_rows, _, _) = s._shapes
+    assert (p_rows, q_rows) == (300, 286)
+    keep = {'P': 6620, 'Q': 6540}  # Uniform share 0.7: 6720 and 6406.
+    with torch.no_grad():
+        for name, rows in (('P', p_rows), ('Q', q_rows)):
+            table = getattr(emb, name)
+            values = torch.linspace(0.1, 0.9, rows * D)
+            values[keep[name]:] = 0.
+            table.zero_()
+            table[:rows] = values[torch.randperm(rows * D)].view(rows, D)
+        start = s.density()
+        plan = tables_nbytes(s._shapes, [int(0.7 * r * D) for r in
+                                         (p_rows, q_rows)], 'int8') / \
+            FULL_BYTES
+        assert plan < start
+        density = s._pace_bytes(s._pairs(), plan, start)
+    assert density <= plan
+    assert s.nbytes() <= plan * FULL_BYTES
+    q_mask = emb.masks()[1]
+    assert int(q_mask[:q_rows].sum()) < keep['Q']  # Q's stored rows pruned.
