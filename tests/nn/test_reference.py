@@ -28,6 +28,7 @@ from pyg_cerp.nn import (CompositionalEmbedding, FullEmbedding, HashEmbedding,
 
 PATH = osp.join(osp.dirname(__file__), 'reference_outputs.pth')
 PLATFORM_PATH = osp.join(osp.dirname(__file__), 'reference_outputs_{}.pth')
+IDS = torch.tensor([[0, 5, 99, 5], [37, 1, 98, 64]])
 
 
 def references() -> Dict[str, Dict[str, Tensor]]:
@@ -39,7 +40,6 @@ def references() -> Dict[str, Dict[str, Tensor]]:
         assert set(diff) <= set(ref)
         out[platform] = dict(ref, **diff)
     return out
-IDS = torch.tensor([[0, 5, 99, 5], [37, 1, 98, 64]])
 
 
 def _record(out: Dict[str, Tensor], name: str, emb, seed: int) -> None:
@@ -158,16 +158,17 @@ def outputs() -> Dict[str, Tensor]:
     return out
 
 
-def test_outputs_match_reference(match_platform):
-    new = outputs()
-    # Compare element-wise to 1e-6 through flat dicts of numbers.
-    flat = {f'{k}/{i}': float(x) for k, v in new.items()
+def _flat(values: Dict[str, Tensor]) -> Dict[str, float]:
+    # Element-wise numbers, so that values compare to 1e-6 one by one.
+    return {f'{k}/{i}': float(x) for k, v in values.items()
             for i, x in enumerate(v.flatten().tolist())}
-    match_platform(flat, {
-        platform: {f'{k}/{i}': float(x) for k, v in ref.items()
-                   for i, x in enumerate(v.flatten().tolist())}
-        for platform, ref in references().items()})
-    for ref in references().values():  # Same keys and shapes everywhere.
+
+
+def test_outputs_match_reference(match_platform):
+    new, refs = outputs(), references()
+    match_platform(_flat(new), {platform: _flat(ref)
+                                for platform, ref in refs.items()})
+    for ref in refs.values():  # Same keys and shapes everywhere.
         assert {k: v.shape for k, v in new.items()} == \
             {k: v.shape for k, v in ref.items()}
 

@@ -197,7 +197,6 @@ def test_runner_prunes_to_a_byte_target_at_int8():
         CERPConfig(precision='int4')
 
 
-
 def test_pace_shares_count_the_stored_rows_only():
     # N = 2000, b = 300: Q's rows 286..299 belong to no entity and are not
     # stored. With them pruned, P a little below a uniform share and Q's

@@ -172,12 +172,12 @@ def test_main_job_on_gowalla_slice_as_the_old_script(backbone, data_root,
     main(['--backbone', backbone, '--root', data_root] + OLD[backbone] +
          GOWALLA_SLICE)
     out = tmp_path / 'results' / f'{backbone}_cerp-gowalla'
-    results = json.load(open(out / 'results.json'))['results']
+    summary = json.load(open(out / 'results.json'))
+    results = summary['results']
     assert list(results) == ['full', 'retrain@0.1', 'retrain@0.05']
     platform = match_platform(_numbers(results), {
         name: _reference_numbers(ref[backbone])
         for name, ref in OLD_GOWALLA.items()})
-    summary = json.load(open(out / 'results.json'))
     assert set(summary) == {'config', 'results', 'history', 'pruning',
                             'dataset', 'seconds_this_call', 'world_size'}
     assert summary['dataset'] == dict(name='gowalla', num_users=500,

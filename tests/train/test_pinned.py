@@ -255,4 +255,3 @@ if __name__ == '__main__':  # Prints the references (run on the old code).
         got = (CASES[case](tempfile.mkdtemp()) if case == 'harness' else
                CASES[case]())
         print(f'REFERENCE[{case!r}] = {got!r}')
-
