@@ -960,6 +960,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     conv.add_argument('--distill-top-k', type=int, default=0,
                       help="The teacher's top-K items as extra candidates "
                       '(default: 0)')
+    conv.add_argument('--full-cache', default=None, metavar='DIR',
+                      help='Keep each converged full table in DIR '
+                      '(checksummed, tied to the data and configuration) '
+                      'and load it in later runs instead of training it '
+                      "again: 'magnitude' and distillation cells in "
+                      'separate processes then share one full model per '
+                      'seed and precision (ConvergedRunner cache, about '
+                      '4 N d bytes a file: keep it out of the repository; '
+                      'default: in memory only)')
     conv.add_argument('--name', default=None,
                       help='The dataset name in the output file names '
                       '(default: its folder name; e.g. gowalla for '
@@ -1212,7 +1221,7 @@ def run_converged(args: argparse.Namespace,
             distill_options=dict(temperature=args.distill_temperature,
                                  num_samples=args.distill_samples,
                                  top_k=args.distill_top_k),
-            budget_unit=args.budget_unit)
+            budget_unit=args.budget_unit, cache=args.full_cache)
         # A cell: (method, budget, seed, precision); rows of files written
         # before the precision column are float32.
         have = {(r['method'], float(r['budget']), int(r['seed']),

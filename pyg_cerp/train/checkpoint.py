@@ -1,11 +1,11 @@
 r"""The runner's checkpoint: one atomic, checksummed file tied to the data
 and the configuration it was written with."""
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 from pyg_cerp.distributed import DistContext
 from pyg_cerp.train.config import CERPConfig
-from pyg_cerp.train.data import Interactions
+from pyg_cerp.train.data import Interactions, Split
 from pyg_cerp.utils.io import (CheckpointError, atomic_save, content_digest,
                                safe_load)
 
@@ -19,13 +19,15 @@ class ResumeError(ValueError):
     r"""A checkpoint of another configuration or of other data."""
 
 
-def data_identity(data: Interactions, **info: Any) -> Dict[str, Any]:
+def data_identity(data: Union[Interactions, Split],
+                  **info: Any) -> Dict[str, Any]:
     r"""What identifies the data in a checkpoint: the counts, a SHA-256 of
     the training and test pairs, and descriptive :obj:`info` (*e.g.* the
     dataset name and raw-file checksums).
 
     Args:
-        data (Interactions): The split.
+        data (Interactions or Split): The split (its training and test
+            pairs are hashed).
         **info: Extra entries (plain python values).
     """
     return dict(

@@ -3,9 +3,10 @@ equal-memory comparison cell by cell (:class:`ConvergedRunner`)."""
 import copy
 import inspect
 import math
+import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,6 +17,8 @@ from pyg_cerp.memory import (density_for_nbytes, memory_report,
                              module_table_shapes, tables_nbytes)
 from pyg_cerp.nn.baselines import PEPEmbedding
 from pyg_cerp.nn.quant import check_precision
+from pyg_cerp.distributed import DistContext
+from pyg_cerp.train.checkpoint import Checkpoint, data_identity
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.train.data import Interactions, Split
 from pyg_cerp.train.distill import RankingDistillation
@@ -25,6 +28,7 @@ from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
                                     check_budget_unit, get_method)
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
+from pyg_cerp.utils.io import content_digest
 from pyg_cerp.utils.validation import (check_finite_loss, check_float,
                                        check_int)
 
@@ -212,6 +216,15 @@ class ConvergedRunner:
             :obj:`'full'` (a fraction of the :math:`Nd` values of the full
             table) or :obj:`'bytes'` (a fraction of its :obj:`float32`
             bytes). (default: :obj:`'full'`)
+        cache (str, optional): A folder that keeps each converged full
+            table (:meth:`full_model`) as a checksummed
+            :class:`~pyg_cerp.train.checkpoint.Checkpoint` tied to the
+            data, so that another process (*e.g.* a :obj:`'magnitude'` or
+            distillation cell run later) loads it instead of training it
+            again. The file name holds a digest of everything else that
+            shapes the model: the cell's configuration, the backbone
+            (:obj:`repr`), the stopping rule, the validation pairs and
+            :obj:`eval_users`. (default: :obj:`None`: kept in memory only)
     """
     def __init__(self, split: Split,
                  build_recommender: Callable[[Module], Recommender],
@@ -223,8 +236,10 @@ class ConvergedRunner:
                  log: Callable[[str], None] = print,
                  distill_weights: Sequence[float] = (),
                  distill_options: Optional[Dict[str, Any]] = None,
-                 budget_unit: str = 'full') -> None:
+                 budget_unit: str = 'full',
+                 cache: Optional[str] = None) -> None:
         self.split = split
+        self.cache = cache
         self.budget_unit = check_budget_unit(budget_unit)
         self.build_recommender = build_recommender
         self.make_sampler = make_sampler
@@ -396,9 +411,34 @@ class ConvergedRunner:
             model = self._build(self._embedding('full', 1., precision), seed)
             desc = f'full seed {seed}' + ('' if precision == 'float32' else
                                           f' {precision}')
-            res = self._fit(model, cfg, seed, desc)
-            self._full[key] = (copy.deepcopy(model.state_dict()), res)
+            store = self._full_store(cfg, model, seed, precision)
+            stored = None if store is None else store.load()
+            if stored is not None:
+                self.log(f'{desc}: loaded from {store.path}')
+                self._full[key] = (stored['model'], FitResult(**stored['fit']))
+            else:
+                res = self._fit(model, cfg, seed, desc)
+                self._full[key] = (copy.deepcopy(model.state_dict()), res)
+                if store is not None:
+                    store.save(dict(data=store.data, config=cfg.to_dict(),
+                                    model=self._full[key][0],
+                                    fit=asdict(res)))
         return self._full[key]
+
+    def _full_store(self, config: CERPConfig, model: Recommender, seed: int,
+                    precision: str) -> Optional[Checkpoint]:
+        # The cache file of a full table (None without a cache folder).
+        if self.cache is None:
+            return None
+        os.makedirs(self.cache, exist_ok=True)
+        digest = content_digest(dict(
+            config=config.to_dict(), backbone=repr(model),
+            stopping=asdict(self.stopping), eval_users=self.eval_users,
+            valid=self.split.valid.long()))[:16]
+        path = os.path.join(self.cache,
+                            f'full_seed{seed}_{precision}_{digest}.pt')
+        return Checkpoint(path, data_identity(self.split), config,
+                          DistContext())
 
     def _prune(self, method: Method, budget: float, seed: int,
                bucket_size: Optional[int], precision: str = 'float32'

@@ -192,3 +192,49 @@ def test_converged_runner_trains_every_method_to_a_byte_budget():
     assert {(0, 'float32'), (0, 'int8')} <= set(runner._full)
     with pytest.raises(ValueError, match='budget_unit'):
         _byte_runner(budget_unit='values')
+
+
+def test_full_tables_are_cached_on_disk_and_tied_to_their_data(
+        tmp_path, monkeypatch):
+    from pyg_cerp.train import ConvergedRunner, Split
+    from pyg_cerp.train.checkpoint import ResumeError
+    from pyg_cerp.utils.io import CheckpointError
+    cache = str(tmp_path / 'full')
+    first = _byte_runner(cache=cache)
+    state, res = first.full_model(0)
+    (path, ) = [p for p in (tmp_path / 'full').iterdir()]
+    assert path.name.startswith('full_seed0_float32_')
+
+    # Another runner loads it instead of training, bit for bit; the
+    # magnitude cell then runs from it.
+    second = _byte_runner(cache=cache)
+    monkeypatch.setattr(ConvergedRunner, '_fit', lambda *a, **k: 1 / 0)
+    loaded, loaded_res = second.full_model(0)
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert loaded_res == res
+    monkeypatch.undo()
+    out = second.run('magnitude', 0.3, 0)
+    assert out['ndcg@20'] == first.run('magnitude', 0.3, 0)['ndcg@20']
+
+    # Another stopping rule or precision is another file.
+    other = _byte_runner(cache=cache)
+    other.stopping = EarlyStopping(max_epochs=1, patience=1)
+    other.full_model(0)
+    _byte_runner(cache=cache, budget_unit='bytes').full_model(0, 'int8')
+    assert len(list((tmp_path / 'full').iterdir())) == 3
+
+    # Other training pairs under the same name: refused, file kept.
+    runner = _byte_runner(cache=cache)
+    s = runner.split
+    runner.split = Split(s.train[:, 1:], s.valid, s.test, s.num_users,
+                         s.num_items)
+    with pytest.raises(ResumeError, match='other data'):
+        runner.full_model(0)
+    # A flipped byte: refused, not silently retrained over.
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError):
+        _byte_runner(cache=cache).full_model(0)
+    assert path.read_bytes() == bytes(raw)
