@@ -2,7 +2,6 @@ r"""Training to convergence: early stopping on a validation split and the
 equal-memory comparison cell by cell (:class:`ConvergedRunner`)."""
 import copy
 import inspect
-import math
 import os
 import time
 import warnings
@@ -13,8 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module
 
-from pyg_cerp.memory import (density_for_nbytes, memory_report,
-                             module_table_shapes, tables_nbytes)
+from pyg_cerp.memory import memory_report
 from pyg_cerp.nn.baselines import PEPEmbedding
 from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.distributed import DistContext
@@ -25,7 +23,8 @@ from pyg_cerp.train.distill import RankingDistillation
 from pyg_cerp.train.loop import evaluate, train_epoch
 from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
                                     budget_nbytes, build_embedding,
-                                    check_budget_unit, get_method)
+                                    bytes_infeasible, check_budget_unit,
+                                    get_method)
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
 from pyg_cerp.utils.io import content_digest
@@ -300,27 +299,6 @@ class ConvergedRunner:
         (:func:`~pyg_cerp.train.methods.budget_nbytes`)."""
         return budget_nbytes(self.num_entities, self.config.dim, budget)
 
-    def _bytes_infeasible(self, embedding: Module, budget: float) -> str:
-        # Why a pruned embedding cannot meet a byte budget at its precision
-        # ('' if it can keep at least one value): the sparse index (and the
-        # int8 scales) of its tables alone, counted by pyg_cerp.memory.
-        nbytes = self.budget_nbytes(budget)
-        shapes = module_table_shapes(embedding)
-        precision = embedding.precision
-        density = density_for_nbytes(shapes, nbytes, precision)
-        if density is not None and max(
-                math.floor(density * r * c) for r, c, _ in shapes) >= 1:
-            return ''
-        floor = tables_nbytes(shapes, [0] * len(shapes), precision)
-        return (f'infeasible: the stored form of {type(embedding).__name__} '
-                f'at {precision} takes {floor} bytes with no value kept '
-                f'(sparse index and scales), the budget {budget:g} allows '
-                f'{nbytes} bytes')
-
-    def _sampler(self, seed: int) -> Any:
-        # The step moves each batch to the model's device.
-        return self.make_sampler(self.split.train, seed)
-
     def _optimizer(self, model: Module,
                    config: CERPConfig) -> torch.optim.Optimizer:
         return config_optimizer(model, config.derived(
@@ -341,7 +319,8 @@ class ConvergedRunner:
              distill: Optional[RankingDistillation] = None) -> FitResult:
         torch.manual_seed(seed)
         extra = {} if distill is None else dict(distill=distill)
-        return fit(model, self._optimizer(model, config), self._sampler(seed),
+        sampler = self.make_sampler(self.split.train, seed)
+        return fit(model, self._optimizer(model, config), sampler,
                    self.validate, self.stopping, config.clip_grad_norm,
                    self.log, desc, config.l2_reg, **extra)
 
@@ -454,8 +433,9 @@ class ConvergedRunner:
         data = Interactions(self.split.train, self.split.valid,
                             self.split.num_users, self.split.num_items)
         runner = CERPRunner(cfg, data, self.build_recommender,
-                            lambda s: self._sampler(s), method=method,
-                            embedding_factory=factory, log=self.log)
+                            lambda s: self.make_sampler(self.split.train, s),
+                            method=method, embedding_factory=factory,
+                            log=self.log)
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # A missed target is reported.
             state = runner.run()
@@ -519,10 +499,9 @@ class ConvergedRunner:
             except ValueError as error:
                 return dict(out, note=f'infeasible: {error}')
             model = self._build(emb, seed)
-            if m.name == 'full':  # What 'magnitude' prunes: train it once.
-                res = self._fit(model, cfg, seed, tag)
-                self._full[(seed, precision)] = (
-                    copy.deepcopy(model.state_dict()), res)
+            if m.name == 'full':  # Trained once (and cached) per process.
+                state, res = self.full_model(seed, precision)
+                model.load_state_dict(state)
             else:
                 res, weight, distill_sweep = self._fit_sweep(
                     model, cfg, seed, tag, weights)
@@ -534,7 +513,7 @@ class ConvergedRunner:
                                     check_index=False, precision=precision)
 
             if in_bytes:
-                note = self._bytes_infeasible(pruned(), budget)
+                note = bytes_infeasible(pruned(), out['budget_bytes'])
                 if note:
                     return dict(out, note=note)
             state, full_res = self.full_model(seed, precision)
@@ -569,8 +548,8 @@ class ConvergedRunner:
             notes = []
             for b in sizes:
                 if in_bytes:
-                    note = self._bytes_infeasible(
-                        self._embedding(m.name, budget, precision, b), budget)
+                    note = bytes_infeasible(self._embedding(
+                        m.name, budget, precision, b), out['budget_bytes'])
                     if note:
                         notes.append(note)
                         continue
@@ -606,9 +585,9 @@ class ConvergedRunner:
                    best_epoch=res.best_epoch, bytes=nbytes,
                    seconds=time.perf_counter() - start)
         out['valid_ndcg@20'] = res.best_valid
-        if out['bucket_size'] is None and hasattr(model.embedding,
-                                                   'bucket_size'):
-            out['bucket_size'] = int(model.embedding.bucket_size)
+        b = getattr(model.embedding, 'bucket_size', None)
+        if out['bucket_size'] is None and b is not None:
+            out['bucket_size'] = int(b)
         return out
 
 

@@ -1,5 +1,6 @@
-r"""The methods of the equal-memory comparison as first-class objects, and
-training to convergence (early stopping on a validation split).
+r"""The methods of the equal-memory comparison as first-class objects, sized
+to a budget (trained to convergence by
+:class:`~pyg_cerp.train.ConvergedRunner`).
 
 Every method is sized to a **budget** :math:`f`, a fraction of the
 :math:`N \times d` values of the full table (the unit of
@@ -51,14 +52,16 @@ from torch.nn import Module
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
+from pyg_cerp.memory import (density_for_nbytes, module_table_shapes,
+                             tables_nbytes)
 from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.planner import full_table_nbytes, plan_budget
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.utils.validation import check_int
 
 __all__ = ['Method', 'METHODS', 'get_method', 'build_embedding',
-           'bucket_candidates', 'budget_nbytes', 'check_budget_unit',
-           'BUDGET_UNITS']
+           'bucket_candidates', 'budget_nbytes', 'bytes_infeasible',
+           'check_budget_unit', 'BUDGET_UNITS']
 
 #: The units of a budget :math:`f`: :obj:`'full'` (a fraction of the
 #: :math:`Nd` values of the full table) or :obj:`'bytes'` (a fraction of its
@@ -164,8 +167,30 @@ def budget_nbytes(num_entities: int, dim: int, budget: float) -> int:
     """
     if not 0. < float(budget) <= 1.:
         raise ValueError(f"'budget' must be in (0, 1] (got {budget})")
-    return int(math.floor(float(budget) * full_table_nbytes(num_entities,
-                                                             dim)))
+    full = full_table_nbytes(num_entities, dim)
+    return int(math.floor(float(budget) * full))
+
+
+def bytes_infeasible(embedding: Module, nbytes: int) -> str:
+    r"""Why a pruned :obj:`embedding` cannot be stored in :obj:`nbytes`
+    bytes at its :obj:`precision`, or :obj:`''` if it can keep at least one
+    value: the sparse index (and int8 scales) of its tables alone exceed
+    the budget (counted by :mod:`pyg_cerp.memory`).
+
+    Args:
+        embedding (torch.nn.Module): A pruned embedding (CERP, PEP).
+        nbytes (int): The byte budget.
+    """
+    shapes = module_table_shapes(embedding)
+    precision = embedding.precision
+    density = density_for_nbytes(shapes, nbytes, precision)
+    if density is not None and max(
+            math.floor(density * r * c) for r, c, _ in shapes) >= 1:
+        return ''
+    floor = tables_nbytes(shapes, [0] * len(shapes), precision)
+    return (f'infeasible: the stored form of {type(embedding).__name__} at '
+            f'{precision} takes {floor} bytes with no value kept (sparse '
+            f'index and scales), the budget allows {nbytes} bytes')
 
 
 def build_embedding(method: str, num_entities: int, dim: int, budget: float,

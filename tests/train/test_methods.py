@@ -8,7 +8,8 @@ from pyg_cerp.train import (METHODS, EarlyStopping, build_embedding, fit,
                             get_method, holdout_split)
 from pyg_cerp.memory import memory_report
 from pyg_cerp.planner import full_table_nbytes, plan_budget
-from pyg_cerp.train.methods import bucket_candidates, budget_nbytes
+from pyg_cerp.train.methods import (bucket_candidates, budget_nbytes,
+                                    bytes_infeasible)
 
 
 def test_method_registry_and_budgets():
@@ -137,6 +138,18 @@ def test_byte_budgets_size_every_method_at_its_precision():
         bucket_candidates(n, 0.05, budget_unit='bytes')
     # The value budgets are unchanged.
     assert bucket_candidates(1000, 0.05, budget_unit='full') == [38, 50, 100]
+
+
+def test_a_pruned_table_whose_index_alone_exceeds_the_budget_is_infeasible():
+    # PEP over 2000 x 8 int8: the bitmap (2000 bytes) and the row scales
+    # (8000 bytes) come before any value.
+    pep = PEPEmbedding(2000, 8, precision='int8')
+    note = bytes_infeasible(pep, 3200)
+    assert note.startswith('infeasible: the stored form of PEPEmbedding at '
+                           'int8 takes 10000 bytes with no value kept')
+    assert note.endswith('allows 3200 bytes')
+    assert bytes_infeasible(pep, 64000) == ''
+    assert bytes_infeasible(PEPEmbedding(2000, 8), 3200) == ''  # CSR, fp32
 
 
 def _byte_runner(**kwargs):
