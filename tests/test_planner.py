@@ -14,6 +14,8 @@ from pyg_cerp.planner import (Plan, PlanRow, _bucket_size, full_table_nbytes,
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 GOWALLA = osp.join(ROOT, 'benchmarks', 'results',
                    'gowalla_lightgcn_converged.csv')
+GOWALLA_BYTES = osp.join(ROOT, 'benchmarks', 'results',
+                         'gowalla_lightgcn_bytes.csv')
 
 
 @pytest.mark.parametrize('n, d', [(70839, 64), (1000, 8), (50, 3)])
@@ -163,6 +165,24 @@ def test_load_the_converged_gowalla_table():
     assert plan.expected_bytes <= 10**6
     with pytest.raises(ValueError, match='embedding size'):
         load_table(GOWALLA)  # The bucket ratio needs d.
+
+
+def test_plan_from_the_measured_byte_budgets():
+    # The committed byte-budget run (issue 14): every CERP row is int8 and
+    # carries d, so the planner reads it without arguments; at 5% and 1% of
+    # Gowalla's float32 bytes it plans the measured precision and the bucket
+    # ratio chosen there on validation (1.5 and 4).
+    table = load_table(GOWALLA_BYTES)
+    assert table and all(r.precision == 'int8' for r in table)
+    n, d = 70839, 64
+    for fraction, ratio in ((0.05, 1.5), (0.01, 4.)):
+        budget = int(fraction * full_table_nbytes(n, d))
+        plan = plan_budget(n, d, budget, table=table)
+        best = max((r for r in table if r.budget_bytes <= budget),
+                   key=lambda r: r.valid)
+        assert plan.source == 'table' and plan.valid == best.valid
+        assert plan.precision == 'int8' and plan.expected_bytes <= budget
+        assert math.isclose(plan.bucket_ratio, ratio, rel_tol=0.01)
 
 
 def test_errors_at_the_boundary():

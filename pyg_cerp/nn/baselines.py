@@ -57,9 +57,8 @@ class FullEmbedding(_Stored, torch.nn.Embedding):
             (default: :obj:`True`)
         device (torch.device, optional): The device of the table.
         dtype (torch.dtype, optional): The floating point type of the table.
-        precision (str, optional): The value precision of the stored
-            form that training simulates: :obj:`'float32'` (none),
-            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+        precision (str, optional): The simulated value precision, as for
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)
     """
     _stored = ('weight', )
@@ -132,9 +131,8 @@ class QREmbedding(_Stored, Module):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
-        precision (str, optional): The value precision of the stored
-            form that training simulates: :obj:`'float32'` (none),
-            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+        precision (str, optional): The simulated value precision, as for
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)
     """
     _stored = ('R', 'Q')
@@ -292,9 +290,8 @@ class HashEmbedding(_Stored, Module):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
-        precision (str, optional): The value precision of the stored
-            form that training simulates: :obj:`'float32'` (none),
-            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+        precision (str, optional): The simulated value precision, as for
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)
     """
     PRIME = 2**31 - 1

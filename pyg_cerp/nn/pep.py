@@ -63,9 +63,8 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
             (default: :obj:`True`)
         device (torch.device, optional): The device.
         dtype (torch.dtype, optional): The floating point type.
-        precision (str, optional): The value precision of the stored
-            form that training simulates: :obj:`'float32'` (none),
-            :obj:`'float16'` or :obj:`'int8'` (per-row scales).
+        precision (str, optional): The simulated value precision, as for
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)
     """
     pruned_names = (('V', 'threshold', 'mask'), )
