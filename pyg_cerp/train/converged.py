@@ -328,9 +328,7 @@ class ConvergedRunner:
         r"""The converged full-table model of :obj:`seed` as a frozen
         teacher (built once from :meth:`full_model`)."""
         if seed not in self._teachers:
-            state, _ = self.full_model(seed)
-            model = self._build(self._embedding('full', 1., 'float32'), seed)
-            model.load_state_dict(state)
+            model, _ = self._full_recommender(seed, 'float32')
             for param in model.parameters():
                 param.requires_grad_(False)
             self._teachers[seed] = model.eval()
@@ -403,6 +401,14 @@ class ConvergedRunner:
                                     model=self._full[key][0],
                                     fit=asdict(res)))
         return self._full[key]
+
+    def _full_recommender(self, seed: int, precision: str
+                          ) -> Tuple[Recommender, FitResult]:
+        # A new recommender holding the converged full table of full_model().
+        state, res = self.full_model(seed, precision)
+        model = self._build(self._embedding('full', 1., precision), seed)
+        model.load_state_dict(state)
+        return model, res
 
     def _full_store(self, config: CERPConfig, model: Recommender, seed: int,
                     precision: str) -> Optional[Checkpoint]:
@@ -493,19 +499,17 @@ class ConvergedRunner:
         cfg = self._cell_config(m, budget, seed, None, precision)
         tag = f'{m.name}@{budget:g}' + ('' if precision == 'float32' else
                                         f' {precision}')
-        if m.kind == 'fixed':
+        if m.name == 'full':  # Trained once (and cached) per process.
+            best = self._full_recommender(seed, precision)
+        elif m.kind == 'fixed':
             try:
                 emb = self._embedding(m.name, budget, precision)
             except ValueError as error:
                 return dict(out, note=f'infeasible: {error}')
             model = self._build(emb, seed)
-            if m.name == 'full':  # Trained once (and cached) per process.
-                state, res = self.full_model(seed, precision)
-                model.load_state_dict(state)
-            else:
-                res, weight, distill_sweep = self._fit_sweep(
-                    model, cfg, seed, tag, weights)
-                out.update(distill=weight, distill_sweep=distill_sweep)
+            res, weight, distill_sweep = self._fit_sweep(
+                model, cfg, seed, tag, weights)
+            out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         elif m.kind == 'magnitude':
             def pruned() -> Module:
@@ -516,9 +520,8 @@ class ConvergedRunner:
                 note = bytes_infeasible(pruned(), out['budget_bytes'])
                 if note:
                     return dict(out, note=note)
-            state, full_res = self.full_model(seed, precision)
-            full = self._build(self._embedding('full', 1., precision), seed)
-            full.load_state_dict(state)
+            full, full_res = self._full_recommender(seed, precision)
+            state = full.state_dict()
             model = self._build(pruned(), seed)
             rest = {k: v for k, v in state.items()
                     if not _is_embedding_key(model, k)}
