@@ -95,6 +95,7 @@ import dataclasses
 import math
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
@@ -1040,6 +1041,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         'the plot from the CSV (e.g. after an interrupted '
                         'run)')
     args = parser.parse_args(argv)
+    if args.tag and not re.fullmatch(r'[A-Za-z0-9-]+', args.tag):
+        parser.error(f'--tag {args.tag!r}: use letters, digits and - only '
+                     '(benchmarks/device/merge.py reads the tag back from '
+                     'the file name)')
     if args.profile == 'converged':
         if args.methods is None:
             args.methods = list(CONVERGED_METHODS)

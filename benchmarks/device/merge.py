@@ -51,6 +51,11 @@ def merge(folder: str, out: str, note: str) -> List[str]:
     for path in paths:
         m = TAGGED.match(osp.basename(path))
         if m is None:
+            # Not a tagged CSV of this layout (e.g. a tag holding '_'):
+            # said, so that no finished cell is dropped unnoticed.
+            report.append(f'{osp.basename(path)}: not a tagged '
+                          '<dataset>_<backbone>_{converged,bytes}_<tag>.csv '
+                          '(tag: letters, digits, -), not merged')
             continue
         columns = BYTES_COLUMNS if m['kind'] == 'bytes' else CONVERGED_COLUMNS
         main = CSVLog(osp.join(out, m['stem'] + '.csv'), columns=columns)

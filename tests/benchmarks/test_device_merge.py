@@ -33,6 +33,9 @@ def test_merge_folds_bytes_and_converged_csvs(tmp_path):
         f.write('bytes log\n')
     CSVLog(str(run / 'x_lightgcn_converged_s1.csv'),
            columns=CONVERGED_COLUMNS).append([_row('cerp', 0.05, 1, 0.05)])
+    # A CSV whose name merge cannot parse is said, not dropped silently.
+    CSVLog(str(run / 'x_lightgcn_bytes_c1_s1.csv'),
+           columns=BYTES_COLUMNS).append([_row('cerp', 0.01, 1, 0.08)])
     lines = merge.merge(str(run), str(out), 'H200')
     assert ("x_lightgcn_bytes ('cerp', 0.05, 'int8', 0): already there, "
             'skipped') in lines
@@ -41,6 +44,8 @@ def test_merge_folds_bytes_and_converged_csvs(tmp_path):
     assert ("x_lightgcn_bytes ('qr-mul', 0.005, 'int8', 0): no model "
             '(infeasible: QR)') in lines
     assert "x_lightgcn_converged ('cerp', 0.05, 1): ndcg@20 0.05" in lines
+    assert any(x.startswith('x_lightgcn_bytes_c1_s1.csv: not a tagged')
+               for x in lines)
     rows = CSVLog(str(out / 'x_lightgcn_bytes.csv'),
                   columns=BYTES_COLUMNS).rows()
     assert [(r['method'], r['precision'], r['ndcg@20'], r['note'])
@@ -53,4 +58,5 @@ def test_merge_folds_bytes_and_converged_csvs(tmp_path):
     assert (out / 'x_lightgcn_converged.csv').exists()
     assert not (out / 'x_lightgcn_bytes_c5.csv').exists()
     # A second merge adds nothing.
-    assert all('skipped' in x for x in merge.merge(str(run), str(out), 'H200'))
+    assert all('skipped' in x or 'not merged' in x
+               for x in merge.merge(str(run), str(out), 'H200'))

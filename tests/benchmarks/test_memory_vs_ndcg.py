@@ -153,6 +153,10 @@ def test_bad_arguments():
         harness.parse_args(['--budgets', '1.5'])
     with pytest.raises(SystemExit):
         harness.parse_args(['--methods', 'qr', '--gamma-schedules', 'const'])
+    # merge.py reads the tag back from the file name: no '_' in it.
+    with pytest.raises(SystemExit):
+        harness.parse_args(['--tag', 'c1i_s1'])
+    assert harness.parse_args(['--tag', 'c1i-s1']).tag == 'c1i-s1'
     args = harness.parse_args(['--quick', '--retrain-epochs', '5'])
     assert args.profile_obj.retrain_epochs == 5
     assert args.profile_obj.name == 'quick*'
