@@ -22,7 +22,8 @@ Examples::
     python benchmarks/converged_report.py \
         benchmarks/results/gowalla_lightgcn_converged.csv
     python benchmarks/converged_report.py \
-        benchmarks/results/gowalla_lightgcn_bytes.csv
+        benchmarks/results/gowalla_lightgcn_bytes.csv \
+        --add benchmarks/results/gowalla_lightgcn_bytes_distill.csv
 """
 import argparse
 import csv
@@ -51,8 +52,16 @@ def _key(r: Dict[str, str]) -> Tuple[str, float]:
     return r['method'], float(r['budget'])
 
 
-def _bytes_key(r: Dict[str, str]) -> Tuple[str, float, str]:
-    return r['method'], float(r['budget']), r.get('precision') or 'float32'
+def _bytes_key(r: Dict[str, str]) -> Tuple[str, float, str, bool]:
+    # (method, budget, precision, distilled): a distilled cell is a
+    # configuration of its own.
+    return (r['method'], float(r['budget']), r.get('precision') or 'float32',
+            float(r.get('distill') or 0) > 0)
+
+
+def _label(key: Tuple) -> str:
+    # 'cerp int8', 'qr-mul int8 + distillation'.
+    return f'{key[0]} {key[2]}' + (' + distillation' if key[3] else '')
 
 
 def group(rows: List[Dict[str, str]],
@@ -249,7 +258,7 @@ def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
     baseline, both chosen on validation NDCG@20, and the infeasible rows."""
     check_bytes(rows)
     g = group(rows, _bytes_key)
-    full = g.get(('full', 1.0, 'float32'))
+    full = g.get(('full', 1.0, 'float32', False))
     full_ndcg = _col(full, 'ndcg@20')[0] if full else None
     lines = [f'# {title}', '',
              'Byte budgets: `budget` is a fraction of the full table\'s '
@@ -276,9 +285,12 @@ def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
             {r.get('distill') or '0' for r in rs})))])
     lines += ['', '## Best pyg-cerp configuration against the best baseline',
               '', 'Both chosen on validation NDCG@20 (mean over seeds) among '
-              'every method and precision at the budget; pyg-cerp: '
-              f'{", ".join(CERP_FAMILY)}. The difference is in test NDCG@20, '
-              'relative to the baseline.', '']
+              'every method, precision and distillation weight at the '
+              f'budget; pyg-cerp: {", ".join(CERP_FAMILY)}. The difference '
+              'is in test NDCG@20, relative to the baseline. Where a budget '
+              'has distilled cells (the full table as teacher, '
+              '`pyg_cerp.train.RankingDistillation`, which any method can '
+              'use), a second line compares the undistilled ones.', '']
     if full_ndcg:
         lines += [f'Full table (float32): NDCG@20 {full_ndcg:.4f}.', '']
     none = [r for r in rows if not r.get('ndcg@20')]
@@ -286,35 +298,11 @@ def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
                          {float(r['budget']) for r in none
                           if float(r['budget']) < 1}, reverse=True):
         keys = [k for k in g if k[1] == budget]
-        cerp = _best(g, [k for k in keys if k[0] in CERP_FAMILY],
-                     'valid_ndcg@20')
-        base = _best(g, [k for k in keys if k[0] not in CERP_FAMILY],
-                     'valid_ndcg@20')
-        line = f'* {budget:g} of the full table: '
-        if cerp is None:
-            line += 'pyg-cerp has no row at this budget ' + _missing(
-                none, budget, True)
-        else:
-            nd = _col(g[cerp], 'ndcg@20')
-            line += (f'best pyg-cerp **{cerp[0]} {cerp[2]}** (valid '
-                     f"{_col(g[cerp], 'valid_ndcg@20')[0]:.4f}) test "
-                     f'{_fmt(*nd)}')
-            if full_ndcg:
-                line += f', {100 * nd[0] / full_ndcg:.1f}% of full'
-        if base is None:
-            line += '; no baseline row at this budget ' + _missing(
-                none, budget, False)
-        else:
-            bn = _col(g[base], 'ndcg@20')
-            line += (f'; best baseline {base[0]} {base[2]} (valid '
-                     f"{_col(g[base], 'valid_ndcg@20')[0]:.4f}) test "
-                     f'{_fmt(*bn)}')
-            if cerp is not None:
-                gap = nd[0] - bn[0]
-                line += (f'; pyg-cerp {gap:+.4f} ({100 * gap / bn[0]:+.1f}%); '
-                         f'seed spread: pyg-cerp {_spread(g[cerp])}, '
-                         f'baseline {_spread(g[base])}')
-        lines.append(line)
+        lines.append(_versus(g, keys, budget, full_ndcg, none,
+                             f'* {budget:g} of the full table: '))
+        if any(k[3] for k in keys):
+            lines.append(_versus(g, [k for k in keys if not k[3]], budget,
+                                 full_ndcg, none, '  * without distillation: '))
     if none:
         lines += ['', '## Infeasible (no model)', '',
                   '| budget | budget bytes | method | precision | seed | note |',
@@ -329,6 +317,41 @@ def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _versus(g: Dict[Tuple, List[Dict]], keys: Sequence[Tuple], budget: float,
+            full_ndcg: Optional[float], none: List[Dict[str, str]],
+            line: str) -> str:
+    # The best pyg-cerp configuration of keys against the best baseline,
+    # both on validation NDCG@20.
+    cerp = _best(g, [k for k in keys if k[0] in CERP_FAMILY],
+                 'valid_ndcg@20')
+    base = _best(g, [k for k in keys if k[0] not in CERP_FAMILY],
+                 'valid_ndcg@20')
+    if cerp is None:
+        line += 'pyg-cerp has no row at this budget ' + _missing(
+            none, budget, True)
+    else:
+        nd = _col(g[cerp], 'ndcg@20')
+        line += (f'best pyg-cerp **{_label(cerp)}** (valid '
+                 f"{_col(g[cerp], 'valid_ndcg@20')[0]:.4f}) test "
+                 f'{_fmt(*nd)}')
+        if full_ndcg:
+            line += f', {100 * nd[0] / full_ndcg:.1f}% of full'
+    if base is None:
+        line += '; no baseline row at this budget ' + _missing(
+            none, budget, False)
+    else:
+        bn = _col(g[base], 'ndcg@20')
+        line += (f'; best baseline {_label(base)} (valid '
+                 f"{_col(g[base], 'valid_ndcg@20')[0]:.4f}) test "
+                 f'{_fmt(*bn)}')
+        if cerp is not None:
+            gap = nd[0] - bn[0]
+            line += (f'; pyg-cerp {gap:+.4f} ({100 * gap / bn[0]:+.1f}%); '
+                     f'seed spread: pyg-cerp {_spread(g[cerp])}, '
+                     f'baseline {_spread(g[base])}')
+    return line
+
+
 def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
     r"""NDCG@20 (mean ± std over seeds) against stored bytes, log x: the
     plot of :mod:`memory_vs_ndcg` (:func:`write_plot`); a bytes CSV's lines
@@ -337,10 +360,9 @@ def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
     from memory_vs_ndcg import write_plot
     rows = [r for r in rows if r.get('ndcg@20')]
     if is_bytes(rows):
-        rows = [dict(r, method=r['method'] if (r['method'], r['precision'] or
-                                                'float32') == ('full',
-                                                               'float32')
-                     else f"{r['method']} {r['precision']}") for r in rows]
+        rows = [dict(r, method='full' if _bytes_key(r) == (
+            'full', 1.0, 'float32', False) else _label(_bytes_key(r)))
+            for r in rows]
     write_plot(rows, path, title)
 
 
@@ -349,6 +371,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument('csv', help='converged or bytes CSV (written by '
                         'memory_vs_ndcg.py --profile converged [--budget-unit '
                         'bytes])')
+    parser.add_argument('--add', action='append', default=[], metavar='CSV',
+                        help='more rows of the same kind, reported with the '
+                        "first CSV's (e.g. the distilled cells of "
+                        "gowalla_lightgcn_bytes_distill.csv); repeatable")
     parser.add_argument('--title', default=None,
                         help='title (default: the CSV name)')
     parser.add_argument('--no-plot', action='store_true',
@@ -358,6 +384,13 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         rows = list(csv.DictReader(f))
     if not rows:
         parser.error(f'{args.csv} has no rows')
+    for path in args.add:
+        with open(path, newline='') as f:
+            more = list(csv.DictReader(f))
+        if more and is_bytes(more) != is_bytes(rows):
+            parser.error(f'--add {path}: not the same kind of CSV as '
+                         f'{args.csv} (bytes and parameter budgets)')
+        rows += more
     stem = osp.splitext(args.csv)[0]
     title = args.title or osp.basename(stem)
     try:

@@ -157,3 +157,37 @@ def test_bytes_plot_labels_precisions(tmp_path, monkeypatch):
     labels = {r['method'] for r in seen['rows']}
     assert labels == {'full', 'full int8', 'cerp int8', 'cerp float32',
                       'cerp-noreg float32', 'qr-mul float32', 'hash int8'}
+
+
+def test_bytes_report_counts_distilled_cells_as_configurations(tmp_path):
+    path, extra = tmp_path / 'x_lightgcn_bytes.csv', tmp_path / 'd.csv'
+    _write_bytes(path, BYTES_ROWS)
+    # Distilled qr-mul float32 beats every pyg-cerp cell on validation.
+    _write_bytes(extra, [('qr-mul', 0.05, 200, 'float32', 0, '', 50, 200, 10,
+                          8, 0.080, 0.1, 0.068, 0.3, '')])
+    text = open(converged_report.main([str(path), '--add', str(extra),
+                                       '--no-plot'])).read()
+    assert ('| 0.05 | 200 | qr-mul | float32 | 0.0800 | 0.0680 | 68.0 |'
+            in text)
+    best = [line for line in text.splitlines()
+            if line.startswith('* 0.05 of the full table')]
+    assert best[0].startswith(
+        '* 0.05 of the full table: best pyg-cerp **cerp int8** (valid '
+        '0.0700) test 0.0650 ± 0.0071 (2), 65.0% of full; best baseline '
+        'qr-mul float32 + distillation (valid 0.0800) test 0.0680; '
+        'pyg-cerp -0.0030 (-4.4%)')
+    # The undistilled comparison is the one without the extra CSV.
+    assert ('  * without distillation: best pyg-cerp **cerp int8** (valid '
+            '0.0700) test 0.0650 ± 0.0071 (2), 65.0% of full; best baseline '
+            'qr-mul float32 (valid 0.0500) test 0.0500; pyg-cerp +0.0150 '
+            '(+30.0%)') in text
+    # A budget without distilled cells has one line.
+    assert 'without distillation' not in text.split('* 0.01 of')[1]
+    # Parameter-budget rows do not mix with byte-budget rows.
+    conv = tmp_path / 'c.csv'
+    with open(conv, 'w', newline='') as f:
+        w = csv.DictWriter(f, COLS)
+        w.writeheader()
+        w.writerow(dict.fromkeys(COLS, '1'))
+    with pytest.raises(SystemExit):
+        converged_report.main([str(path), '--add', str(conv), '--no-plot'])
