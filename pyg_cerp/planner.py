@@ -50,6 +50,13 @@ bytes for every method run at both (QR-mul 0.0690 vs 0.0488, hashing 0.0408
 vs 0.0319, magnitude pruning at 10% 0.1437 vs 0.1176): a value's presence is
 worth more than its precision there. On other data, pass a measured table.
 
+The planner plans CERP only. In the same benchmark, at 10% of the bytes
+magnitude pruning of the trained full table (int8) scored higher than CERP
+(test NDCG@20 0.1437 against 0.1192) and QR-mul (int8) at 5% (0.1126
+against 0.1087, one seed each); see
+``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
+budgets of 5% and more.
+
 **With a table** (rows measured by the benchmark, see :func:`load_table`)
 the CERP rows whose stored bytes meet the budget are ranked by validation
 NDCG@20 and the best one's precision and bucket ratio are planned for
