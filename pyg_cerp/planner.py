@@ -45,9 +45,9 @@ so :math:`\rho = 1.5` from :data:`RATIO_SWITCH` (3%, between the measured
 below; and, among :obj:`precisions`, the one storing the most non-zeros
 (ties to the earlier one): int8. The byte-budget benchmark measured that
 choice on Gowalla/LightGCN (``benchmarks/results/gowalla_lightgcn_bytes.csv``,
-test NDCG@20 at 1% of the full table's bytes): int8 beats float32 at equal
-bytes for every method run at both (QR-mul 0.0690 vs 0.0488, hashing 0.0408
-vs 0.0319, magnitude pruning at 10% 0.1437 vs 0.1176): a value's presence is
+test NDCG@20): int8 beats float32 at equal bytes for every method run at
+both (at 1% of the full table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408
+vs 0.0319; at 10% magnitude pruning 0.1437 vs 0.1176): a value's presence is
 worth more than its precision there. On other data, pass a measured table.
 
 The planner plans CERP only. In the same benchmark, at 10% of the bytes
