@@ -330,26 +330,30 @@ def _versus(g: Dict[Tuple, List[Dict]], keys: Sequence[Tuple], budget: float,
         line += 'pyg-cerp has no row at this budget ' + _missing(
             none, budget, True)
     else:
+        line += _side(g, cerp, 'pyg-cerp **', '**')
         nd = _col(g[cerp], 'ndcg@20')
-        line += (f'best pyg-cerp **{_label(cerp)}** (valid '
-                 f"{_col(g[cerp], 'valid_ndcg@20')[0]:.4f}) test "
-                 f'{_fmt(*nd)}')
         if full_ndcg:
             line += f', {100 * nd[0] / full_ndcg:.1f}% of full'
     if base is None:
         line += '; no baseline row at this budget ' + _missing(
             none, budget, False)
     else:
+        line += '; ' + _side(g, base, 'baseline ', '')
         bn = _col(g[base], 'ndcg@20')
-        line += (f'; best baseline {_label(base)} (valid '
-                 f"{_col(g[base], 'valid_ndcg@20')[0]:.4f}) test "
-                 f'{_fmt(*bn)}')
         if cerp is not None:
             gap = nd[0] - bn[0]
             line += (f'; pyg-cerp {gap:+.4f} ({100 * gap / bn[0]:+.1f}%); '
                      f'seed spread: pyg-cerp {_spread(g[cerp])}, '
                      f'baseline {_spread(g[base])}')
     return line
+
+
+def _side(g: Dict[Tuple, List[Dict]], key: Tuple, name: str,
+          close: str) -> str:
+    # 'best <name><label><close> (valid v) test t' for one configuration.
+    return (f'best {name}{_label(key)}{close} (valid '
+            f"{_col(g[key], 'valid_ndcg@20')[0]:.4f}) test "
+            f"{_fmt(*_col(g[key], 'ndcg@20'))}")
 
 
 def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
