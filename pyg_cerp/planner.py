@@ -53,7 +53,7 @@ worth more than its precision there. On other data, pass a measured table.
 The planner plans CERP only. In the same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
 (test NDCG@20 0.1437 against 0.1192) and at 5% QR-mul (int8, 0.1129 over 2
-seeds against 0.1088 over 3; with distillation 0.1230 against 0.1164); see
+seeds against 0.1088 over 3; with distillation 0.1230 against 0.1169); see
 ``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
 budgets of 5% and more.
 
