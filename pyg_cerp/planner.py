@@ -28,39 +28,46 @@ plan). The target density is :math:`z / (Nd)`, the unit of
 :class:`~pyg_cerp.train.ConvergedRunner`'s budgets and of
 :obj:`CERPConfig(target_unit='full')`.
 
-**Without a table** the rule follows the converged Gowalla LightGCN run
-(``benchmarks/results/gowalla_lightgcn_converged.csv``, :obj:`float32`,
-:math:`\rho \in \{1.5, 2, 4\}` selected on validation NDCG@20):
+**Without a table** the rule follows the converged Gowalla LightGCN runs,
+:math:`\rho` selected on validation NDCG@20
+(``benchmarks/results/gowalla_lightgcn_converged.csv``, :obj:`float32`, and,
+at 5% of the bytes, ``gowalla_lightgcn_bytes_tuning.csv``, :obj:`int8`):
 
-============  ===========  =====================================
-budget        chosen       validation NDCG@20 at 1.5 / 2 / 4
-============  ===========  =====================================
-10%           1.5          0.06772 / 0.06695 / 0.06655
-5%            1.5          0.06139 / 0.06110 / 0.06016
-1%            4            0.04481 / 0.04756 / 0.05045
-============  ===========  =====================================
+============  ===========  ==============================================
+budget        chosen       validation NDCG@20
+============  ===========  ==============================================
+10%           1.5          0.06772 / 0.06695 / 0.06655 at 1.5 / 2 / 4
+5% (bytes)    1.25         0.0727 / 0.0733 / 0.0721 / 0.0716 / 0.0680 at
+                           1.1 / 1.25 / 1.5 / 2 / 4 (int8; seeds 1-2 at
+                           1.25: 0.0735 / 0.0739)
+1%            4            0.04481 / 0.04756 / 0.05045 at 1.5 / 2 / 4
+============  ===========  ==============================================
 
-so :math:`\rho = 1.5` from :data:`RATIO_SWITCH` (3%, between the measured
-1% and 5%) of the full :obj:`float32` table's bytes and :math:`\rho = 4`
-below; and, among :obj:`precisions`, the one storing the most non-zeros
-(ties to the earlier one): int8. The byte-budget benchmark measured that
-choice on Gowalla/LightGCN (``benchmarks/results/gowalla_lightgcn_bytes.csv``,
-test NDCG@20): int8 beats float32 at equal bytes for every method run at
-both (at 1% of the full table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408
-vs 0.0319; at 10% magnitude pruning 0.1437 vs 0.1176): a value's presence is
-worth more than its precision there. On other data, pass a measured table.
+so :data:`RULE_BUCKET_RATIOS`: :math:`\rho = 1.5` from 7.5% of the full
+:obj:`float32` table's bytes, 1.25 from 3% (between the measured budgets)
+and 4 below; and, among :obj:`precisions`, the one storing the most
+non-zeros (ties to the earlier one): int8. The byte-budget benchmark measured
+that choice on Gowalla/LightGCN
+(``benchmarks/results/gowalla_lightgcn_bytes.csv``, test NDCG@20): int8 beats
+float32 at equal bytes for every method run at both (at 1% of the full
+table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408 vs 0.0319; at 10%
+magnitude pruning 0.1437 vs 0.1176): a value's presence is worth more than
+its precision there. On other data, pass a measured table.
 
 The planner plans CERP only. In the same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
 (test NDCG@20 0.1437 against 0.1192) and at 5% QR-mul (int8, 0.1129 over 2
-seeds against 0.1088 over 3; with distillation 0.1230 against 0.1169); see
-``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
-budgets of 5% and more.
+seeds against 0.1078 over 3 at :math:`\rho = 1.25`; with distillation 0.1230
+against 0.1169); see ``benchmarks/results/gowalla_lightgcn_bytes.md`` before
+choosing CERP at budgets of 5% and more.
 
 **With a table** (rows measured by the benchmark, see :func:`load_table`)
 the CERP rows whose stored bytes meet the budget are ranked by validation
 NDCG@20 and the best one's precision and bucket ratio are planned for
-:obj:`num_embeddings`, :obj:`embedding_dim` and the budget.
+:obj:`num_embeddings`, :obj:`embedding_dim` and the budget. Rows trained
+with ranking distillation from the full table (a :obj:`distill` weight
+above 0) take part only with :obj:`distillation=True`, since they need the
+trained full-table teacher; the plan then carries the chosen row's weight.
 """
 import csv
 import math
@@ -76,14 +83,10 @@ __all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
            'load_table', 'full_table_nbytes', 'plan_nbytes',
            'rule_bucket_ratio']
 
-#: The bucket ratio of the rule from :data:`RATIO_SWITCH` of the full table
-#: (selected on validation on Gowalla at 10% and 5% of the full table).
-DEFAULT_BUCKET_RATIO = 1.5
-#: The bucket ratio of the rule below it (selected at 1%).
-LOW_BUDGET_BUCKET_RATIO = 4.
-#: The budget, as a fraction of the full float32 table's bytes, from which
-#: the rule takes DEFAULT_BUCKET_RATIO.
-RATIO_SWITCH = 0.03
+#: The rule's bucket ratios: (from this fraction of the full float32
+#: table's bytes, rho), largest first (selected on validation on Gowalla at
+#: 10%, 5% and 1%; switching between the measured budgets).
+RULE_BUCKET_RATIOS = ((0.075, 1.5), (0.03, 1.25), (0., 4.))
 #: The methods whose measured rows plan a CompositionalEmbedding.
 CERP_METHODS = ('cerp', 'cerp-noreg', 'cerp-ft')
 
@@ -106,15 +109,18 @@ class Plan:
         source (str): :obj:`'rule'` or :obj:`'table'`.
         valid (float, optional): The validation metric of the chosen row
             (with a table).
+        distill (float): The ranking-distillation weight of the chosen row
+            (:class:`~pyg_cerp.train.RankingDistillation`; 0: none).
     """
     bucket_size: int
     target_density: float
     precision: str
     expected_bytes: int
     num_nonzero: int = 0
-    bucket_ratio: float = DEFAULT_BUCKET_RATIO
+    bucket_ratio: float = RULE_BUCKET_RATIOS[0][1]
     source: str = 'rule'
     valid: Optional[float] = None
+    distill: float = 0.
 
     def __post_init__(self) -> None:
         dtype_name(self.precision)
@@ -132,22 +138,23 @@ class PlanRow:
         bucket_ratio (float): Its :math:`\rho = 2bd / z` (:math:`= 2b /
             (fN)`).
         valid (float): Its validation metric (NDCG@20).
+        distill (float): Its ranking-distillation weight (0: none).
     """
     method: str
     budget_bytes: int
     precision: str
     bucket_ratio: float
     valid: float
+    distill: float = 0.
 
 
 def rule_bucket_ratio(num_embeddings: int, embedding_dim: int,
                       budget_bytes: int) -> float:
-    r"""The rule's :math:`\rho`: :data:`DEFAULT_BUCKET_RATIO` from
-    :data:`RATIO_SWITCH` of :func:`full_table_nbytes`,
-    :data:`LOW_BUDGET_BUCKET_RATIO` below."""
+    r"""The rule's :math:`\rho` from :data:`RULE_BUCKET_RATIOS`: the first
+    whose fraction of :func:`full_table_nbytes` the budget reaches."""
     full = full_table_nbytes(num_embeddings, embedding_dim)
-    return (DEFAULT_BUCKET_RATIO if budget_bytes >= RATIO_SWITCH * full else
-            LOW_BUDGET_BUCKET_RATIO)
+    return next(ratio for fraction, ratio in RULE_BUCKET_RATIOS
+                if budget_bytes >= fraction * full)
 
 
 def full_table_nbytes(num_embeddings: int, embedding_dim: int) -> int:
@@ -206,13 +213,14 @@ def _solve(n: int, d: int, budget: int, ratio: float,
 
 
 def _plan(n: int, d: int, budget: int, ratio: float, precision: str,
-          source: str = 'rule', valid: Optional[float] = None
-          ) -> Optional[Plan]:
+          source: str = 'rule', valid: Optional[float] = None,
+          distill: float = 0.) -> Optional[Plan]:
     out = _solve(n, d, budget, ratio, precision)
     if out is None:
         return None
     z, b, nbytes = out
-    return Plan(b, z / (n * d), precision, nbytes, z, ratio, source, valid)
+    return Plan(b, z / (n * d), precision, nbytes, z, ratio, source, valid,
+                distill)
 
 
 def _check(num_embeddings: int, embedding_dim: int, budget_bytes: int,
@@ -239,7 +247,8 @@ def _too_small(n: int, d: int, budget: int, names: Sequence[str],
 def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
                 table: Optional[Iterable[Union[PlanRow, Mapping]]] = None,
                 precisions: Sequence[str] = tuple(DTYPES),
-                bucket_ratio: Optional[float] = None) -> Plan:
+                bucket_ratio: Optional[float] = None,
+                distillation: bool = False) -> Plan:
     r"""The :class:`Plan` of a
     :class:`~pyg_cerp.nn.CompositionalEmbedding` for :obj:`budget_bytes`
     (see the module docstring).
@@ -256,6 +265,10 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
             (default: :obj:`('float32', 'float16', 'int8')`)
         bucket_ratio (float, optional): :math:`\rho \geq 1` instead of the
             rule's (:func:`rule_bucket_ratio`). (default: :obj:`None`)
+        distillation (bool, optional): Whether rows of :obj:`table`
+            measured with ranking distillation may be chosen (the plan's
+            :obj:`distill` is then the weight to train with).
+            (default: :obj:`False`)
 
     Raises:
         ValueError: If the budget is below the smallest representable
@@ -269,15 +282,17 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
     if table is not None:
         rows = [r if isinstance(r, PlanRow) else _row(r) for r in table]
         fits = [r for r in rows if r.method in CERP_METHODS
-                and r.precision in names and r.budget_bytes <= budget]
+                and r.precision in names and r.budget_bytes <= budget
+                and (distillation or not r.distill)]
         if not fits:
+            kind = '' if distillation else ' without distillation'
             raise ValueError(f"No measured CERP row of 'table' in "
-                             f"{list(names)} meets budget_bytes={budget} "
-                             f"(of {len(rows)} rows)")
+                             f"{list(names)}{kind} meets budget_bytes="
+                             f"{budget} (of {len(rows)} rows)")
         # Best validation first; among equals the smaller one.
         for row in sorted(fits, key=lambda r: (-r.valid, r.budget_bytes)):
             plan = _plan(n, d, budget, max(row.bucket_ratio, 1.),
-                         row.precision, 'table', row.valid)
+                         row.precision, 'table', row.valid, row.distill)
             if plan is not None:
                 return plan
         raise _too_small(n, d, budget, names, bucket_ratio)
@@ -292,6 +307,7 @@ def compositional_for_budget(num_embeddings: int, embedding_dim: int,
                              budget_bytes: int,
                              table: Optional[Iterable] = None,
                              precisions: Sequence[str] = tuple(DTYPES),
+                             distillation: bool = False,
                              **kwargs: Any) -> Tuple[Any, Plan]:
     r"""A :class:`~pyg_cerp.nn.CompositionalEmbedding` planned for
     :obj:`budget_bytes` in one call, with its :class:`Plan` (prune it to
@@ -304,12 +320,13 @@ def compositional_for_budget(num_embeddings: int, embedding_dim: int,
         budget_bytes (int): The stored bytes allowed.
         table (Iterable, optional): See :func:`plan_budget`.
         precisions (Sequence[str], optional): See :func:`plan_budget`.
+        distillation (bool, optional): See :func:`plan_budget`.
         **kwargs: Further arguments of
             :class:`~pyg_cerp.nn.CompositionalEmbedding`.
     """
     from pyg_cerp.nn import CompositionalEmbedding
     plan = plan_budget(num_embeddings, embedding_dim, budget_bytes, table,
-                       precisions)
+                       precisions, distillation=distillation)
     return CompositionalEmbedding(num_embeddings, embedding_dim,
                                   plan.bucket_size, **kwargs), plan
 
@@ -344,7 +361,7 @@ def _row(raw: Mapping, embedding_dim: Optional[int] = None) -> PlanRow:
                          f"{dict(raw)}")
     return PlanRow(str(raw['method']), int(budget),
                    dtype_name(raw.get('precision') or 'float32'), ratio,
-                   valid)
+                   valid, _float(raw.get('distill')) or 0.)
 
 
 def load_table(path: Union[str, os.PathLike],
@@ -357,7 +374,8 @@ def load_table(path: Union[str, os.PathLike],
     (else :math:`\rho = 2bd / z` from :obj:`bucket_size` and
     :obj:`nonzero_params`, which needs :obj:`embedding_dim`, an argument or
     a column: the byte-budget CSV ``<name>_<backbone>_bytes.csv`` of
-    ``benchmarks/memory_vs_ndcg.py`` has every column). Rows of other
+    ``benchmarks/memory_vs_ndcg.py`` has every column) and :obj:`distill`
+    (the distillation weight, default 0). Rows of other
     methods or without a model (no bytes or validation metric) are left
     out.
 

@@ -69,14 +69,21 @@ def test_plan_fits_and_grows_with_the_budget(n, d):
 def test_rule_follows_the_measured_bucket_ratios():
     n, d = 70839, 64
     full = full_table_nbytes(n, d)
-    assert rule_bucket_ratio(n, d, int(0.05 * full)) == 1.5
     assert rule_bucket_ratio(n, d, int(0.1 * full)) == 1.5
+    assert rule_bucket_ratio(n, d, math.ceil(0.075 * full)) == 1.5
+    assert rule_bucket_ratio(n, d, int(0.05 * full)) == 1.25
+    assert rule_bucket_ratio(n, d, math.ceil(0.03 * full)) == 1.25
+    assert rule_bucket_ratio(n, d, int(0.029 * full)) == 4.
     assert rule_bucket_ratio(n, d, int(0.01 * full)) == 4.
-    plan = plan_budget(n, d, int(0.05 * full), precisions=('float32', ))
-    # The measured CERP@5% run: b = 2657, 226660 non-zeros, 948888 bytes
-    # (5.2% of the full table, its budget counted values, not bytes).
+    plan = plan_budget(n, d, int(0.05 * full), precisions=('float32', ),
+                       bucket_ratio=1.5)
+    # The measured float32 CERP@5% run: b = 2657, 226660 non-zeros, 948888
+    # bytes (5.2% of the full table, its budget counted values, not bytes).
     assert plan.bucket_ratio == 1.5 and plan.source == 'rule'
     assert 2400 < plan.bucket_size < 2657 and plan.num_nonzero < 226660
+    rule = plan_budget(n, d, int(0.05 * full), precisions=('float32', ))
+    assert rule.bucket_ratio == 1.25 and rule.distill == 0.
+    assert rule.bucket_size < plan.bucket_size
     # int8 with its per-row scales stores about 3.5x the non-zeros.
     best = plan_budget(n, d, int(0.05 * full))
     assert best.precision == 'int8'
@@ -183,6 +190,31 @@ def test_plan_from_the_measured_byte_budgets():
         assert plan.source == 'table' and plan.valid == best.valid
         assert plan.precision == 'int8' and plan.expected_bytes <= budget
         assert math.isclose(plan.bucket_ratio, ratio, rel_tol=0.01)
+
+
+def test_distilled_rows_plan_only_when_asked():
+    # With the tuning rows (validation-chosen rho 1.25 at 5%) and the
+    # distilled cells, 5% plans rho 1.25 without distillation; with it, the
+    # distilled CERP row (rho 1.5, weight 1), whose weight the plan carries.
+    table = [row for name in ('bytes', 'bytes_tuning', 'bytes_distill')
+             for row in load_table(GOWALLA_BYTES.replace('bytes', name))]
+    assert {r.distill for r in table} >= {0., 0.3, 1.}
+    n, d = 70839, 64
+    budget = int(0.05 * full_table_nbytes(n, d))
+    fits = [r for r in table if r.budget_bytes <= budget]
+    plain = plan_budget(n, d, budget, table=table)
+    assert plain.distill == 0. and math.isclose(plain.bucket_ratio, 1.25,
+                                                rel_tol=0.01)
+    assert plain.valid == max(r.valid for r in fits if not r.distill)
+    distilled = plan_budget(n, d, budget, table=table, distillation=True)
+    assert distilled.valid == max(r.valid for r in fits) > plain.valid
+    assert distilled.distill == 1. and math.isclose(distilled.bucket_ratio,
+                                                    1.5, rel_tol=0.01)
+    _, plan = compositional_for_budget(n, d, budget, table=table,
+                                       distillation=True)
+    assert plan == distilled
+    with pytest.raises(ValueError, match='without distillation'):
+        plan_budget(n, d, budget, table=[r for r in table if r.distill])
 
 
 def test_errors_at_the_boundary():
