@@ -13,7 +13,7 @@ and ``precision`` columns) gets per byte budget every (method, precision):
 validation and test NDCG@20, the share of the float32 full table's, stored
 bytes (at most ``budget_bytes``; a row above it is an error), ``b``,
 epochs, the distillation weight; then per budget the best pyg-cerp
-configuration (cerp, cerp-noreg, cerp-ft, any precision) against the best
+configuration (cerp, cerp-noreg, cerp-ft, cerp-mul, any precision) against the best
 baseline, both chosen on validation NDCG@20, with the test difference and
 the seed spread; and the infeasible rows with their note.
 
@@ -33,7 +33,7 @@ import sys
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft')
+CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul')
 
 
 def _stats(vals: Sequence[float]) -> Tuple[float, float, int]:
@@ -135,7 +135,8 @@ def _metric_cell(col: str) -> Callable:
     return lambda key, rs: _fmt(*_col(rs, col))
 
 
-METHODS = ('cerp', 'cerp-noreg', 'cerp-ft', 'magnitude', 'qr-mul', 'qr-add', 'pep', 'hash')
+METHODS = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul', 'magnitude', 'qr-mul',
+           'qr-add', 'pep', 'hash')
 
 
 def pivot(rows: List[Dict[str, str]],

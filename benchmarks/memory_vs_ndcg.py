@@ -120,8 +120,8 @@ from pyg_cerp.utils.adjacency import lightgcn_adjacency  # noqa: E402
 
 METHODS = ('full', 'cerp', 'cerp-noreg', 'pep', 'qr', 'hash')
 #: The methods of the converged profile (pyg_cerp.train.methods.METHODS).
-CONVERGED_METHODS = ('full', 'cerp', 'cerp-noreg', 'cerp-ft', 'qr-mul',
-                     'qr-add', 'hash', 'pep', 'magnitude')
+CONVERGED_METHODS = ('full', 'cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul',
+                     'qr-mul', 'qr-add', 'hash', 'pep', 'magnitude')
 ALL_METHODS = tuple(dict.fromkeys(METHODS + CONVERGED_METHODS))
 #: The CSV columns of the converged profile.
 CONVERGED_COLUMNS = [

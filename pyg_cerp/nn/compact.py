@@ -260,7 +260,8 @@ class CompactEmbedding(Module):
         \mathbf{e}_k = \hat{\mathbf{P}}_{k \bmod b} +
         \hat{\mathbf{Q}}_{\lfloor k / \lceil N/b \rceil \rfloor}
 
-    with the same :meth:`forward` and :attr:`weight`, from the non-zeros of
+    (the product for :obj:`operation='mul'`) with the same :meth:`forward`
+    and :attr:`weight`, from the non-zeros of
     :math:`\hat{\mathbf{P}}` and of the :math:`\lceil N / \lceil N/b \rceil
     \rceil` used rows of :math:`\hat{\mathbf{Q}}`, each a
     :class:`CompressedTable`. No thresholds, masks or optimiser state are
@@ -288,13 +289,16 @@ class CompactEmbedding(Module):
             (default: :obj:`'cache'`)
         check_index (bool, optional): If set to :obj:`False`, does not check
             the ids in :meth:`forward`. (default: :obj:`True`)
+        operation (str, optional): :obj:`'add'` or :obj:`'mul'`, as in
+            :class:`~pyg_cerp.nn.CompositionalEmbedding`.
+            (default: :obj:`'add'`)
     """
     #: The version of the file format of :meth:`save`.
     VERSION = 2
 
     def __init__(self, num_embeddings: int, embedding_dim: int,
                  bucket_size: int, decode: str = 'cache',
-                 check_index: bool = True) -> None:
+                 check_index: bool = True, operation: str = 'add') -> None:
         super().__init__()
         if decode not in DECODES:
             raise ValueError(f"'decode' must be one of {DECODES} "
@@ -302,7 +306,8 @@ class CompactEmbedding(Module):
         self.decode, self.check_index = decode, check_index
         self.set_extra_state(dict(num_embeddings=num_embeddings,
                                   embedding_dim=embedding_dim,
-                                  bucket_size=bucket_size))
+                                  bucket_size=bucket_size,
+                                  operation=operation))
         self.register_load_state_dict_post_hook(self._decode_on_load)
 
     def reset_parameters(self) -> None:
@@ -330,7 +335,8 @@ class CompactEmbedding(Module):
                 (default: :obj:`'cache'`)
         """
         out = cls(embedding.num_embeddings, embedding.embedding_dim,
-                  embedding.bucket_size, decode, embedding.check_index)
+                  embedding.bucket_size, decode, embedding.check_index,
+                  embedding.operation)
         p_hat, q_hat = embedding.pruned_tables()
         out.P = CompressedTable.from_dense(p_hat, layout, dtype)
         out.Q = CompressedTable.from_dense(
@@ -353,13 +359,14 @@ class CompactEmbedding(Module):
     def _decode_on_load(module: 'CompactEmbedding', *args: Any) -> None:
         module.set_decode(module.decode)
 
-    def get_extra_state(self) -> Dict[str, int]:
+    def get_extra_state(self) -> Dict[str, Any]:
         return dict(num_embeddings=self.num_embeddings,
                     embedding_dim=self.embedding_dim,
-                    bucket_size=self.bucket_size)
+                    bucket_size=self.bucket_size, operation=self.operation)
 
     def set_extra_state(self, state: Any) -> None:
-        r"""Sets :math:`N, d, b` and empties both tables (before
+        r"""Sets :math:`N, d, b` and the :obj:`operation` (absent:
+        :obj:`'add'`) and empties both tables (before
         :meth:`load_state_dict` fills them)."""
         keys = ('num_embeddings', 'embedding_dim', 'bucket_size')
         sizes = [state.get(k) if isinstance(state, dict) else None
@@ -368,6 +375,11 @@ class CompactEmbedding(Module):
                for s in sizes) or sizes[2] > sizes[0]:
             raise ValueError(f"The sizes {keys} must be positive ints with "
                              f"bucket_size <= num_embeddings (got {state!r})")
+        operation = state.get('operation', 'add')
+        if operation not in ('add', 'mul'):
+            raise ValueError(f"'operation' must be 'add' or 'mul' "
+                             f"(got {operation!r})")
+        self.operation = operation
         self.num_embeddings, self.embedding_dim, self.bucket_size = sizes
         self.rows_per_q = -(-sizes[0] // sizes[2])
         self.num_q_rows_used = -(-sizes[0] // self.rows_per_q)
@@ -395,8 +407,9 @@ class CompactEmbedding(Module):
         p_row, q_row = self.hash_index(index)
         if self._P_dense is not None:
             return compose(self._P_dense, self._Q_dense, index,
-                           self.rows_per_q)
-        return self.P.rows(p_row) + self.Q.rows(q_row)
+                           self.rows_per_q, self.operation)
+        p, q = self.P.rows(p_row), self.Q.rows(q_row)
+        return p * q if self.operation == 'mul' else p + q
 
     @property
     def weight(self) -> Tensor:
@@ -404,7 +417,8 @@ class CompactEmbedding(Module):
         on access)."""
         p, q = ((self._P_dense, self._Q_dense) if self._P_dense is not None
                 else (self.P.to_dense(), self.Q.to_dense()))
-        return compose(p, q, self.num_embeddings, self.rows_per_q)
+        return compose(p, q, self.num_embeddings, self.rows_per_q,
+                       self.operation)
 
     @property
     def nnz(self) -> int:
@@ -445,8 +459,10 @@ class CompactEmbedding(Module):
         return load_module(cls(1, 1, 1, decode), path, cls.VERSION)
 
     def extra_repr(self) -> str:
+        op = '' if self.operation == 'add' else f'operation={self.operation}, '
         return (f'{self.num_embeddings}, {self.embedding_dim}, '
-                f'bucket_size={self.bucket_size}, dtype={self.dtype_name}, '
+                f'bucket_size={self.bucket_size}, {op}'
+                f'dtype={self.dtype_name}, '
                 f'layout=(P: {self.P.layout}, Q: {self.Q.layout}), '
                 f'nnz={self.nnz}, nbytes={self.nbytes}, '
                 f'decode={self.decode}')

@@ -352,12 +352,14 @@ def _check_sizes_on_load(module: 'CompositionalEmbedding', state_dict: Dict,
     if extra is None:
         return
     mine = module.get_extra_state()
+    if isinstance(extra, dict):  # States before 'operation' composed sums.
+        extra = dict(dict(operation='add'), **extra)
     diff = {k: (extra.get(k), v) for k, v in mine.items()
             if extra.get(k) != v} if isinstance(extra, dict) else extra
     if diff:
         raise RuntimeError(
             f"Cannot load the state of a CompositionalEmbedding with other "
-            f"sizes into '{prefix or 'self'}' (differences as (state dict, "
+            f"sizes or operation into '{prefix or 'self'}' (differences as (state dict, "
             f"module): {diff}; expected the sizes {mine}): the entities "
             f"would map to other meta rows.")
 
@@ -382,6 +384,11 @@ class CompositionalEmbedding(SoftThresholdPruning):
     :meth:`pruning_loss` keeps the zeros of the two tables complementary.
     :attr:`weight` is the differentiable :math:`N \times d` matrix, so
     :obj:`lightgcn.embedding = CompositionalEmbedding(N, 64, 5000)` works.
+    With :obj:`operation='mul'` (not in the paper) the rows multiply,
+    :math:`\mathbf{e}_k = \hat{\mathbf{P}}_{k \bmod b} \odot
+    \hat{\mathbf{Q}}_{\lfloor k / \lceil N/b \rceil \rfloor}`, as in the
+    quotient-remainder trick's product (:class:`~pyg_cerp.nn.QREmbedding`,
+    whose initialisation it takes).
     With :obj:`precision='int8'` (or :obj:`'float16'`), :attr:`weight` and
     :meth:`forward` compose the fake-quantised tables
     (:meth:`~SoftThresholdPruning.quantized_tables`), so that the model
@@ -406,6 +413,9 @@ class CompositionalEmbedding(SoftThresholdPruning):
             :mod:`pyg_cerp.memory` default to: :obj:`'float32'` (no
             simulation), :obj:`'float16'` or :obj:`'int8'` (per-row scales,
             see :mod:`pyg_cerp.nn.quant`). (default: :obj:`'float32'`)
+        operation (str, optional): How the two rows compose: :obj:`'add'`
+            (CERP) or :obj:`'mul'` (element-wise product).
+            (default: :obj:`'add'`)
     """
     pruned_names = (('P', 'threshold_P', 'mask_P'),
                     ('Q', 'threshold_Q', 'mask_Q'))
@@ -415,9 +425,13 @@ class CompositionalEmbedding(SoftThresholdPruning):
                  check_index: bool = True,
                  device: Optional[torch.device] = None,
                  dtype: Optional[torch.dtype] = None,
-                 precision: str = 'float32') -> None:
+                 precision: str = 'float32', operation: str = 'add') -> None:
         super().__init__()
         _check_sizes(num_embeddings, embedding_dim, 'bucket_size', bucket_size)
+        if operation not in ('add', 'mul'):
+            raise ValueError(f"'operation' must be 'add' or 'mul' "
+                             f"(got {operation!r})")
+        self.operation = operation
         if bucket_size * bucket_size < num_embeddings:
             warnings.warn(
                 f"'bucket_size'={bucket_size} is below sqrt(num_embeddings)="
@@ -435,6 +449,17 @@ class CompositionalEmbedding(SoftThresholdPruning):
         self._register_load_state_dict_pre_hook(_check_sizes_on_load,
                                                 with_module=True)
         self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        r"""Re-initialises the tables (Xavier uniform; for
+        :obj:`operation='mul'`, :math:`U(-s, s)` as
+        :class:`~pyg_cerp.nn.QREmbedding`'s product), sets the threshold
+        logits to :obj:`threshold_init` and leaves retrain mode."""
+        super().reset_parameters()
+        if self.operation == 'mul':
+            s = (18. / (self.num_embeddings + self.embedding_dim))**0.25
+            for table in self._get(0):
+                torch.nn.init.uniform_(table, -s, s)
 
     def pruning_loss(self, index: Optional[Tensor] = None, K: float = 100.,
                      reduction: str = 'mean',
@@ -472,7 +497,8 @@ class CompositionalEmbedding(SoftThresholdPruning):
         if thresholds_only and not self.is_retraining:
             tables = tuple(soft_threshold(t.detach(), s) for t, s in zip(
                 self._get(0), self._get(1)))
-        emb = (compose(*tables, self.num_embeddings, self.rows_per_q)
+        emb = (compose(*tables, self.num_embeddings, self.rows_per_q,
+                       self.operation)
                if index is None else self._lookup(index, tables))
         emb = emb.reshape(-1, self.embedding_dim)
         out = -_TanhSquareSum.apply(emb, float(K))
@@ -484,7 +510,7 @@ class CompositionalEmbedding(SoftThresholdPruning):
         every access (see :class:`ComposedWeight`)."""
         return computed_weight(
             compose(*self.quantized_tables(), self.num_embeddings,
-                    self.rows_per_q), self)
+                    self.rows_per_q, self.operation), self)
 
     def hash_index(self, index: Tensor) -> Tuple[Tensor, Tensor]:
         r"""The meta rows :math:`(k \bmod b, \lfloor k / \lceil N/b \rceil
@@ -498,7 +524,7 @@ class CompositionalEmbedding(SoftThresholdPruning):
 
     def _lookup(self, index: Tensor, tables: Tuple[Tensor, ...]) -> Tensor:
         _check_ids(index, self.num_embeddings, self.check_index)
-        return compose(*tables, index, self.rows_per_q)
+        return compose(*tables, index, self.rows_per_q, self.operation)
 
     @property
     def num_meta_params(self) -> int:
@@ -523,15 +549,17 @@ class CompositionalEmbedding(SoftThresholdPruning):
                                                    layout=layout,
                                                    decode=decode)
 
-    def get_extra_state(self) -> Dict[str, int]:
-        r"""The sizes :math:`N, d, b` (key :obj:`'_extra_state'` of the
-        state dict; checked on load)."""
+    def get_extra_state(self) -> Dict[str, Any]:
+        r"""The sizes :math:`N, d, b` and the :obj:`operation` (key
+        :obj:`'_extra_state'` of the state dict; checked on load, a state
+        without :obj:`operation` is :obj:`'add'`)."""
         return dict(num_embeddings=self.num_embeddings,
                     embedding_dim=self.embedding_dim,
-                    bucket_size=self.bucket_size)
+                    bucket_size=self.bucket_size, operation=self.operation)
 
     def set_extra_state(self, state: Any) -> None:
         pass  # Checked, with the key prefix, by `_check_sizes_on_load`.
 
     def _config_repr(self) -> str:
-        return f', bucket_size={self.bucket_size}'
+        op = '' if self.operation == 'add' else f', operation={self.operation}'
+        return f', bucket_size={self.bucket_size}{op}'

@@ -33,6 +33,8 @@ name              kind       what
 ``cerp-noreg``    threshold  the same with :math:`\gamma = 0`
 ``cerp-ft``       threshold  CERP fine-tuned from its values at the target
                              (masks frozen, no rewind: one-phase CERP)
+``cerp-mul``      threshold  CERP with the two rows multiplied
+                             (:obj:`operation='mul'`, not in the paper)
 ``pep``           threshold  :class:`PEPEmbedding`, the same two phases
 ``qr-mul``        fixed      :class:`QREmbedding`, element-wise product
 ``qr-add``        fixed      :class:`QREmbedding`, sum
@@ -86,12 +88,15 @@ class Method:
             model is retrained from the initial values (lottery-ticket
             rewind, two-phase CERP) or fine-tuned from its values at the
             target. (default: :obj:`True`)
+        operation (str): For the compositional methods, how the two rows
+            compose (:obj:`'add'` or :obj:`'mul'`). (default: :obj:`'add'`)
     """
     name: str
     kind: str
     regularized: bool = False
     description: str = ''
     rewind: bool = True
+    operation: str = 'add'
 
     def config(self, base: CERPConfig, **overrides: Any) -> CERPConfig:
         r"""The configuration of this method: :obj:`base` with
@@ -126,6 +131,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method('cerp-ft', 'threshold', True,
            'CERP fine-tuned from the pruned values (one phase)',
            rewind=False),
+    Method('cerp-mul', 'threshold', True,
+           'CERP with the rows multiplied (not in the paper)',
+           operation='mul'),
     Method('pep', 'threshold', False, 'PEP (learned element-wise thresholds)'),
     Method('qr-mul', 'fixed', description='quotient-remainder, product'),
     Method('qr-add', 'fixed', description='quotient-remainder, sum'),
@@ -209,7 +217,7 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
         dim (int): :math:`d`.
         budget (float): :math:`f \in (0, 1]`, in :obj:`budget_unit`.
         bucket_size (int, optional): :math:`b` of CERP (required for
-            :obj:`'cerp'`, :obj:`'cerp-noreg'`, :obj:`'cerp-ft'`).
+            :obj:`'cerp'` and its variants :obj:`'cerp-*'`).
         threshold_init (float, optional): The initial threshold logit of
             CERP and PEP. (default: :obj:`-100.`)
         precision (str, optional): The value precision of the stored form,
@@ -239,7 +247,8 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
         check_int('bucket_size', bucket_size, minimum=1)
         return CompositionalEmbedding(n, d, int(bucket_size),
                                       threshold_init=threshold_init,
-                                      check_index=False, precision=precision)
+                                      check_index=False, precision=precision,
+                                      operation=m.operation)
     if m.name == 'pep':
         return PEPEmbedding(n, d, threshold_init=threshold_init,
                             check_index=False, precision=precision)

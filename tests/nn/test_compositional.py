@@ -317,7 +317,51 @@ def test_load_state_dict_refuses_other_num_embeddings():
     assert not same.load_state_dict(src.state_dict()).missing_keys
     assert torch.equal(same.weight, src.weight)
     assert src.state_dict()['_extra_state'] == dict(
-        num_embeddings=100, embedding_dim=8, bucket_size=12)
+        num_embeddings=100, embedding_dim=8, bucket_size=12, operation='add')
+    # A state of a product embedding does not load into a sum, and a state
+    # saved before 'operation' existed (no such key) loads as a sum.
+    mul = CompositionalEmbedding(100, 8, 12, operation='mul')
+    with pytest.raises(RuntimeError, match=r"'operation': \('mul', 'add'\)"):
+        same.load_state_dict(mul.state_dict())
+    old = src.state_dict()
+    del old['_extra_state']['operation']
+    same.load_state_dict(old)
+    with pytest.raises(RuntimeError, match=r"'operation': \('add', 'mul'\)"):
+        mul.load_state_dict(old)
+
+
+def test_product_composition():
+    # operation='mul': e_k = P_hat[k mod b] * Q_hat[k div ceil(N/b)] in
+    # forward, weight and the regulariser, initialised as QR's product (the
+    # variance of a Xavier-uniform N x d table), exported bit for bit.
+    torch.manual_seed(0)
+    n, d, b = 1000, 16, 40
+    emb = CompositionalEmbedding(n, d, b, operation='mul', precision='int8')
+    assert 'operation=mul' in repr(emb)
+    with torch.no_grad():
+        emb.threshold_P.fill_(-3.)  # Prune some of both tables.
+        emb.threshold_Q.fill_(-3.)
+    idx = torch.randint(0, n, (64, ))
+    P, Q = emb.quantized_tables()
+    expected = P[idx % b] * Q[idx // emb.rows_per_q]
+    assert 0 < int((expected == 0).sum()) < expected.numel()
+    assert torch.equal(emb(idx), expected)
+    assert torch.equal(emb.weight[idx], expected)
+    p_hat, q_hat = emb.pruned_tables()
+    raw = p_hat[idx % b] * q_hat[idx // emb.rows_per_q]
+    assert torch.allclose(emb.pruning_loss(idx),
+                          -(torch.tanh(100. * raw)**2).sum(-1).mean())
+    emb.reset_parameters()
+    s = (18. / (n + d))**0.25
+    assert emb.P.abs().max() <= s and emb.P.abs().max() > 0.9 * s
+    var = emb.weight.detach().var().item()
+    assert 0.5 < var / (2. / (n + d)) < 2.  # Xavier: t^2 / 3 = 2 / (N + d).
+    compact = emb.to_compact()
+    assert 'operation=mul' in repr(compact)
+    assert torch.equal(compact.weight, emb.weight.detach())
+    assert torch.equal(compact.set_decode('lookup')(idx), emb(idx).detach())
+    with pytest.raises(ValueError, match="'operation' must be"):
+        CompositionalEmbedding(n, d, b, operation='max')
 
 
 def test_threshold_init_must_be_finite():

@@ -13,10 +13,11 @@ from pyg_cerp.train.methods import (bucket_candidates, budget_nbytes,
 
 
 def test_method_registry_and_budgets():
-    assert list(METHODS) == ['full', 'cerp', 'cerp-noreg', 'cerp-ft', 'pep',
-                             'qr-mul', 'qr-add', 'hash', 'magnitude']
+    assert list(METHODS) == ['full', 'cerp', 'cerp-noreg', 'cerp-ft',
+                             'cerp-mul', 'pep', 'qr-mul', 'qr-add', 'hash',
+                             'magnitude']
     assert [m.name for m in METHODS.values() if m.compositional] == [
-        'cerp', 'cerp-noreg', 'cerp-ft']
+        'cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul']
     assert not METHODS['cerp-ft'].rewind and METHODS['cerp'].rewind
     assert METHODS['cerp-ft'].regularized
     n, d = 2000, 8
@@ -31,6 +32,10 @@ def test_method_registry_and_budgets():
     assert build_embedding('qr-add', n, d, 0.1).operation == 'add'
     emb = build_embedding('cerp', n, d, 0.1, bucket_size=100)
     assert isinstance(emb, CompositionalEmbedding) and emb.bucket_size == 100
+    assert emb.operation == 'add'
+    assert build_embedding('cerp-mul', n, d, 0.1,
+                           bucket_size=100).operation == 'mul'
+    assert get_method('cerp-mul').regularized
     assert get_method('cerp').regularized
     assert not get_method('cerp-noreg').regularized
     with pytest.raises(ValueError, match='bucket_size'):
