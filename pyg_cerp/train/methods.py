@@ -34,7 +34,12 @@ name              kind       what
 ``cerp-ft``       threshold  CERP fine-tuned from its values at the target
                              (masks frozen, no rewind: one-phase CERP)
 ``cerp-mul``      threshold  CERP with the two rows multiplied
-                             (:obj:`operation='mul'`, not in the paper)
+                             (:obj:`operation='mul'`, not in the paper),
+                             :math:`\gamma = 0`: a product is non-zero where
+                             both rows are, so complementary zeros are not
+                             its aim (with the regulariser, Gowalla's 5%
+                             int8 run collapsed to BPR loss
+                             :math:`\ln 2` in its first regularised epoch)
 ``pep``           threshold  :class:`PEPEmbedding`, the same two phases
 ``qr-mul``        fixed      :class:`QREmbedding`, element-wise product
 ``qr-add``        fixed      :class:`QREmbedding`, sum
@@ -131,8 +136,8 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method('cerp-ft', 'threshold', True,
            'CERP fine-tuned from the pruned values (one phase)',
            rewind=False),
-    Method('cerp-mul', 'threshold', True,
-           'CERP with the rows multiplied (not in the paper)',
+    Method('cerp-mul', 'threshold', False,
+           'CERP with the rows multiplied, no regulariser (not in the paper)',
            operation='mul'),
     Method('pep', 'threshold', False, 'PEP (learned element-wise thresholds)'),
     Method('qr-mul', 'fixed', description='quotient-remainder, product'),

@@ -35,7 +35,7 @@ def test_method_registry_and_budgets():
     assert emb.operation == 'add'
     assert build_embedding('cerp-mul', n, d, 0.1,
                            bucket_size=100).operation == 'mul'
-    assert get_method('cerp-mul').regularized
+    assert not get_method('cerp-mul').regularized
     assert get_method('cerp').regularized
     assert not get_method('cerp-noreg').regularized
     with pytest.raises(ValueError, match='bucket_size'):
