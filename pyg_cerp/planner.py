@@ -58,8 +58,11 @@ The planner plans CERP only. In the same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
 (test NDCG@20 0.1437 against 0.1192) and at 5% QR-mul (int8, 0.1129 over 2
 seeds against 0.1078 over 3 at :math:`\rho = 1.25`; with distillation 0.1230
-against 0.1169); see ``benchmarks/results/gowalla_lightgcn_bytes.md`` before
-choosing CERP at budgets of 5% and more.
+against 0.1169; the product variant ``cerp-mul``, which the planner does not
+plan, 0.1102), and at 0.5% QR-mul trained with distillation (0.0786 against
+0.0688 for distilled CERP, 0.0743 without); see
+``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
+budgets of 5% and more, or with distillation.
 
 **With a table** (rows measured by the benchmark, see :func:`load_table`)
 the CERP rows whose stored bytes meet the budget are ranked by validation
