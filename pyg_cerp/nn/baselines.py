@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from pyg_cerp.nn.compose import compose
+from pyg_cerp.nn.compose import check_operation, compose
 from pyg_cerp.nn.compositional import _check_ids, _check_sizes, computed_weight
 from pyg_cerp.nn.pep import PEPEmbedding, magnitude_mask
 from pyg_cerp.nn.quant import check_precision
@@ -147,10 +147,7 @@ class QREmbedding(_Stored, Module):
         self.precision = check_precision(precision)
         _check_sizes(num_embeddings, embedding_dim, 'num_remainder',
                      num_remainder)
-        if operation not in ('add', 'mul'):
-            raise ValueError(f"'operation' must be 'add' or 'mul' "
-                             f"(got {operation!r})")
-        self.operation = operation
+        self.operation = check_operation(operation)
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.num_remainder = num_remainder

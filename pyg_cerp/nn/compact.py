@@ -18,7 +18,7 @@ from torch.nn import Module
 
 from pyg_cerp.memory import (DTYPES, best_layout, dtype_name, index_dtype,
                              layout_nbytes, ptr_dtype)
-from pyg_cerp.nn.compose import compose
+from pyg_cerp.nn.compose import check_operation, compose
 from pyg_cerp.nn.quant import quantize
 from pyg_cerp.utils.io import FormatError, load_module, save_module
 from pyg_cerp.utils.validation import check_index
@@ -375,11 +375,7 @@ class CompactEmbedding(Module):
                for s in sizes) or sizes[2] > sizes[0]:
             raise ValueError(f"The sizes {keys} must be positive ints with "
                              f"bucket_size <= num_embeddings (got {state!r})")
-        operation = state.get('operation', 'add')
-        if operation not in ('add', 'mul'):
-            raise ValueError(f"'operation' must be 'add' or 'mul' "
-                             f"(got {operation!r})")
-        self.operation = operation
+        self.operation = check_operation(state.get('operation', 'add'))
         self.num_embeddings, self.embedding_dim, self.bucket_size = sizes
         self.rows_per_q = -(-sizes[0] // sizes[2])
         self.num_q_rows_used = -(-sizes[0] // self.rows_per_q)

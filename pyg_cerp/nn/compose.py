@@ -10,6 +10,16 @@ from torch import Tensor
 _OPS = {'add': Tensor.add_, 'mul': Tensor.mul_}
 
 
+def check_operation(operation: str) -> str:
+    r"""Returns :obj:`operation` if it is a composition of :func:`compose`
+    (:obj:`'add'` or :obj:`'mul'`); raises a :class:`ValueError` naming it
+    otherwise."""
+    if operation not in _OPS:
+        raise ValueError(f"'operation' must be 'add' or 'mul' "
+                         f"(got {operation!r})")
+    return operation
+
+
 def _tile_(out: Tensor, p: Tensor, op: Callable) -> None:
     # out[k] op= p[k % b], with one broadcast op over the complete tiles.
     n, (b, d) = out.size(0), p.shape

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
 
-from pyg_cerp.nn.compose import compose
+from pyg_cerp.nn.compose import check_operation, compose
 from pyg_cerp.nn.quant import check_precision, fake_quantize
 from pyg_cerp.utils.validation import (check_float, check_index,
                                        check_index_dtype, check_int)
@@ -359,9 +359,9 @@ def _check_sizes_on_load(module: 'CompositionalEmbedding', state_dict: Dict,
     if diff:
         raise RuntimeError(
             f"Cannot load the state of a CompositionalEmbedding with other "
-            f"sizes or operation into '{prefix or 'self'}' (differences as (state dict, "
-            f"module): {diff}; expected the sizes {mine}): the entities "
-            f"would map to other meta rows.")
+            f"sizes or operation into '{prefix or 'self'}' (differences as "
+            f"(state dict, module): {diff}; expected the sizes {mine}): the "
+            f"entities would map to other meta rows or compose otherwise.")
 
 
 class CompositionalEmbedding(SoftThresholdPruning):
@@ -428,10 +428,7 @@ class CompositionalEmbedding(SoftThresholdPruning):
                  precision: str = 'float32', operation: str = 'add') -> None:
         super().__init__()
         _check_sizes(num_embeddings, embedding_dim, 'bucket_size', bucket_size)
-        if operation not in ('add', 'mul'):
-            raise ValueError(f"'operation' must be 'add' or 'mul' "
-                             f"(got {operation!r})")
-        self.operation = operation
+        self.operation = check_operation(operation)
         if bucket_size * bucket_size < num_embeddings:
             warnings.warn(
                 f"'bucket_size'={bucket_size} is below sqrt(num_embeddings)="
