@@ -54,19 +54,24 @@ table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408 vs 0.0319; at 10%
 magnitude pruning 0.1437 vs 0.1176): a value's presence is worth more than
 its precision there. On other data, pass a measured table.
 
-The planner plans CERP only. In the same benchmark, at 10% of the bytes
+The planner plans the compositional methods only: :obj:`'cerp'` and its
+variants :obj:`'cerp-noreg'`, :obj:`'cerp-ft'` and :obj:`'cerp-mul'` (the
+rows multiplied, :obj:`operation='mul'`, trained without the regulariser;
+not in the paper), which a :class:`Plan` names in :obj:`method`; the rule
+plans :obj:`'cerp'`. In the same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
 (test NDCG@20 0.1437 against 0.1192) and at 5% QR-mul (int8, 0.1129 over 2
 seeds against 0.1078 over 3 at :math:`\rho = 1.25`; with distillation 0.1230
-against 0.1169; the product variant ``cerp-mul``, which the planner does not
-plan, 0.1102), and at 0.5% QR-mul trained with distillation (0.0786 against
-0.0688 for distilled CERP, 0.0743 without); see
+against 0.1169; the product variant ``cerp-mul``, which a table plans,
+0.1103 over 3 seeds at :math:`\rho = 1.1`), and at 0.5% QR-mul trained with
+distillation (0.0786 against 0.0688 for distilled CERP, 0.0743 without); see
 ``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
 budgets of 5% and more, or with distillation.
 
 **With a table** (rows measured by the benchmark, see :func:`load_table`)
-the CERP rows whose stored bytes meet the budget are ranked by validation
-NDCG@20 and the best one's precision and bucket ratio are planned for
+the compositional rows whose stored bytes meet the budget are ranked by
+validation NDCG@20 and the best one's method, precision and bucket ratio are
+planned for
 :obj:`num_embeddings`, :obj:`embedding_dim` and the budget. Rows trained
 with ranking distillation from the full table (a :obj:`distill` weight
 above 0) take part only with :obj:`distillation=True`, since they need the
@@ -80,6 +85,7 @@ from typing import (Any, Iterable, List, Mapping, Optional, Sequence, Tuple,
                     Union)
 
 from pyg_cerp.memory import DTYPES, dtype_name, layout_nbytes
+from pyg_cerp.nn.compose import check_operation
 from pyg_cerp.utils.validation import check_float, check_int
 
 __all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
@@ -90,8 +96,10 @@ __all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
 #: table's bytes, rho), largest first (selected on validation on Gowalla at
 #: 10%, 5% and 1%; switching between the measured budgets).
 RULE_BUCKET_RATIOS = ((0.075, 1.5), (0.03, 1.25), (0., 4.))
-#: The methods whose measured rows plan a CompositionalEmbedding.
-CERP_METHODS = ('cerp', 'cerp-noreg', 'cerp-ft')
+#: The methods whose measured rows plan a CompositionalEmbedding, with the
+#: composition operation of each (pyg_cerp.train.METHODS).
+CERP_METHODS = {'cerp': 'add', 'cerp-noreg': 'add', 'cerp-ft': 'add',
+                'cerp-mul': 'mul'}
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,10 @@ class Plan:
             (with a table).
         distill (float): The ranking-distillation weight of the chosen row
             (:class:`~pyg_cerp.train.RankingDistillation`; 0: none).
+        method (str): The training method of the chosen row (a key of
+            :data:`CERP_METHODS` and of :data:`pyg_cerp.train.METHODS`:
+            :obj:`'cerp'` with the regulariser, :obj:`'cerp-mul'` with the
+            rows multiplied and :math:`\gamma = 0`, ...).
     """
     bucket_size: int
     target_density: float
@@ -124,9 +136,18 @@ class Plan:
     source: str = 'rule'
     valid: Optional[float] = None
     distill: float = 0.
+    method: str = 'cerp'
 
     def __post_init__(self) -> None:
         dtype_name(self.precision)
+        _check_method(self.method)
+
+    @property
+    def operation(self) -> str:
+        r"""How :attr:`method` composes the two rows (:obj:`'add'` or
+        :obj:`'mul'`), the :obj:`operation` of
+        :class:`~pyg_cerp.nn.CompositionalEmbedding`."""
+        return CERP_METHODS[self.method]
 
 
 @dataclass(frozen=True)
@@ -134,8 +155,8 @@ class PlanRow:
     r"""One measured configuration.
 
     Args:
-        method (str): The method (only :obj:`'cerp'` and
-            :obj:`'cerp-noreg'` rows plan).
+        method (str): The method (only rows of :data:`CERP_METHODS`
+            plan).
         budget_bytes (int): Its stored bytes.
         precision (str): Its value precision.
         bucket_ratio (float): Its :math:`\rho = 2bd / z` (:math:`= 2b /
@@ -149,6 +170,13 @@ class PlanRow:
     bucket_ratio: float
     valid: float
     distill: float = 0.
+
+
+def _check_method(method: str) -> str:
+    if method not in CERP_METHODS:
+        raise ValueError(f"'method' must be one of {list(CERP_METHODS)} "
+                         f"(got {method!r})")
+    return method
 
 
 def rule_bucket_ratio(num_embeddings: int, embedding_dim: int,
@@ -216,14 +244,15 @@ def _solve(n: int, d: int, budget: int, ratio: float,
 
 
 def _plan(n: int, d: int, budget: int, ratio: float, precision: str,
-          source: str = 'rule', valid: Optional[float] = None,
-          distill: float = 0.) -> Optional[Plan]:
+          row: Optional[PlanRow] = None) -> Optional[Plan]:
     out = _solve(n, d, budget, ratio, precision)
     if out is None:
         return None
     z, b, nbytes = out
-    return Plan(b, z / (n * d), precision, nbytes, z, ratio, source, valid,
-                distill)
+    if row is None:
+        return Plan(b, z / (n * d), precision, nbytes, z, ratio)
+    return Plan(b, z / (n * d), precision, nbytes, z, ratio, 'table',
+                row.valid, row.distill, row.method)
 
 
 def _check(num_embeddings: int, embedding_dim: int, budget_bytes: int,
@@ -251,7 +280,8 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
                 table: Optional[Iterable[Union[PlanRow, Mapping]]] = None,
                 precisions: Sequence[str] = tuple(DTYPES),
                 bucket_ratio: Optional[float] = None,
-                distillation: bool = False) -> Plan:
+                distillation: bool = False,
+                methods: Sequence[str] = tuple(CERP_METHODS)) -> Plan:
     r"""The :class:`Plan` of a
     :class:`~pyg_cerp.nn.CompositionalEmbedding` for :obj:`budget_bytes`
     (see the module docstring).
@@ -272,30 +302,43 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
             measured with ranking distillation may be chosen (the plan's
             :obj:`distill` is then the weight to train with).
             (default: :obj:`False`)
+        methods (Sequence[str], optional): The methods whose rows of
+            :obj:`table` may be chosen (*e.g.* :obj:`('cerp', )` for the
+            paper's method only; without :obj:`table` they must include
+            :obj:`'cerp'`, the rule's). (default: all of
+            :data:`CERP_METHODS`)
 
     Raises:
         ValueError: If the budget is below the smallest representable
-            embedding, or no measured row of :obj:`table` meets it.
+            embedding, no measured row of :obj:`table` meets it, or
+            :obj:`methods` excludes :obj:`'cerp'` without a table.
     """
     names = _check(num_embeddings, embedding_dim, budget_bytes, precisions)
     n, d, budget = int(num_embeddings), int(embedding_dim), int(budget_bytes)
     if bucket_ratio is None:
         bucket_ratio = rule_bucket_ratio(n, d, budget)
     check_float('bucket_ratio', bucket_ratio, low=1.)
+    methods = [_check_method(m) for m in methods]
+    if not methods:
+        raise ValueError("'methods' must not be empty")
+    if table is None and 'cerp' not in methods:
+        raise ValueError(f"The rule plans 'cerp' only (its bucket ratios "
+                         f"were selected for it); pass a measured 'table' "
+                         f"to plan {methods}")
     if table is not None:
         rows = [r if isinstance(r, PlanRow) else _row(r) for r in table]
-        fits = [r for r in rows if r.method in CERP_METHODS
+        fits = [r for r in rows if r.method in methods
                 and r.precision in names and r.budget_bytes <= budget
                 and (distillation or not r.distill)]
         if not fits:
             kind = '' if distillation else ' without distillation'
-            raise ValueError(f"No measured CERP row of 'table' in "
+            raise ValueError(f"No measured row of 'table' of {methods} in "
                              f"{list(names)}{kind} meets budget_bytes="
                              f"{budget} (of {len(rows)} rows)")
         # Best validation first; among equals the smaller one.
         for row in sorted(fits, key=lambda r: (-r.valid, r.budget_bytes)):
             plan = _plan(n, d, budget, max(row.bucket_ratio, 1.),
-                         row.precision, 'table', row.valid, row.distill)
+                         row.precision, row)
             if plan is not None:
                 return plan
         raise _too_small(n, d, budget, names, bucket_ratio)
@@ -311,11 +354,15 @@ def compositional_for_budget(num_embeddings: int, embedding_dim: int,
                              table: Optional[Iterable] = None,
                              precisions: Sequence[str] = tuple(DTYPES),
                              distillation: bool = False,
+                             methods: Sequence[str] = tuple(CERP_METHODS),
                              **kwargs: Any) -> Tuple[Any, Plan]:
     r"""A :class:`~pyg_cerp.nn.CompositionalEmbedding` planned for
-    :obj:`budget_bytes` in one call, with its :class:`Plan` (prune it to
-    :obj:`plan.target_density`, unit :obj:`'full'`, and export it with
-    :obj:`to_compact(dtype=plan.precision)`).
+    :obj:`budget_bytes` in one call, with its :class:`Plan` (train it with
+    :obj:`plan.method`, prune it to :obj:`plan.target_density`, unit
+    :obj:`'full'`, and export it with
+    :obj:`to_compact(dtype=plan.precision)`). Its :obj:`operation` is the
+    plan's; an :obj:`operation` in :obj:`kwargs` restricts the plan to the
+    methods of that operation.
 
     Args:
         num_embeddings (int): :math:`N`.
@@ -324,12 +371,18 @@ def compositional_for_budget(num_embeddings: int, embedding_dim: int,
         table (Iterable, optional): See :func:`plan_budget`.
         precisions (Sequence[str], optional): See :func:`plan_budget`.
         distillation (bool, optional): See :func:`plan_budget`.
+        methods (Sequence[str], optional): See :func:`plan_budget`.
         **kwargs: Further arguments of
             :class:`~pyg_cerp.nn.CompositionalEmbedding`.
     """
     from pyg_cerp.nn import CompositionalEmbedding
+    if 'operation' in kwargs:
+        operation = check_operation(kwargs['operation'])
+        methods = [m for m in methods if CERP_METHODS.get(m) == operation]
     plan = plan_budget(num_embeddings, embedding_dim, budget_bytes, table,
-                       precisions, distillation=distillation)
+                       precisions, distillation=distillation,
+                       methods=methods)
+    kwargs['operation'] = plan.operation
     return CompositionalEmbedding(num_embeddings, embedding_dim,
                                   plan.bucket_size, **kwargs), plan
 
@@ -369,7 +422,7 @@ def _row(raw: Mapping, embedding_dim: Optional[int] = None) -> PlanRow:
 
 def load_table(path: Union[str, os.PathLike],
                embedding_dim: Optional[int] = None) -> List[PlanRow]:
-    r"""The measured CERP rows of a benchmark CSV (*e.g.*
+    r"""The measured compositional rows of a benchmark CSV (*e.g.*
     ``benchmarks/results/gowalla_lightgcn_converged.csv``) for
     :func:`plan_budget`: columns :obj:`method`, :obj:`bytes` (or
     :obj:`budget_bytes`), :obj:`valid_ndcg@20` (or :obj:`valid`), optional

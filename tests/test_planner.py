@@ -138,7 +138,7 @@ def test_a_table_picks_the_best_valid_row_within_the_budget(tmp_path):
     assert plan_budget(n, d, 70000, table=rows).precision == 'float16'
     assert plan_budget(n, d, 40000, table=rows,
                        precisions=('float32', )).bucket_ratio == 2.
-    with pytest.raises(ValueError, match='No measured CERP row'):
+    with pytest.raises(ValueError, match='No measured row'):
         plan_budget(n, d, 25000, table=rows)
     # The same from a CSV (columns as the converged benchmark writes them).
     path = tmp_path / 'table.csv'
@@ -177,25 +177,31 @@ def test_load_the_converged_gowalla_table():
 def test_plan_from_the_measured_byte_budgets():
     # The committed byte-budget run (issue 14): every CERP row is int8 and
     # carries d, so the planner reads it without arguments; at 5% and 1% of
-    # Gowalla's float32 bytes it plans the measured precision and the bucket
-    # ratio chosen there on validation (1.5 and 4).
+    # Gowalla's float32 bytes it plans the measured precision and, among
+    # CERP's rows, the bucket ratio chosen there on validation (1.5 and 4).
     table = load_table(GOWALLA_BYTES)
     assert table and all(r.precision == 'int8' for r in table)
     n, d = 70839, 64
     for fraction, ratio in ((0.05, 1.5), (0.01, 4.)):
         budget = int(fraction * full_table_nbytes(n, d))
-        plan = plan_budget(n, d, budget, table=table)
-        best = max((r for r in table if r.budget_bytes <= budget),
-                   key=lambda r: r.valid)
+        plan = plan_budget(n, d, budget, table=table, methods=('cerp', ))
+        best = max((r for r in table if r.budget_bytes <= budget
+                    and r.method == 'cerp'), key=lambda r: r.valid)
         assert plan.source == 'table' and plan.valid == best.valid
         assert plan.precision == 'int8' and plan.expected_bytes <= budget
         assert math.isclose(plan.bucket_ratio, ratio, rel_tol=0.01)
+    # Among every compositional row, 5% plans cerp-mul (rho 1.25 here).
+    budget = int(0.05 * full_table_nbytes(n, d))
+    plan = plan_budget(n, d, budget, table=table)
+    assert plan.method == 'cerp-mul' and plan.valid == max(
+        r.valid for r in table if r.budget_bytes <= budget)
 
 
 def test_distilled_rows_plan_only_when_asked():
-    # With the tuning rows (validation-chosen rho 1.25 at 5%) and the
-    # distilled cells, 5% plans rho 1.25 without distillation; with it, the
-    # distilled CERP row (rho 1.5, weight 1), whose weight the plan carries.
+    # With the tuning rows (validation-chosen rho 1.25 at 5% for CERP, 1.1
+    # for cerp-mul) and the distilled cells, 5% plans cerp-mul at rho 1.1
+    # without distillation (CERP only: rho 1.25); with it, the distilled
+    # CERP row (rho 1.5, weight 1), whose weight the plan carries.
     table = [row for name in ('bytes', 'bytes_tuning', 'bytes_distill')
              for row in load_table(GOWALLA_BYTES.replace('bytes', name))]
     assert {r.distill for r in table} >= {0., 0.3, 1.}
@@ -203,9 +209,24 @@ def test_distilled_rows_plan_only_when_asked():
     budget = int(0.05 * full_table_nbytes(n, d))
     fits = [r for r in table if r.budget_bytes <= budget]
     plain = plan_budget(n, d, budget, table=table)
-    assert plain.distill == 0. and math.isclose(plain.bucket_ratio, 1.25,
+    assert plain.distill == 0. and math.isclose(plain.bucket_ratio, 1.1,
                                                 rel_tol=0.01)
+    assert (plain.method, plain.operation) == ('cerp-mul', 'mul')
     assert plain.valid == max(r.valid for r in fits if not r.distill)
+    faithful = plan_budget(n, d, budget, table=table, methods=('cerp', ))
+    assert (faithful.method, faithful.operation) == ('cerp', 'add')
+    assert math.isclose(faithful.bucket_ratio, 1.25, rel_tol=0.01)
+    assert faithful.valid == max(r.valid for r in fits if not r.distill
+                                 and r.method == 'cerp') < plain.valid
+    emb, plan = compositional_for_budget(n, d, budget, table=table)
+    assert plan == plain and emb.operation == 'mul'
+    assert emb.bucket_size == plain.bucket_size
+    # An operation asked for restricts the plan to its methods.
+    emb, plan = compositional_for_budget(n, d, budget, table=table,
+                                         operation='add')
+    assert plan.operation == emb.operation == 'add'
+    assert plan.valid == max(r.valid for r in fits if not r.distill
+                             and r.method != 'cerp-mul')
     distilled = plan_budget(n, d, budget, table=table, distillation=True)
     assert distilled.valid == max(r.valid for r in fits) > plain.valid
     assert distilled.distill == 1. and math.isclose(distilled.bucket_ratio,
@@ -234,4 +255,18 @@ def test_errors_at_the_boundary():
         plan_budget(1, 16, 10**5)
     with pytest.raises(ValueError, match='needs the bytes'):
         plan_budget(10000, 16, 10**5, table=[dict(method='cerp')])
-    assert isinstance(plan_budget(10000, 16, 10**5), Plan)
+    with pytest.raises(ValueError, match="'method' must be one of"):
+        plan_budget(10000, 16, 10**5, methods=('qr-mul', ))
+    with pytest.raises(ValueError, match="'methods' must not be empty"):
+        plan_budget(10000, 16, 10**5, methods=())
+    with pytest.raises(ValueError, match="rule plans 'cerp' only"):
+        plan_budget(10000, 16, 10**5, methods=('cerp-mul', ))
+    with pytest.raises(ValueError, match="rule plans 'cerp' only"):
+        compositional_for_budget(10000, 16, 10**5, operation='mul')
+    with pytest.raises(ValueError, match='operation'):
+        compositional_for_budget(10000, 16, 10**5, operation='sub')
+    with pytest.raises(ValueError, match="'method' must be one of"):
+        Plan(64, 0.1, 'int8', 100, method='pep')
+    rule = plan_budget(10000, 16, 10**5)
+    assert isinstance(rule, Plan) and (rule.method, rule.operation) == (
+        'cerp', 'add')

@@ -305,7 +305,7 @@ def test_converged_profile_with_byte_budgets(tmp_path):
     # The budget planner reads the file (rows with a model only).
     table = load_table(path)
     assert {(r.method, r.precision) for r in table} == {
-        (m, p) for m in ('cerp', 'cerp-noreg', 'cerp-ft')
+        (m, p) for m in ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul')
         for p in ('float32', 'int8')}
     # A restart skips finished cells; a new precision appends its cells.
     before = open(path).read()
