@@ -60,7 +60,7 @@ rows multiplied, :obj:`operation='mul'`, trained without the regulariser;
 not in the paper), which a :class:`Plan` names in :obj:`method`; the rule
 plans :obj:`'cerp'`. In the same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
-(test NDCG@20 0.1437 against 0.1192) and at 5% QR-mul (int8, 0.1129 over 2
+(test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and at 5% QR-mul (int8, 0.1129 over 2
 seeds against 0.1078 over 3 at :math:`\rho = 1.25`; with distillation 0.1230
 against 0.1169; the product variant ``cerp-mul``, which a table plans,
 0.1103 over 3 seeds at :math:`\rho = 1.1`), and at 0.5% QR-mul trained with
