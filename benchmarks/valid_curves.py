@@ -7,12 +7,15 @@ The curve shows what the CSV's single row cannot: whether a model stopped
 because validation stopped improving (early stopping) or because it hit the
 epoch cap while still rising.
 
-Example (the 5% cells of the byte-budget run, 80 and 200-epoch caps)::
+Example (the committed plot: the 5% cells of the byte-budget run, and the
+full table, with 80 and 200-epoch caps)::
 
     python benchmarks/valid_curves.py \
         benchmarks/results/gowalla_lightgcn_bytes.log \
         benchmarks/results/gowalla_lightgcn_bytes_tuning.log \
-        --tags q5i-e200,m5i-r11-e200,q5i,m5i-r11 \
+        benchmarks/results/gowalla_lightgcn_bytes_cap200.log \
+        --tags c5i-r125,m5i-r11-e200,q5i-e200,d5i-w1,dq5i,f-e200 \
+        --exclude 'd5i-w1:full seed 0' \
         --out benchmarks/results/gowalla_lightgcn_bytes_curves.png
 """
 import argparse
@@ -87,6 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Curves:
     parser.add_argument('logs', nargs='+', help='Logs of memory_vs_ndcg.py')
     parser.add_argument('--tags', type=lambda s: s.split(','),
                         help='Comma-separated run tags (default: every run)')
+    parser.add_argument('--exclude', type=lambda s: s.split(','),
+                        default=[], help='Comma-separated (tag, model) '
+                        "pairs 'TAG:MODEL' to leave out (e.g. a "
+                        "distilled run's teacher, 'd5i-w1:full seed 0')")
     parser.add_argument('--out', help='PNG to draw the curves into')
     parser.add_argument('--title', default='Validation NDCG@20 per epoch')
     args = parser.parse_args(argv)
@@ -94,6 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Curves:
     for path in args.logs:
         with open(path) as f:
             curves.update(read_curves(f, args.tags))
+    for pair in args.exclude:
+        curves.pop(tuple(pair.split(':', 1)), None)
     if not curves:
         parser.error(f'no validation curve of tags {args.tags} in '
                      f'{args.logs}')

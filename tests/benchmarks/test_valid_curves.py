@@ -38,5 +38,7 @@ def test_curves_per_tag_and_model(tmp_path, capsys):
     out = tmp_path / 'x.png'
     assert valid_curves.main([str(path), '--tags', 'b', '--out', str(out)])
     assert out.stat().st_size > 0 and 'qr-mul' in capsys.readouterr().out
+    kept = valid_curves.main([str(path), '--exclude', 'a:cerp@0.05 int8 b=10'])
+    assert list(kept) == [('b', 'qr-mul@0.05 int8')]
     with pytest.raises(SystemExit):
         valid_curves.main([str(path), '--tags', 'nope'])
