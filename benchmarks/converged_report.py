@@ -14,8 +14,8 @@ validation and test NDCG@20, the share of the float32 full table's, stored
 bytes (at most ``budget_bytes``; a row above it is an error), ``b``,
 epochs, the distillation weight; then per budget the best pyg-cerp
 configuration (cerp, cerp-noreg, cerp-ft, cerp-mul, any precision) against
-the best baseline, both chosen on validation NDCG@20, with the test difference and
-the seed spread; and the infeasible rows with their note.
+the best baseline, both chosen on validation NDCG@20, with the test
+difference and the seed spread; and the infeasible rows with their note.
 
 Examples::
 

@@ -60,22 +60,23 @@ rows multiplied, :obj:`operation='mul'`, trained without the regulariser;
 not in the paper), which a :class:`Plan` names in :obj:`method`; the rule
 plans :obj:`'cerp'`. In the same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
-(test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and at 5% QR-mul (int8, 0.1129 over 2
-seeds against 0.1078 over 3 at :math:`\rho = 1.25`; with distillation 0.1230
-against 0.1169; the product variant ``cerp-mul``, which a table plans,
-0.1103 over 3 seeds at :math:`\rho = 1.1`), and at 0.5% QR-mul trained with
-distillation (0.0786 against 0.0688 for distilled CERP, 0.0743 without); see
+(test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and at 5%
+QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at
+:math:`\rho = 1.25`; with distillation 0.1230 against 0.1169; the
+product variant ``cerp-mul``, which a table plans, 0.1103 over 3 seeds at
+:math:`\rho = 1.1`), and at 0.5% QR-mul trained with distillation (0.0786
+against 0.0688 for distilled CERP, 0.0743 without); see
 ``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
 budgets of 5% and more, or with distillation.
 
 **With a table** (rows measured by the benchmark, see :func:`load_table`)
 the compositional rows whose stored bytes meet the budget are ranked by
 validation NDCG@20 and the best one's method, precision and bucket ratio are
-planned for
-:obj:`num_embeddings`, :obj:`embedding_dim` and the budget. Rows trained
-with ranking distillation from the full table (a :obj:`distill` weight
-above 0) take part only with :obj:`distillation=True`, since they need the
-trained full-table teacher; the plan then carries the chosen row's weight.
+planned for :obj:`num_embeddings`, :obj:`embedding_dim` and the budget. Rows
+trained with ranking distillation from the full table (a :obj:`distill`
+weight above 0) take part only with :obj:`distillation=True`, since they
+need the trained full-table teacher; the plan then carries the chosen row's
+weight.
 """
 import csv
 import math

@@ -238,6 +238,16 @@ def test_distilled_rows_plan_only_when_asked():
         plan_budget(n, d, budget, table=[r for r in table if r.distill])
 
 
+def test_planned_methods_match_the_training_methods():
+    # CERP_METHODS repeats the compositional methods of pyg_cerp.train
+    # (which imports the planner, so the planner cannot import it back):
+    # the names and operations must agree.
+    from pyg_cerp.planner import CERP_METHODS
+    from pyg_cerp.train import METHODS
+    assert CERP_METHODS == {m.name: m.operation for m in METHODS.values()
+                            if m.compositional}
+
+
 def test_errors_at_the_boundary():
     with pytest.raises(ValueError, match='smallest'):
         plan_budget(10000, 16, 100)
