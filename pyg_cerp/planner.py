@@ -30,40 +30,50 @@ plan). The target density is :math:`z / (Nd)`, the unit of
 
 **Without a table** the rule follows the converged Gowalla LightGCN runs,
 :math:`\rho` selected on validation NDCG@20
-(``benchmarks/results/gowalla_lightgcn_converged.csv``, :obj:`float32`, and,
-at 5% of the bytes, ``gowalla_lightgcn_bytes_tuning.csv``, :obj:`int8`):
+(``benchmarks/results/gowalla_lightgcn_converged.csv``, :obj:`float32`, and
+``gowalla_lightgcn_bytes{,_tuning}.csv``, :obj:`int8`, budgets in bytes):
 
-============  ===========  ==============================================
-budget        chosen       validation NDCG@20
-============  ===========  ==============================================
-10%           1.5          0.06772 / 0.06695 / 0.06655 at 1.5 / 2 / 4
-5% (bytes)    1.25         0.0727 / 0.0733 / 0.0721 / 0.0716 / 0.0680 at
-                           1.1 / 1.25 / 1.5 / 2 / 4 (int8; seeds 1-2 at
-                           1.25: 0.0735 / 0.0739)
-1%            4            0.04481 / 0.04756 / 0.05045 at 1.5 / 2 / 4
-============  ===========  ==============================================
+===========  ======  ======  ===============================================
+budget       method  chosen  validation NDCG@20
+===========  ======  ======  ===============================================
+10%          cerp    1.5     0.06772 / 0.06695 / 0.06655 at 1.5 / 2 / 4
+5% (bytes)   cerp    1.25    0.0727 / 0.0733 / 0.0721 / 0.0716 / 0.0680 at
+                             1.1 / 1.25 / 1.5 / 2 / 4 (seeds 1-2 at 1.25:
+                             0.0735 / 0.0739)
+5% (bytes)   mul     1.1     0.0756 / 0.0752 at 1.1 / 1.25 (seeds 1-2 at
+                             1.1: 0.0761 / 0.0752)
+1%           cerp    4       0.04481 / 0.04756 / 0.05045 at 1.5 / 2 / 4
+1% (bytes)   mul     1.25    0.0514 / 0.0473 / 0.0304 at 1.25 / 2 / 4
+===========  ======  ======  ===============================================
 
-so :data:`RULE_BUCKET_RATIOS`: :math:`\rho = 1.5` from 7.5% of the full
-:obj:`float32` table's bytes, 1.25 from 3% (between the measured budgets)
-and 4 below; and, among :obj:`precisions`, the one storing the most
-non-zeros (ties to the earlier one): int8. The byte-budget benchmark measured
-that choice on Gowalla/LightGCN
-(``benchmarks/results/gowalla_lightgcn_bytes.csv``, test NDCG@20): int8 beats
-float32 at equal bytes for every method run at both (at 1% of the full
-table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408 vs 0.0319; at 10%
-magnitude pruning 0.1437 vs 0.1176): a value's presence is worth more than
+(mul: :obj:`'cerp-mul'`; at 1% with :math:`\rho = 2` and 4 its pruning phase
+collapsed, an epoch's BPR loss :math:`\ln 2`, by meta densities 0.60 and 0.53),
+so :data:`RULE_BUCKET_RATIOS`: for :obj:`'cerp'` :math:`\rho = 1.5` from 7.5%
+of the full :obj:`float32` table's bytes, 1.25 from 3% (between the measured
+budgets) and 4 below; for :obj:`'cerp-mul'` 1.1 from 3% and 1.25 below.
+:data:`RULE_METHODS` plans :obj:`'cerp-mul'` from 3% of the bytes and
+:obj:`'cerp'` below, the one with the higher validation NDCG@20 at each
+measured byte budget (int8; 10%: 0.0880 against 0.0816, 5%: 0.0756 against
+0.0733, 1%: 0.0514 against 0.0550, 0.5%: 0.0467 against 0.0494); :obj:`methods`
+can restrict it (:obj:`('cerp', )`: the paper's method). Among
+:obj:`precisions` the rule takes the one storing the most non-zeros (ties to
+the earlier one): int8. The byte-budget benchmark measured that choice on
+Gowalla/LightGCN (``benchmarks/results/gowalla_lightgcn_bytes.csv``, test
+NDCG@20): int8 beats float32 at equal bytes for every method run at both (at 1%
+of the full table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408 vs 0.0319; at
+10% magnitude pruning 0.1437 vs 0.1176): a value's presence is worth more than
 its precision there. On other data, pass a measured table.
 
 The planner plans the compositional methods only: :obj:`'cerp'` and its
 variants :obj:`'cerp-noreg'`, :obj:`'cerp-ft'` and :obj:`'cerp-mul'` (the
 rows multiplied, :obj:`operation='mul'`, trained without the regulariser;
-not in the paper), which a :class:`Plan` names in :obj:`method`; the rule
-plans :obj:`'cerp'`. In the same benchmark, at 10% of the bytes
+not in the paper), which a :class:`Plan` names in :obj:`method`. In the
+same benchmark, at 10% of the bytes
 magnitude pruning of the trained full table (int8) scored higher than CERP
 (test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and at 5%
 QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at
 :math:`\rho = 1.25`; with distillation 0.1230 against 0.1169; the
-product variant ``cerp-mul``, which a table plans, 0.1103 over 3 seeds at
+product variant ``cerp-mul`` 0.1103 over 3 seeds at
 :math:`\rho = 1.1`), and at 0.5% QR-mul trained with distillation (0.0786
 against 0.0688 for distilled CERP, 0.0743 without); see
 ``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
@@ -91,12 +101,16 @@ from pyg_cerp.utils.validation import check_float, check_int
 
 __all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
            'load_table', 'full_table_nbytes', 'plan_nbytes',
-           'rule_bucket_ratio']
+           'rule_bucket_ratio', 'rule_method']
 
-#: The rule's bucket ratios: (from this fraction of the full float32
-#: table's bytes, rho), largest first (selected on validation on Gowalla at
-#: 10%, 5% and 1%; switching between the measured budgets).
-RULE_BUCKET_RATIOS = ((0.075, 1.5), (0.03, 1.25), (0., 4.))
+#: The rule's bucket ratios per method: (from this fraction of the full
+#: float32 table's bytes, rho), largest first (selected on validation on
+#: Gowalla; switching between the measured budgets).
+RULE_BUCKET_RATIOS = {'cerp': ((0.075, 1.5), (0.03, 1.25), (0., 4.)),
+                      'cerp-mul': ((0.03, 1.1), (0., 1.25))}
+#: The rule's methods: (from this fraction of the full float32 table's
+#: bytes, the methods by validation NDCG@20 there), largest first.
+RULE_METHODS = ((0.03, ('cerp-mul', 'cerp')), (0., ('cerp', 'cerp-mul')))
 #: The methods whose measured rows plan a CompositionalEmbedding, with the
 #: composition operation of each (pyg_cerp.train.METHODS).
 CERP_METHODS = {'cerp': 'add', 'cerp-noreg': 'add', 'cerp-ft': 'add',
@@ -133,7 +147,7 @@ class Plan:
     precision: str
     expected_bytes: int
     num_nonzero: int = 0
-    bucket_ratio: float = RULE_BUCKET_RATIOS[0][1]
+    bucket_ratio: float = RULE_BUCKET_RATIOS['cerp'][0][1]
     source: str = 'rule'
     valid: Optional[float] = None
     distill: float = 0.
@@ -180,13 +194,43 @@ def _check_method(method: str) -> str:
     return method
 
 
-def rule_bucket_ratio(num_embeddings: int, embedding_dim: int,
-                      budget_bytes: int) -> float:
-    r"""The rule's :math:`\rho` from :data:`RULE_BUCKET_RATIOS`: the first
-    whose fraction of :func:`full_table_nbytes` the budget reaches."""
+def _rule_entry(num_embeddings: int, embedding_dim: int,
+                budget_bytes: int, entries: Sequence[Tuple[float, Any]]
+                ) -> Any:
+    # The first entry whose fraction of the full table the budget reaches.
     full = full_table_nbytes(num_embeddings, embedding_dim)
-    return next(ratio for fraction, ratio in RULE_BUCKET_RATIOS
+    return next(value for fraction, value in entries
                 if budget_bytes >= fraction * full)
+
+
+def rule_bucket_ratio(num_embeddings: int, embedding_dim: int,
+                      budget_bytes: int, method: str = 'cerp') -> float:
+    r"""The rule's :math:`\rho` for :obj:`method` (:obj:`'cerp'` or
+    :obj:`'cerp-mul'`) from :data:`RULE_BUCKET_RATIOS`: the first whose
+    fraction of :func:`full_table_nbytes` the budget reaches."""
+    if method not in RULE_BUCKET_RATIOS:
+        raise ValueError(_rule_only(method))
+    return _rule_entry(num_embeddings, embedding_dim, budget_bytes,
+                       RULE_BUCKET_RATIOS[method])
+
+
+def rule_method(num_embeddings: int, embedding_dim: int, budget_bytes: int,
+                methods: Sequence[str] = tuple(CERP_METHODS)) -> str:
+    r"""The rule's method among :obj:`methods` from :data:`RULE_METHODS`:
+    the one with the best validation NDCG@20 measured at the budget's
+    fraction of :func:`full_table_nbytes`."""
+    order = _rule_entry(num_embeddings, embedding_dim, budget_bytes,
+                        RULE_METHODS)
+    method = next((m for m in order if m in methods), None)
+    if method is None:
+        raise ValueError(_rule_only(list(methods)))
+    return method
+
+
+def _rule_only(methods: Any) -> str:
+    return (f"The rule plans {list(RULE_BUCKET_RATIOS)} only (its bucket "
+            f"ratios were selected for them); pass a measured 'table' to "
+            f"plan {methods}")
 
 
 def full_table_nbytes(num_embeddings: int, embedding_dim: int) -> int:
@@ -245,13 +289,15 @@ def _solve(n: int, d: int, budget: int, ratio: float,
 
 
 def _plan(n: int, d: int, budget: int, ratio: float, precision: str,
-          row: Optional[PlanRow] = None) -> Optional[Plan]:
+          row: Optional[PlanRow] = None,
+          method: str = 'cerp') -> Optional[Plan]:
     out = _solve(n, d, budget, ratio, precision)
     if out is None:
         return None
     z, b, nbytes = out
     if row is None:
-        return Plan(b, z / (n * d), precision, nbytes, z, ratio)
+        return Plan(b, z / (n * d), precision, nbytes, z, ratio,
+                    method=method)
     return Plan(b, z / (n * d), precision, nbytes, z, ratio, 'table',
                 row.valid, row.distill, row.method)
 
@@ -303,29 +349,28 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
             measured with ranking distillation may be chosen (the plan's
             :obj:`distill` is then the weight to train with).
             (default: :obj:`False`)
-        methods (Sequence[str], optional): The methods whose rows of
-            :obj:`table` may be chosen (*e.g.* :obj:`('cerp', )` for the
-            paper's method only; without :obj:`table` they must include
-            :obj:`'cerp'`, the rule's). (default: all of
-            :data:`CERP_METHODS`)
+        methods (Sequence[str], optional): The methods that may be
+            planned (*e.g.* :obj:`('cerp', )` for the paper's method only;
+            without :obj:`table` they must include :obj:`'cerp'` or
+            :obj:`'cerp-mul'`, the rule's, see :func:`rule_method`).
+            (default: all of :data:`CERP_METHODS`)
 
     Raises:
         ValueError: If the budget is below the smallest representable
             embedding, no measured row of :obj:`table` meets it, or
-            :obj:`methods` excludes :obj:`'cerp'` without a table.
+            :obj:`methods` has neither of the rule's methods without a
+            table.
     """
     names = _check(num_embeddings, embedding_dim, budget_bytes, precisions)
     n, d, budget = int(num_embeddings), int(embedding_dim), int(budget_bytes)
-    if bucket_ratio is None:
-        bucket_ratio = rule_bucket_ratio(n, d, budget)
-    check_float('bucket_ratio', bucket_ratio, low=1.)
     methods = [_check_method(m) for m in methods]
     if not methods:
         raise ValueError("'methods' must not be empty")
-    if table is None and 'cerp' not in methods:
-        raise ValueError(f"The rule plans 'cerp' only (its bucket ratios "
-                         f"were selected for it); pass a measured 'table' "
-                         f"to plan {methods}")
+    method = 'cerp' if table is not None else rule_method(n, d, budget,
+                                                           methods)
+    if bucket_ratio is None:
+        bucket_ratio = rule_bucket_ratio(n, d, budget, method)
+    check_float('bucket_ratio', bucket_ratio, low=1.)
     if table is not None:
         rows = [r if isinstance(r, PlanRow) else _row(r) for r in table]
         fits = [r for r in rows if r.method in methods
@@ -343,7 +388,8 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
             if plan is not None:
                 return plan
         raise _too_small(n, d, budget, names, bucket_ratio)
-    plans = [p for p in (_plan(n, d, budget, float(bucket_ratio), name)
+    plans = [p for p in (_plan(n, d, budget, float(bucket_ratio), name,
+                               method=method)
                          for name in names) if p is not None]
     if not plans:
         raise _too_small(n, d, budget, names, bucket_ratio)
