@@ -14,7 +14,7 @@ full table, with 80 and 200-epoch caps)::
         benchmarks/results/gowalla_lightgcn_bytes.log \
         benchmarks/results/gowalla_lightgcn_bytes_tuning.log \
         benchmarks/results/gowalla_lightgcn_bytes_cap200.log \
-        --tags c5i-r125,m5i-r11-e200,q5i-e200,d5i-w1,dq5i,f-e200 \
+        --tags c5i-r125,m5i-r11-e200,q5i-e200,d5i-w1,dq5i,f-e200,dm5i-w03 \
         --exclude 'd5i-w1:full seed 0' \
         --out benchmarks/results/gowalla_lightgcn_bytes_curves.png
 """

@@ -65,17 +65,16 @@ of the full table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408 vs 0.0319; at
 its precision there. On other data, pass a measured table.
 
 The planner plans the compositional methods only: :obj:`'cerp'` and its
-variants :obj:`'cerp-noreg'`, :obj:`'cerp-ft'` and :obj:`'cerp-mul'` (the
-rows multiplied, :obj:`operation='mul'`, trained without the regulariser;
-not in the paper), which a :class:`Plan` names in :obj:`method`. In the
-same benchmark, at 10% of the bytes
-magnitude pruning of the trained full table (int8) scored higher than CERP
-(test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and at 5%
-QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at
-:math:`\rho = 1.25`; with distillation 0.1230 against 0.1169; the
-product variant ``cerp-mul`` 0.1103 over 3 seeds at
-:math:`\rho = 1.1`), and at 0.5% QR-mul trained with distillation (0.0786
-against 0.0688 for distilled CERP, 0.0743 without); see
+variants :obj:`'cerp-noreg'`, :obj:`'cerp-ft'` and :obj:`'cerp-mul'` (the rows
+multiplied, :obj:`operation='mul'`, trained without the regulariser; not in the
+paper), which a :class:`Plan` names in :obj:`method`. In the same benchmark, at
+10% of the bytes magnitude pruning of the trained full table (int8) scored
+higher than CERP (test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and
+at 5% QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at :math:`\rho =
+1.25`; the product variant ``cerp-mul`` 0.1103 over 3 seeds at :math:`\rho =
+1.1`; with distillation 0.1230 against 0.1209 for ``cerp-mul`` and 0.1169 for
+CERP), and at 0.5% QR-mul trained with distillation (0.0786 against 0.0688 for
+distilled CERP, 0.0743 without); see
 ``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
 budgets of 5% and more, or with distillation.
 

@@ -224,7 +224,8 @@ def test_distilled_rows_plan_only_when_asked():
     # With the tuning rows (validation-chosen rho 1.25 at 5% for CERP, 1.1
     # for cerp-mul) and the distilled cells, 5% plans cerp-mul at rho 1.1
     # without distillation (CERP only: rho 1.25); with it, the distilled
-    # CERP row (rho 1.5, weight 1), whose weight the plan carries.
+    # cerp-mul row (rho 1.1, weight 0.3; CERP only: rho 1.5, weight 1),
+    # whose weight the plan carries.
     table = [row for name in ('bytes', 'bytes_tuning', 'bytes_distill')
              for row in load_table(GOWALLA_BYTES.replace('bytes', name))]
     assert {r.distill for r in table} >= {0., 0.3, 1.}
@@ -252,8 +253,13 @@ def test_distilled_rows_plan_only_when_asked():
                              and r.method != 'cerp-mul')
     distilled = plan_budget(n, d, budget, table=table, distillation=True)
     assert distilled.valid == max(r.valid for r in fits) > plain.valid
-    assert distilled.distill == 1. and math.isclose(distilled.bucket_ratio,
-                                                    1.5, rel_tol=0.01)
+    assert (distilled.method, distilled.distill) == ('cerp-mul', 0.3)
+    assert math.isclose(distilled.bucket_ratio, 1.1, rel_tol=0.01)
+    faithful = plan_budget(n, d, budget, table=table, distillation=True,
+                           methods=('cerp', ))
+    assert faithful.distill == 1. and math.isclose(faithful.bucket_ratio,
+                                                   1.5, rel_tol=0.01)
+    assert faithful.valid < distilled.valid
     _, plan = compositional_for_budget(n, d, budget, table=table,
                                        distillation=True)
     assert plan == distilled
