@@ -310,3 +310,26 @@ def test_errors_at_the_boundary():
     rule = plan_budget(10000, 16, 10**5)  # 15.6% of the full table.
     assert isinstance(rule, Plan) and (rule.method, rule.operation) == (
         'cerp-mul', 'mul')
+
+
+def test_half_percent_plans_the_validation_winners():
+    # At 0.5% of the bytes the committed rows choose cerp-noreg (rho 4, 3
+    # seeds) without distillation and the distilled cerp-mul (rho 1.25)
+    # with it: each the best validation row among the compositional ones,
+    # as the planner's rule does not know cerp-noreg.
+    table = [row for name in ('bytes', 'bytes_tuning', 'bytes_distill')
+             for row in load_table(GOWALLA_BYTES.replace('bytes', name))]
+    n, d = 70839, 64
+    budget = int(0.005 * full_table_nbytes(n, d))
+    fits = [r for r in table if r.budget_bytes <= budget]
+    plain = plan_budget(n, d, budget, table=table)
+    assert (plain.method, plain.operation, plain.distill) == (
+        'cerp-noreg', 'add', 0.)
+    assert math.isclose(plain.bucket_ratio, 4., rel_tol=0.01)
+    assert plain.valid == max(r.valid for r in fits if not r.distill)
+    distilled = plan_budget(n, d, budget, table=table, distillation=True)
+    assert (distilled.method, distilled.operation) == ('cerp-mul', 'mul')
+    assert math.isclose(distilled.bucket_ratio, 1.25, rel_tol=0.01)
+    assert distilled.distill > 0 and distilled.valid == max(
+        r.valid for r in fits) > plain.valid
+    assert plan_budget(n, d, budget).method == 'cerp'  # The rule's choice.
