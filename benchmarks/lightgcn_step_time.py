@@ -25,7 +25,15 @@ round-robin so that every variant sees the same machine noise):
 * ``ours, CERP prune``: phase 1, BPR + ``gamma * pruning_loss``;
 * ``runner, CERP prune``: ``pyg_cerp.train.train_step`` on a
   ``LightGCNRecommender`` with a ``PruningScheduler`` (what the pipeline
-  runs, including its checks).
+  runs, including its checks);
+* ``runner, full table + distillation``: the same for a full table with
+  ``RankingDistillation`` (listwise, temperature 3, 20 uniform samples and
+  the teacher's top-10 per user: 36 scored items per user with 5
+  negatives), as ``benchmarks/memory_vs_ndcg.py --distill-weights`` runs.
+
+``--ablations`` also times the scores of the batch's users against
+``--score-candidates`` items each (a distillation step's candidates), in
+the gather-and-multiply form and by ``pair_scores`` (a sampled product).
 
 The table prints the median and the paired ratio (median over rounds of
 variant / floor). ``--ablations`` adds the components of a step.
@@ -51,8 +59,9 @@ from pyg_cerp import CompositionalEmbedding
 from pyg_cerp.datasets import Gowalla
 from pyg_cerp.nn.propagation import RowGatherTensor, \
     symmetric_lightgcn_propagation
-from pyg_cerp.train import LightGCNRecommender, PruningScheduler, bpr_loss, \
-    make_optimizer, train_step
+from pyg_cerp.train import LightGCNRecommender, PruningScheduler, \
+    RankingDistillation, bpr_loss, make_optimizer, train_step
+from pyg_cerp.train.recommender import pair_scores
 from pyg_cerp.utils import lightgcn_adjacency
 from pyg_cerp.nn import use_symmetric_propagation
 
@@ -186,6 +195,24 @@ def run(args: argparse.Namespace, adj: Tensor, batches: List[Dict[str, Tensor]],
         train_step(rec, opt, (b['user'], b['pos'], b['neg']), sched)
 
     fns['runner train_step, CERP prune'] = runner_step
+
+    # Distillation (ConvergedRunner's options: listwise, 20 samples, the
+    # teacher's top-10) into a full table; the teacher's top-10 lists are
+    # ranked in the warm-up.
+    teacher = LightGCNRecommender(build(num_nodes, args, True, 'full'), adj,
+                                  num_users, num_items)
+    distill = RankingDistillation(teacher, 0.3, temperature=3.,
+                                  num_samples=20, top_k=10)
+    student = LightGCNRecommender(build(num_nodes, args, True, 'full'), adj,
+                                  num_users, num_items)
+    opt_student = make_optimizer(student, lr=1e-3, weight_decay=0.)
+
+    def distill_step(i: int) -> None:
+        b = batches[i % nb]
+        train_step(student, opt_student, (b['user'], b['pos'], b['neg']),
+                   distill=distill)
+
+    fns['runner train_step, full table + distillation'] = distill_step
     results = {'training step': interleaved(fns, args.repeats, args.warmup)}
     if not args.ablations:
         return results
@@ -210,6 +237,23 @@ def run(args: argparse.Namespace, adj: Tensor, batches: List[Dict[str, Tensor]],
         bpr_loss(rank[:size], rank[size:].view(-1, size).t()).backward()
         out.grad = None
 
+    # Scores of B users against m candidates each (a distillation step's
+    # 1 + negatives + teacher's top-10 + 20 samples): the broadcast form
+    # the recommender used before, and pair_scores.
+    cand = torch.randint(num_items, (args.batch_size, args.score_candidates),
+                         generator=torch.Generator().manual_seed(1))
+    cand += num_users
+
+    def gather_multiply(i: int) -> None:
+        e = (out * 1.).as_subclass(RowGatherTensor)
+        user = batches[i % nb]['user']
+        (e[user].unsqueeze(1) * e[cand]).sum(-1).sum().backward()
+        out.grad = None
+
+    def sampled_product(i: int) -> None:
+        pair_scores(out * 1., batches[i % nb]['user'], cand).sum().backward()
+        out.grad = None
+
     def compose(i: int) -> None:
         emb.weight.backward(grad)
 
@@ -226,6 +270,10 @@ def run(args: argparse.Namespace, adj: Tensor, batches: List[Dict[str, Tensor]],
             'CERP .weight fwd+bwd': compose,
             'row gathers + BPR fwd+bwd (incl. one N x d mul)': gather_bpr,
             'pruning_loss over the batch fwd+bwd': prune_loss,
+            f'B x {args.score_candidates} scores, gather and multiply '
+            'fwd+bwd': gather_multiply,
+            f'B x {args.score_candidates} scores, pair_scores fwd+bwd':
+            sampled_product,
             'fused Adam on the meta tables': lambda i: opt.step(),
         }, args.repeats, args.warmup)
     return results
@@ -247,6 +295,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help='negatives per positive')
     parser.add_argument('--bucket-size', type=int, default=5000,
                         help='meta-table rows b of CompositionalEmbedding')
+    parser.add_argument('--score-candidates', type=int, default=36,
+                        help='candidates per user of the --ablations score '
+                        'rows (36: a distillation step with 5 negatives)')
     parser.add_argument('--gamma', type=float, default=1.,
                         help='weight of pruning_loss in the prune step')
     parser.add_argument('--repeats', type=int, default=20,

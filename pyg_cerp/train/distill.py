@@ -54,7 +54,7 @@ from torch import Tensor
 from pyg_cerp.metrics import deterministic_topk
 from pyg_cerp.serving import exclude_
 from pyg_cerp.train.recommender import (LightGCNRecommender, Recommender,
-                                        bpr_loss)
+                                        bpr_loss, pair_scores)
 from pyg_cerp.utils.validation import check_float, check_int
 
 __all__ = ['RankingDistillation', 'teacher_top_items']
@@ -211,9 +211,8 @@ class RankingDistillation:
         if isinstance(teacher, LightGCNRecommender):
             if self._embedding is None:
                 self._embedding = teacher.propagate().as_subclass(Tensor)
-            out = self._embedding
-            return (out[users].unsqueeze(1) *
-                    out[items + teacher.num_users]).sum(-1)
+            return pair_scores(self._embedding, users,
+                               items + teacher.num_users)
         pos, neg = teacher.scores(users, items[:, 0], items[:, 1:])
         return torch.cat([pos.unsqueeze(1), neg], dim=1)
 
@@ -240,20 +239,20 @@ class RankingDistillation:
                         pos: Tensor, neg: Tensor) -> Tuple[Tensor, Tensor]:
         r"""The student's :func:`~pyg_cerp.train.bpr_loss` and the weighted
         term :math:`\alpha \mathcal{L}_{\textrm{KD}}` from one call of its
-        :meth:`scores` on the positives, the negatives and the
-        :meth:`candidates` (for LightGCN the BPR part equals
-        :meth:`Recommender.loss`; a batch-normalised MLP also sees the extra
-        items in its batch statistics)."""
+        :meth:`~pyg_cerp.train.Recommender.candidate_scores` on the
+        positives, the negatives and the :meth:`candidates` (for LightGCN
+        the BPR part equals :meth:`Recommender.loss`; a batch-normalised MLP
+        also sees the extra items in its batch statistics)."""
         extra = self.candidates(users, pos, neg)
-        pos_s, neg_s = student.scores(users, pos, torch.cat([neg, extra], 1))
-        n = neg.size(1)
-        bpr = bpr_loss(pos_s, neg_s[:, :n])
+        pos_s, neg_s, extra_s = student.candidate_scores(users, pos, neg,
+                                                         extra)
+        bpr = bpr_loss(pos_s, neg_s)
         if self.loss_type == 'rd':
-            kd = self.loss(users, extra, neg_s[:, n:])
+            kd = self.loss(users, extra, extra_s)
         else:
             items = torch.cat([pos.unsqueeze(1), neg, extra], 1)
-            kd = self.loss(users, items,
-                           torch.cat([pos_s.unsqueeze(1), neg_s], 1))
+            kd = self.loss(users, items, torch.cat(
+                [pos_s.unsqueeze(1), neg_s, extra_s], 1))
         return bpr, self.weight * kd
 
     def __repr__(self) -> str:
