@@ -51,8 +51,8 @@ def pair_scores(emb: Tensor, users: Tensor, items: Tensor) -> Tensor:
     :math:`\mathbf{G}^{\top} \mathbf{E}_{\mathcal{U}}` for the items'
     rows: no :obj:`[B, m, d]` tensor of gathered rows is materialised,
     which is what the gather-and-multiply form spends its time on at the
-    :math:`m = 36` candidates of a distillation step (4.4x faster forward
-    and backward at :math:`B = 32768`, ``benchmarks/lightgcn_step_time.py
+    :math:`m = 36` candidates of a distillation step (forward and backward
+    4-6x faster at :math:`B = 32768`, ``benchmarks/lightgcn_step_time.py
     --ablations``). Elsewhere: row gathers and one batched matrix product.
     Ids must lie in :math:`[0, N)`; repeated pairs are allowed.
 
