@@ -179,8 +179,10 @@ def main() -> None:
         batch_size=args.batch_size, num_layers=args.num_layers,
         num_nodes=n, nnz=int(adj._nnz()), dim=args.dim,
         bucket_size=args.bucket_size,
-        rows_per_process=(rec.row_partition.rows.numel()
+        rows_per_process=(rec.row_partition.end - rec.row_partition.start
                           if rec.row_partition is not None else n),
+        row_bounds=(rec.row_partition.bounds
+                    if rec.row_partition is not None else [0, n]),
         command=' '.join(([f'torchrun --nproc_per_node={world.world_size}']
                           if world.is_distributed else ['python']) +
                          sys.argv),

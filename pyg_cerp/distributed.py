@@ -13,7 +13,7 @@ import gc
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -283,14 +283,12 @@ class RowPartition:
     :obj:`world` by row blocks of the symmetric normalised adjacency
     :math:`\mathbf{\hat{A}}`.
 
-    Node :math:`i` belongs to rank :math:`i \bmod W` (which balances users,
-    items and non-zeros), at position :math:`(i \bmod W) m + \lfloor i / W
-    \rfloor` of a *block order* of :math:`W m` rows,
-    :math:`m = \lceil N / W \rceil`. Rank :math:`r` holds the rows
-    :math:`\mathcal{R}_r` of :math:`\mathbf{\hat{A}}` twice (columns in node
-    order, for the replicated input :math:`\mathbf{X}`, and in block order,
-    for gathered layers) and runs the Horner scheme of
-    :func:`~pyg_cerp.nn.symmetric_lightgcn_propagation` on its rows,
+    Rank :math:`r` holds the contiguous rows :math:`\mathcal{R}_r = [n_r,
+    n_{r+1})` of :math:`\mathbf{\hat{A}}`, the boundaries :math:`n_r` cut the
+    non-zeros into :math:`W` nearly equal parts (the first row where the
+    cumulative count reaches :math:`r \, \mathrm{nnz} / W`), and runs the
+    Horner scheme of :func:`~pyg_cerp.nn.symmetric_lightgcn_propagation` on
+    its rows,
 
     .. math::
         \mathbf{H}_r \leftarrow c_k \mathbf{X}_{\mathcal{R}_r} +
@@ -298,17 +296,22 @@ class RowPartition:
         (\mathbf{H}),
 
     :math:`L` sparse products of :math:`\approx \mathrm{nnz}/W` non-zeros
-    and :math:`L` :obj:`all_gather` of :math:`N \times d` values per
-    forward. The backward pass of rank :math:`r` receives its own loss's
-    gradient :math:`\mathbf{G}_r`; since :math:`\mathbf{\hat{A}}` is
-    symmetric, the gradient of the sum of all ranks' losses is
-    :math:`\sum_l \alpha_l \mathbf{\hat{A}}^l \sum_r \mathbf{G}_r`: one
-    :obj:`all_reduce` of :math:`\mathbf{G}_r`, the same Horner scheme
-    (:math:`L - 1` :obj:`all_gather`), and rank :math:`r` returns the rows
-    :math:`\mathcal{R}_r` (zeros elsewhere). Summing the parameter gradients
-    over ranks (:func:`all_reduce_gradients`) then gives the single-process
-    gradient. Every rank must call it the same number of times (forward and
-    backward are collective).
+    and :math:`L` :obj:`all_gather` of :math:`W m \times d` values per
+    forward, :math:`m = \max_r |\mathcal{R}_r|` (each rank sends its rows in
+    a slot of :math:`m` rows). The slots are laid out so that the gathered
+    rows are in node order when every slot but the first and last is full
+    (always for :math:`W \leq 2`): rank 0's rows end its slot, the others'
+    start theirs, and the output is a view of the gathered tensor; otherwise
+    the rows are concatenated (one copy). The backward pass of rank
+    :math:`r` receives its own loss's gradient :math:`\mathbf{G}_r`; since
+    :math:`\mathbf{\hat{A}}` is symmetric, the gradient of the sum of all
+    ranks' losses is :math:`\sum_l \alpha_l \mathbf{\hat{A}}^l \sum_r
+    \mathbf{G}_r`: one :obj:`all_reduce` of :math:`\mathbf{G}_r`, the same
+    Horner scheme (:math:`L - 1` :obj:`all_gather`), and rank :math:`r`
+    returns the rows :math:`\mathcal{R}_r` (zeros elsewhere). Summing the
+    parameter gradients over ranks (:func:`all_reduce_gradients`) then gives
+    the single-process gradient. Every rank must call it the same number of
+    times (forward and backward are collective).
 
     Args:
         adj (torch.Tensor): The symmetric normalised adjacency
@@ -321,50 +324,62 @@ class RowPartition:
         _check_symmetric_once(adj, rtol=1e-5, atol=1e-8)  # cached per object
         self.world = world
         W, r, N = world.world_size, world.rank, adj.size(0)
-        self.num_nodes, self.block = N, -(-N // W)
-        self.rows = torch.arange(r, N, W, device=adj.device)
-        self.position = ((torch.arange(N, device=adj.device) % W) * self.block
-                         + torch.arange(N, device=adj.device) // W)
+        self.num_nodes = N
         csr = adj.to_sparse_csr()
         crow = csr.crow_indices()
-        starts, ends = crow[self.rows], crow[self.rows + 1]
-        counts = ends - starts
-        order = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) -
-                                                  counts), counts)
-        take = torch.arange(int(counts.sum()), device=adj.device) + order
-        cols, vals = csr.col_indices()[take], csr.values()[take]
-        crow = torch.zeros(self.block + 1, dtype=crow.dtype, device=adj.device)
-        crow[1:self.rows.numel() + 1] = torch.cumsum(counts, 0)
-        crow[self.rows.numel() + 1:] = crow[self.rows.numel()]
-        self.adj_nodes = _kernel_matrix(torch.sparse_csr_tensor(
-            crow, cols, vals, (self.block, N)))
-        # Columns in block order, sorted within each row (faster products).
-        row = torch.repeat_interleave(torch.arange(self.rows.numel(),
-                                                   device=adj.device), counts)
-        cols = self.position[cols]
-        order = torch.argsort(row * (W * self.block) + cols)
-        self.adj_blocks = _kernel_matrix(torch.sparse_csr_tensor(
-            crow, cols[order], vals[order], (self.block, W * self.block)))
+        targets = (torch.arange(W + 1, dtype=torch.float64) *
+                   float(crow[-1]) / W).to(crow.device)
+        bounds = torch.searchsorted(crow.double(), targets).clamp_(max=N)
+        bounds[0], bounds[-1] = 0, N
+        #: The first row of each rank's block, and :math:`N`.
+        self.bounds: List[int] = bounds.tolist()
+        self.start, self.end = self.bounds[r], self.bounds[r + 1]
+        sizes = [b - a for a, b in zip(self.bounds[:-1], self.bounds[1:])]
+        self.block = max(sizes)
+        self.offsets = [self.block - sizes[0]] + [0] * (W - 1)
+        self.in_node_order = all(size == self.block for size in sizes[1:-1])
+        lo, hi = int(crow[self.start]), int(crow[self.end])
+        self.adj_rows = _kernel_matrix(torch.sparse_csr_tensor(
+            crow[self.start:self.end + 1] - lo, csr.col_indices()[lo:hi],
+            csr.values()[lo:hi], (self.end - self.start, N)))
 
-    def local_rows(self, x: Tensor) -> Tensor:
-        r"""The rows :math:`\mathcal{R}_r` of :obj:`x` in block layout
-        (:math:`m` rows, zero padding)."""
-        out = x.new_empty(self.block, x.size(1))
-        torch.index_select(x, 0, self.rows, out=out[:self.rows.numel()])
-        out[self.rows.numel():] = 0.
-        return out
+    def _slot(self, like: Tensor) -> Tuple[Tensor, Tensor]:
+        # A send buffer of `block` rows (zero padding) and this rank's rows.
+        slot = like.new_empty(self.block, like.size(1))
+        lo = self.offsets[self.world.rank]
+        hi = lo + self.end - self.start
+        slot[:lo] = 0.
+        slot[hi:] = 0.
+        return slot, slot[lo:hi]
 
-    def horner(self, x: Tensor, coeffs: List[float]) -> Tensor:
+    def gather(self, slot: Tensor) -> Tensor:
+        r"""All ranks' rows, :math:`N \times d` in node order, from this
+        rank's send :obj:`slot` (:math:`m \times d`)."""
+        out = self.world.all_gather(slot)
+        if self.in_node_order:
+            return out.narrow(0, self.offsets[0], self.num_nodes)
+        m = self.block
+        return torch.cat([out[r * m + o:r * m + o + b - a] for r, (o, a, b)
+                          in enumerate(zip(self.offsets, self.bounds[:-1],
+                                           self.bounds[1:]))])
+
+    def horner(self, x: Tensor, coeffs: List[float],
+               out: Optional[Tensor] = None) -> Tensor:
         r"""This rank's rows of :math:`\sum_l c_l \mathbf{\hat{A}}^l
-        \mathbf{X}` in block layout, for a replicated :obj:`x` (node
-        order)."""
-        x_local = self.local_rows(x)
-        out = torch.addmm(x_local, self.adj_nodes, x, beta=coeffs[-2],
-                          alpha=coeffs[-1])
-        for coeff in reversed(coeffs[:-2]):
-            out = torch.addmm(x_local, self.adj_blocks,
-                              self.world.all_gather(out), beta=coeff)
-        return out
+        \mathbf{X}` for a replicated :obj:`x` (node order): written into
+        :obj:`out` (:math:`|\mathcal{R}_r| \times d`) if given, else
+        returned in a send slot (:math:`m \times d`)."""
+        x_local, h, alpha = x[self.start:self.end], x, coeffs[-1]
+        for i, coeff in enumerate(reversed(coeffs[:-1])):
+            last = i == len(coeffs) - 2
+            slot, rows = (out, out) if last and out is not None \
+                else self._slot(x)
+            torch.addmm(x_local, self.adj_rows, h, beta=coeff, alpha=alpha,
+                        out=rows)
+            if last:
+                return slot
+            h, alpha = self.gather(slot), 1.
+        raise AssertionError('unreachable')  # len(coeffs) >= 2
 
     def __call__(self, x: Tensor, alpha: Tensor) -> Tensor:
         r"""Returns :math:`\mathbf{E}` (:math:`N \times d`, on every rank).
@@ -391,8 +406,7 @@ class _RowParallelPropagation(torch.autograd.Function):
         ctx.part, ctx.coeffs = part, coeffs
         if len(coeffs) == 1:
             return x * coeffs[0]
-        out = part.world.all_gather(part.horner(x, coeffs))
-        return out.index_select(0, part.position)
+        return part.gather(part.horner(x.contiguous(), coeffs))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -402,9 +416,10 @@ class _RowParallelPropagation(torch.autograd.Function):
             return grad_out * coeffs[0], None, None
         grad = part.world.all_reduce(grad_out.clone(
             memory_format=torch.contiguous_format))
-        local = part.horner(grad, coeffs)[:part.rows.numel()]
-        out = torch.zeros_like(grad)
-        out.index_copy_(0, part.rows, local)
+        out = torch.empty_like(grad)
+        out[:part.start] = 0.
+        out[part.end:] = 0.
+        part.horner(grad, coeffs, out[part.start:part.end])
         return out, None, None
 
 

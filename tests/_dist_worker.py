@@ -77,7 +77,9 @@ def check_propagation(out: str) -> None:
         grad=float((grad - ref_x.grad).abs().max()),
         grad_scale=float(ref_x.grad.abs().max()),
         local_grad_rows=int((x.grad.abs().sum(1) > 0).sum()), num_nodes=n,
-        block=part.block, bytes=ctx.bytes_exchanged - start))
+        block=part.block, bounds=part.bounds, start=part.start, end=part.end,
+        row_nnz=(adj.to_sparse_csr().crow_indices().diff()).tolist(),
+        bytes=ctx.bytes_exchanged - start))
     destroy_distributed(ctx)
 
 
@@ -179,7 +181,8 @@ def main() -> None:
         'num_params': {str(k): v for k, v in (
             (False, 4 * bucket * dim), (True, 2 * bucket * dim))},
         'bytes_per_step': {str(k): v for k, v in comm.items()},
-        'num_nodes': n, 'dim': dim, 'num_layers': 2})
+        'num_nodes': n, 'dim': dim, 'num_layers': 2,
+        'block': rec.row_partition.block if rec.row_partition else n})
     destroy_distributed(ctx)
 
 
