@@ -16,6 +16,10 @@ For ``--steps`` rounds after ``--warmup`` untimed ones, between barriers:
   collectives (:attr:`DistContext.exchange_seconds`, reported apart: on one
   machine it measures loopback gloo on shared cores, not a network), total
   wall and CPU seconds; the slowest rank per round;
+* product: one sparse product of this rank's rows of
+  :math:`\mathbf{\hat{A}}` (all of them on one process) with the
+  :math:`N \times d` layer, as the propagation runs it (:obj:`torch.addmm`
+  on the int32 CSR block), all ranks at once; the slowest rank per round;
 * step: one pruning-phase :func:`~pyg_cerp.train.train_step` (BPR + L2 +
   regulariser, gradient all-reduce, Adam, scheduler), with the bytes it
   exchanged (:attr:`DistContext.bytes_exchanged`, ring-algorithm volume per
@@ -47,6 +51,7 @@ from pyg_cerp.distributed import (destroy_distributed,  # noqa: E402
 from pyg_cerp.nn import (CompositionalEmbedding,  # noqa: E402
                          symmetric_lightgcn_propagation,
                          use_symmetric_propagation)
+from pyg_cerp.nn.propagation import _kernel_matrix  # noqa: E402
 from pyg_cerp.sampling import BPRSampler  # noqa: E402
 from pyg_cerp.train import (CERPConfig, LightGCNRecommender,  # noqa: E402
                             PruningScheduler, load_interactions,
@@ -153,9 +158,20 @@ def main() -> None:
         x.grad = None
         propagation(x, alpha).backward(weight)
 
+    rows = (rec.row_partition.adj_rows if rec.row_partition is not None
+            else _kernel_matrix(adj.to_sparse_csr()))
+    start = rec.row_partition.start if rec.row_partition is not None else 0
+    x0 = x.detach()
+    x_local = x0[start:start + rows.size(0)]
+
+    def product() -> None:
+        torch.addmm(x_local, rows, x0, beta=0.5)
+
     prop, prop_exchange, prop_cpu, steps, step_bytes = [], [], [], [], []
+    products = []
     for i in range(args.warmup + args.steps):
         p = _timed(world, propagate)
+        q = _timed(world, product)
         batch = next(batches)
         start = world.bytes_exchanged
         s = _timed(world, lambda: train_step(
@@ -165,6 +181,7 @@ def main() -> None:
             prop.append(p[0])
             prop_exchange.append(p[1])
             prop_cpu.append(p[2])
+            products.append(q[0])
             steps.append(s[0] + s[1])
             step_bytes.append(world.bytes_exchanged - start)
     result = dict(
@@ -172,6 +189,7 @@ def main() -> None:
         propagation_seconds_per_process=statistics.median(prop),
         propagation_exchange_seconds=statistics.median(prop_exchange),
         propagation_cpu_seconds_per_process=statistics.median(prop_cpu),
+        product_seconds_per_process=statistics.median(products),
         bytes_exchanged_per_step=statistics.median(step_bytes),
         step_seconds=statistics.median(steps),
         propagation_rounds=prop, propagation_exchange_rounds=prop_exchange,
