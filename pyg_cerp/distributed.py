@@ -344,13 +344,11 @@ class RowPartition:
             csr.values()[lo:hi], (self.end - self.start, N)))
 
     def _slot(self, like: Tensor) -> Tuple[Tensor, Tensor]:
-        # A send buffer of `block` rows (zero padding) and this rank's rows.
+        # A send buffer of `block` rows and this rank's rows in it. The
+        # padding is never read (`gather` drops it): left uninitialised.
         slot = like.new_empty(self.block, like.size(1))
         lo = self.offsets[self.world.rank]
-        hi = lo + self.end - self.start
-        slot[:lo] = 0.
-        slot[hi:] = 0.
-        return slot, slot[lo:hi]
+        return slot, slot[lo:lo + self.end - self.start]
 
     def gather(self, slot: Tensor) -> Tensor:
         r"""All ranks' rows, :math:`N \times d` in node order, from this
