@@ -444,10 +444,11 @@ def test_two_processes_match_single_process(synthetic_folder, tmp_path):
     _compare_runs(one, two)
 
 
-def _worker_json(tmp_path, mode: str) -> dict:
-    # Runs tests/_dist_worker.py in `mode` on 2 ranks; returns its result.
+def _worker_json(tmp_path, mode: str, nproc: int = 2) -> dict:
+    # Runs tests/_dist_worker.py in `mode` on `nproc` ranks; returns its
+    # result.
     out = tmp_path / 'result.json'
-    proc, _ = _torchrun(2, WORKER, [str(out), mode], _env(), timeout=100)
+    proc, _ = _torchrun(nproc, WORKER, [str(out), mode], _env(), timeout=100)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -474,6 +475,25 @@ def test_partitioned_propagation_matches_single_process(tmp_path):
     # backward (slots of 52 x 8 float64), and the test's all_reduce.
     block, full = 52 * 8 * 8, 89 * 8 * 8
     assert res['bytes'] == 5 * block + 2 * full
+
+
+def test_partitioned_propagation_three_ranks(tmp_path):
+    # W = 3: the middle block does not fill its slot, so the gathered rows
+    # are concatenated into node order (the other path of `gather`).
+    res = _worker_json(tmp_path, '--propagation', nproc=3)
+    assert res['world_size'] == 3
+    assert res['forward'] < 1e-12
+    assert res['grad'] < 1e-12 * res['grad_scale']
+    bounds, row_nnz = res['bounds'], res['row_nnz']
+    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    nnz = [sum(row_nnz[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    assert bounds[0] == 0 and bounds[-1] == 89 and min(sizes) > 0
+    assert max(abs(z - sum(row_nnz) / 3) for z in nnz) <= max(row_nnz)
+    assert res['block'] == max(sizes) and sizes[1] < res['block']
+    assert res['local_grad_rows'] == sizes[0]
+    # Each all_gather sends this rank's slot to 2 ranks (ring: (W-1) slots).
+    block, full = res['block'] * 8 * 8, 89 * 8 * 8
+    assert res['bytes'] == 5 * 2 * block + 2 * (2 * full * 2 // 3)
 
 
 def test_scheduler_decisions_are_rank_0s(tmp_path):
