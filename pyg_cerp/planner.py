@@ -72,8 +72,8 @@ paper), which a :class:`Plan` names in :obj:`method`. In the same benchmark, at
 higher than CERP (test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242) and
 at 5% QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at :math:`\rho =
 1.25`; the product variant ``cerp-mul`` 0.1103 over 3 seeds at :math:`\rho =
-1.1`; with distillation 0.1230 against 0.1209 for ``cerp-mul`` and 0.1169 for
-CERP); at 0.5% with distillation ``cerp-mul`` and QR-mul tie (0.0790 and
+1.1`; with distillation 0.1233 against 0.1212 for ``cerp-mul``, 2 seeds
+each, and 0.1169 for CERP); at 0.5% with distillation ``cerp-mul`` and QR-mul tie (0.0790 and
 0.0790, 3 seeds each; distilled CERP 0.0688, 0.0743 without), and without
 it ``cerp-noreg`` wins (0.0778 over 3 seeds against 0.0531); see
 ``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
