@@ -160,9 +160,9 @@ def main() -> None:
 
     rows = (rec.row_partition.adj_rows if rec.row_partition is not None
             else _kernel_matrix(adj.to_sparse_csr()))
-    start = rec.row_partition.start if rec.row_partition is not None else 0
+    first = rec.row_partition.start if rec.row_partition is not None else 0
     x0 = x.detach()
-    x_local = x0[start:start + rows.size(0)]
+    x_local = x0[first:first + rows.size(0)]
 
     def product() -> None:
         torch.addmm(x_local, rows, x0, beta=0.5)

@@ -368,16 +368,15 @@ class RowPartition:
         :obj:`out` (:math:`|\mathcal{R}_r| \times d`) if given, else
         returned in a send slot (:math:`m \times d`)."""
         x_local, h, alpha = x[self.start:self.end], x, coeffs[-1]
-        for i, coeff in enumerate(reversed(coeffs[:-1])):
-            last = i == len(coeffs) - 2
-            slot, rows = (out, out) if last and out is not None \
-                else self._slot(x)
+        for coeff in reversed(coeffs[1:-1]):  # every layer but the last
+            slot, rows = self._slot(x)
             torch.addmm(x_local, self.adj_rows, h, beta=coeff, alpha=alpha,
                         out=rows)
-            if last:
-                return slot
             h, alpha = self.gather(slot), 1.
-        raise AssertionError('unreachable')  # len(coeffs) >= 2
+        slot, rows = (out, out) if out is not None else self._slot(x)
+        torch.addmm(x_local, self.adj_rows, h, beta=coeffs[0], alpha=alpha,
+                    out=rows)
+        return slot
 
     def __call__(self, x: Tensor, alpha: Tensor) -> Tensor:
         r"""Returns :math:`\mathbf{E}` (:math:`N \times d`, on every rank).
