@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from pyg_cerp.train import CERPConfig, CERPRunner  # noqa: E402
 from pyg_cerp.train.cli import (dataset_folder, open_dataset,  # noqa: E402
-                                recommender_builder, slice_interactions)
+                                recommender_builder)
 from pyg_cerp.train.data import (interactions_from_dataset,  # noqa: E402
                                  make_sampler)
 
@@ -52,7 +52,7 @@ def main() -> None:
     data = interactions_from_dataset(open_dataset(dataset_folder(
         args.dataset, args.root)))
     if args.subset:
-        data = slice_interactions(data, *args.subset)
+        data = data.subset(*args.subset)
     config = CERPConfig(dim=64, bucket_size=args.bucket,
                         targets=tuple(args.targets), baseline_epochs=0,
                         prune_epochs=args.prune_epochs,

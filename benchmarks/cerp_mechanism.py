@@ -21,7 +21,6 @@ import torch
 from torch_geometric.nn.models import LightGCN
 
 from pyg_cerp.diagnostics import overlap_rate  # noqa: E402
-from pyg_cerp.train.cli import slice_interactions  # noqa: E402
 from pyg_cerp.nn import use_symmetric_propagation  # noqa: E402
 from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,  # noqa
                             LightGCNRecommender, make_sampler)
@@ -38,7 +37,7 @@ def load_valid_split(root, max_users, max_items):
     data = Interactions(tr, va, nu, ni)
     if max_users <= 0:  # --subset 0 0: all of it
         return data
-    return slice_interactions(data, max_users, max_items)
+    return data.subset(max_users, max_items)
 
 
 def main(argv=None):

@@ -55,9 +55,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     h = _harness()
-    split = h.load_converged_split(h.resolve_dataset(args.dataset,
-                                                     args.root),
-                                   args.subset, 0.1)
+    split = train.load_split(h.resolve_dataset(args.dataset, args.root),
+                             subset=args.subset)
     n = split.num_users + split.num_items
     config = train.CERPConfig.preset('faithful', ks=(10, 20),
                                      batch_size=args.batch_size)

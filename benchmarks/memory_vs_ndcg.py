@@ -115,6 +115,7 @@ from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,  # noqa: E402
 from pyg_cerp.nn.compositional import CompositionalEmbedding  # noqa: E402
 from pyg_cerp.nn.mlp import MLPScorer  # noqa: E402
 from pyg_cerp.nn.quant import PRECISIONS  # noqa: E402
+from pyg_cerp.train.cli import dataset_folder  # noqa: E402
 from pyg_cerp.train.recommender import chunked_scores  # noqa: E402
 from pyg_cerp.utils.adjacency import lightgcn_adjacency  # noqa: E402
 
@@ -149,8 +150,6 @@ PRUNED = ('cerp', 'cerp-noreg', 'pep')
 RUNNER_METHODS = {'full': 'full', 'qr': 'qr-mul', 'hash': 'hash',
                   'cerp': 'cerp', 'cerp-noreg': 'cerp-noreg', 'pep': 'pep'}
 BACKBONES = ('lightgcn', 'mlp')
-KNOWN_DATASETS = {'gowalla': 'gowalla', 'yelp2020': 'yelp2020',
-                  'yelp2020-lightgcn-pr16': 'yelp2020-lightgcn-pr16'}
 
 #: Gamma schedules: name -> (gamma_decay, gamma_decay_every).
 GAMMA_SCHEDULES = {
@@ -251,20 +250,12 @@ def resolve_hyper(args: argparse.Namespace, profile: Profile,
 # Data ########################################################################
 
 def resolve_dataset(dataset: str, root: Optional[str]) -> str:
-    r"""The folder holding :obj:`train.txt`/:obj:`test.txt` (directly or
-    under :obj:`raw/`)."""
-    if osp.isdir(dataset):
-        return dataset
-    if root is None:
-        raise SystemExit(
-            f"error: --dataset {dataset!r} needs a data folder: pass --root "
-            f"DIR or set PYG_CERP_DATA (expects DIR/{dataset}/raw/"
-            f"train.txt and test.txt)")
-    folder = osp.join(root, KNOWN_DATASETS.get(dataset.lower(), dataset))
-    if not osp.isdir(folder):
-        raise SystemExit(f"error: no folder {folder!r} for --dataset "
-                         f"{dataset!r} under --root {root!r}")
-    return folder
+    r"""The folder of :obj:`--dataset`
+    (:func:`pyg_cerp.train.cli.dataset_folder`); exits with its error."""
+    try:
+        return dataset_folder(dataset, root)
+    except ValueError as error:
+        raise SystemExit(f'error: {error}')
 
 
 def dataset_label(dataset: str) -> str:
@@ -1100,36 +1091,6 @@ def _pos_floats(text: str) -> List[float]:
 
 # Profile converged ###########################################################
 
-def load_converged_split(folder: str, subset: Optional[Sequence[int]],
-                         valid_fraction: float, seed: int = 0):
-    r"""The :class:`pyg_cerp.train.Split` of the converged profile: the
-    dataset's own ``valid.txt`` where it has one (*e.g.*
-    ``gowalla-lightgcnpp``: train -> valid for selection, test once), else a
-    seeded per-user holdout of :obj:`valid_fraction` of train
-    (:func:`pyg_cerp.train.holdout_split`). With :obj:`subset` ``(U, I)``,
-    only users below :math:`U` and items below :math:`I` are kept."""
-    from pyg_cerp.datasets.lightgcn import read_lightgcn_file
-    raw = train.load_interactions(folder)
-    valid = None
-    for path in (osp.join(folder, 'raw', 'valid.txt'),
-                 osp.join(folder, 'valid.txt')):
-        if osp.isfile(path):
-            valid = read_lightgcn_file(path)[0]
-            break
-    nu, ni = raw.num_users, raw.num_items
-    tr, te = raw.train, raw.test
-    if subset is not None:
-        nu, ni = min(nu, int(subset[0])), min(ni, int(subset[1]))
-
-        def keep(ei: Tensor) -> Tensor:
-            return ei[:, (ei[0] < nu) & (ei[1] < ni)]
-        tr, te = keep(tr), keep(te)
-        valid = keep(valid) if valid is not None else None
-    if valid is None:
-        tr, valid = train.holdout_split(tr, nu, valid_fraction, seed)
-    return train.Split(tr, valid, te, nu, ni)
-
-
 def run_converged(args: argparse.Namespace,
                   argv: Optional[Sequence[str]] = None) -> List[str]:
     r"""The converged profile: every (method, budget, seed) cell trained by
@@ -1153,7 +1114,8 @@ def run_converged(args: argparse.Namespace,
     folder = resolve_dataset(args.dataset, args.root)
     label = args.name or dataset_label(args.dataset)
     commit = git_commit()
-    split = load_converged_split(folder, args.subset, args.valid_fraction)
+    split = train.load_split(folder, args.valid_fraction,
+                             subset=args.subset)
     overrides = {k: v for k, v in dict(
         dim=args.dim, batch_size=args.batch_size, lr=args.lr,
         prune_epochs=args.prune_epochs, gamma_init=args.gamma_init,

@@ -460,7 +460,8 @@ def validation_split(folder: str, ratio: float = 0.1, seed: int = 0,
     :func:`~pyg_cerp.datasets.load_lightgcn_split`, with the validation
     pairs in place of the test pairs (:obj:`edge_label_index`):
 
-    * if :obj:`folder/raw/valid.txt` exists (a published split such as
+    * if :obj:`folder/raw/valid.txt` (or :obj:`folder/valid.txt`) exists
+      (a published split such as
       :obj:`gowalla-lightgcnpp`), :obj:`train.txt` against :obj:`valid.txt`,
       checked against :obj:`VALIDATION_CHECKSUMS` for a known folder name;
     * otherwise a :func:`user_holdout_split` of the training pairs of
@@ -476,6 +477,7 @@ def validation_split(folder: str, ratio: float = 0.1, seed: int = 0,
             (default: :obj:`True`)
     """
     raw = osp.join(folder, 'raw')
+    raw = raw if osp.isdir(raw) else folder  # raw/ or the files directly
     valid_path = osp.join(raw, 'valid.txt')
     if osp.isfile(valid_path):
         known = VALIDATION_CHECKSUMS.get(osp.basename(osp.normpath(folder)))

@@ -8,8 +8,8 @@ from .recommender import (LightGCNRecommender, MLPRecommender, Recommender,
 from .loop import (evaluate, make_optimizer, split_threshold_params,
                    train_epoch, train_step)
 from .config import CERPConfig
-from .data import (Interactions, Split, holdout_split,
-                   interactions_from_dataset, load_interactions, make_sampler)
+from .data import (Interactions, Split, interactions_from_dataset,
+                   load_interactions, load_split, make_sampler)
 from .methods import METHODS, Method, build_embedding, get_method
 from .runner import CERPRunner, ResumeError, Stage, memory_stats, run_cerp
 from .converged import ConvergedRunner, EarlyStopping, fit
@@ -45,7 +45,7 @@ __all__ = [
     'get_method',
     'build_embedding',
     'Split',
-    'holdout_split',
+    'load_split',
     'EarlyStopping',
     'fit',
     'ConvergedRunner',

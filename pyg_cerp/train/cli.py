@@ -288,26 +288,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dataset_folder(dataset: str, root: Optional[str]) -> str:
     r"""The folder of :obj:`--dataset`: :obj:`dataset` itself if it is a
-    folder, else :obj:`root/dataset`.
+    folder, else :obj:`root/dataset` (:obj:`'gowalla'`, :obj:`'yelp2020'` or
+    any other dataset folder under :obj:`root`, *e.g.*
+    :obj:`'gowalla-lightgcnpp'`).
 
     Raises:
-        ValueError: An unknown name, no :obj:`root` or no such folder.
+        ValueError: No :obj:`root`, or no such folder.
     """
     if osp.isdir(dataset):
         return dataset
-    if dataset.lower() not in DATASETS and os.sep not in dataset:
-        raise ValueError(f"unknown --dataset {dataset!r}: use 'gowalla', "
-                         f"'yelp2020' or a path to a LightGCN-format folder")
     if root is None:
         raise ValueError(f"dataset {dataset!r} needs a data folder: pass "
                          f"--root DIR or set PYG_CERP_DATA (DIR/"
                          f"{dataset.lower()}/raw/train.txt and test.txt)")
-    folder = osp.join(root, dataset.lower() if dataset.lower() in DATASETS
-                      else dataset)
-    if not osp.isdir(folder):
+    known = dataset.lower() in DATASETS
+    folder = osp.join(root, dataset.lower() if known else dataset)
+    if osp.isdir(folder):
+        return folder
+    if known or os.sep in dataset:
         raise ValueError(f"no folder {folder!r} (looked for dataset "
                          f"{dataset!r} under --root/PYG_CERP_DATA {root!r})")
-    return folder
+    raise ValueError(f"unknown --dataset {dataset!r}: no folder {folder!r}; "
+                     f"use 'gowalla', 'yelp2020', another dataset folder "
+                     f"under --root or a path to a LightGCN-format folder")
 
 
 def open_dataset(folder: str, verify_checksums: bool = True
@@ -320,16 +323,6 @@ def open_dataset(folder: str, verify_checksums: bool = True
     if cls is None or osp.isfile(osp.join(folder, 'train.txt')):
         return open_folder(folder, verify_checksums=verify_checksums)
     return cls(folder, verify_checksums=verify_checksums, log=False)
-
-
-def slice_interactions(data: Interactions, max_users: int,
-                       max_items: int) -> Interactions:
-    r"""Keeps users :obj:`< max_users` and items :obj:`< max_items`."""
-    def keep(ei):
-        return ei[:, (ei[0] < max_users) & (ei[1] < max_items)]
-    return Interactions(keep(data.train), keep(data.test),
-                        min(max_users, data.num_users),
-                        min(max_items, data.num_items))
 
 
 def load_data(args: argparse.Namespace) -> Tuple[Interactions,
@@ -349,7 +342,7 @@ def load_data(args: argparse.Namespace) -> Tuple[Interactions,
         sys.exit(f'error: {e}')
     data = interactions_from_dataset(dataset)
     if args.subset is not None:
-        data = slice_interactions(data, *args.subset)
+        data = data.subset(*args.subset)
     info = dict(name=osp.basename(osp.normpath(folder)),
                 subset=list(args.subset) if args.subset else None,
                 files={f: h['sha256'] for f, h in dataset.raw_hashes.items()})

@@ -1,12 +1,19 @@
 r"""The splits the training stack consumes and the glue to the datasets and
 the sampler."""
-from typing import NamedTuple, Tuple
+import os.path as osp
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from pyg_cerp.datasets import EDGE_TYPE, LightGCNDataset, open_folder
+from pyg_cerp.datasets import (EDGE_TYPE, LightGCNDataset, open_folder,
+                               user_holdout_split, validation_split)
 from pyg_cerp.sampling import BPRSampler
+
+
+def _keep(edge_index: Tensor, max_users: int, max_items: int) -> Tensor:
+    return edge_index[:, (edge_index[0] < max_users) &
+                      (edge_index[1] < max_items)]
 
 
 class Interactions(NamedTuple):
@@ -22,6 +29,14 @@ class Interactions(NamedTuple):
     test: Tensor
     num_users: int
     num_items: int
+
+    def subset(self, max_users: int, max_items: int) -> 'Interactions':
+        r"""The pairs of users :obj:`< max_users` and items
+        :obj:`< max_items`."""
+        return Interactions(_keep(self.train, max_users, max_items),
+                            _keep(self.test, max_users, max_items),
+                            min(max_users, self.num_users),
+                            min(max_items, self.num_items))
 
 
 class Split(NamedTuple):
@@ -44,33 +59,6 @@ class Split(NamedTuple):
     def known(self) -> Tensor:
         r"""Train and validation pairs: masked from the test ranking."""
         return torch.cat([self.train, self.valid], dim=1)
-
-
-def holdout_split(train: Tensor, num_users: int, fraction: float = 0.1,
-                  seed: int = 0) -> Tuple[Tensor, Tensor]:
-    r"""A seeded per-user split of :obj:`train` into (train, valid): a user
-    with :math:`k \geq 2` pairs gives :math:`\min(k - 1, \lceil
-    \text{fraction} \cdot k \rceil)` random pairs to validation.
-
-    Args:
-        train (torch.Tensor): The pairs :obj:`[2, E]`.
-        num_users (int): :math:`N_U`.
-        fraction (float, optional): The held-out share. (default: :obj:`0.1`)
-        seed (int, optional): The seed. (default: :obj:`0`)
-    """
-    if not 0. < fraction < 1.:
-        raise ValueError(f"'fraction' must be in (0, 1) (got {fraction})")
-    gen = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(train.size(1), generator=gen)
-    users = train[0, perm]
-    order = torch.sort(users, stable=True).indices  # Random within user.
-    perm, users = perm[order], users[order]
-    deg = torch.bincount(users, minlength=num_users)
-    start = torch.cumsum(deg, 0) - deg
-    rank = torch.arange(users.numel()) - start[users]
-    take = torch.minimum(deg - 1, torch.ceil(fraction * deg.double()).long())
-    held = rank < take[users]
-    return train[:, perm[~held]], train[:, perm[held]]
 
 
 def interactions_from_dataset(dataset: LightGCNDataset) -> Interactions:
@@ -99,6 +87,42 @@ def load_interactions(folder: str,
     """
     return interactions_from_dataset(
         open_folder(folder, verify_checksums=verify_checksums))
+
+
+def load_split(folder: str, valid_fraction: float = 0.1, seed: int = 0,
+               subset: Optional[Sequence[int]] = None,
+               verify_checksums: bool = True) -> Split:
+    r"""The train / validation / test :class:`Split` of the dataset in
+    :obj:`folder`: its test pairs (:func:`load_interactions`) and the
+    validation pairs of :func:`~pyg_cerp.datasets.validation_split` (the
+    dataset's own :obj:`valid.txt` where it has one, *e.g.*
+    :obj:`gowalla-lightgcnpp`, else a seeded
+    :func:`~pyg_cerp.datasets.user_holdout_split` of the training pairs).
+
+    Args:
+        folder (str): The dataset folder.
+        valid_fraction (float, optional): The held-out share per user
+            (hold-out only). (default: :obj:`0.1`)
+        seed (int, optional): The seed of the hold-out. (default: :obj:`0`)
+        subset (Sequence[int], optional): :obj:`(U, I)`: keep users
+            :obj:`< U` and items :obj:`< I` only (before the hold-out).
+            (default: :obj:`None`)
+        verify_checksums (bool, optional): Check the files of a known split.
+            (default: :obj:`True`)
+    """
+    data = load_interactions(folder, verify_checksums)
+    if subset is not None:
+        data = data.subset(*subset)
+    if (osp.isfile(osp.join(folder, 'raw', 'valid.txt'))
+            or osp.isfile(osp.join(folder, 'valid.txt'))):
+        store = validation_split(folder,
+                                 verify_checksums=verify_checksums)[EDGE_TYPE]
+        train = _keep(store.edge_index, data.num_users, data.num_items)
+        valid = _keep(store.edge_label_index, data.num_users, data.num_items)
+    else:
+        train, valid = user_holdout_split(data.train, data.num_users,
+                                          valid_fraction, seed)
+    return Split(train, valid, data.test, data.num_users, data.num_items)
 
 
 def make_sampler(edge_index: Tensor, num_users: int, num_items: int,

@@ -5,7 +5,7 @@ from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
 from pyg_cerp.train import (METHODS, EarlyStopping, build_embedding, fit,
-                            get_method, holdout_split)
+                            get_method)
 from pyg_cerp.memory import memory_report
 from pyg_cerp.planner import full_table_nbytes, plan_budget
 from pyg_cerp.train.methods import (bucket_candidates, budget_nbytes,
@@ -45,21 +45,6 @@ def test_method_registry_and_budgets():
     with pytest.raises(ValueError, match='QREmbedding'):
         build_embedding('qr-mul', n, d, 0.01)  # Needs ~2 sqrt(N) rows.
     assert bucket_candidates(1000, 0.05) == [38, 50, 100]
-
-
-def test_holdout_split_is_per_user_and_seeded():
-    torch.manual_seed(0)
-    users = torch.arange(10).repeat_interleave(torch.arange(1, 11))
-    ei = torch.stack([users, torch.arange(users.numel())])
-    tr, va = holdout_split(ei, 10, 0.2, seed=3)
-    assert tr.size(1) + va.size(1) == ei.size(1)
-    deg_tr = torch.bincount(tr[0], minlength=10)
-    deg_va = torch.bincount(va[0], minlength=10)
-    assert (deg_tr >= 1).all()  # Every user keeps a training pair.
-    assert deg_va[0] == 0 and deg_va[9] == 2  # ceil(0.2 * 10).
-    tr2, va2 = holdout_split(ei, 10, 0.2, seed=3)
-    assert torch.equal(va, va2)
-    assert not torch.equal(va, holdout_split(ei, 10, 0.2, seed=4)[1])
 
 
 def test_fit_restores_the_best_validation_epoch(monkeypatch):
