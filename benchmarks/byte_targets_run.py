@@ -25,7 +25,8 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from pyg_cerp.train import CERPConfig, CERPRunner  # noqa: E402
-from pyg_cerp.train.cli import (dataset_folder, open_dataset,  # noqa: E402
+from pyg_cerp.datasets import open_folder  # noqa: E402
+from pyg_cerp.train.cli import (dataset_folder,  # noqa: E402
                                 recommender_builder)
 from pyg_cerp.train.data import (interactions_from_dataset,  # noqa: E402
                                  make_sampler)
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument('--lr', type=float, default=0.01)
     args = parser.parse_args()
 
-    data = interactions_from_dataset(open_dataset(dataset_folder(
+    data = interactions_from_dataset(open_folder(dataset_folder(
         args.dataset, args.root)))
     if args.subset:
         data = data.subset(*args.subset)

@@ -399,9 +399,9 @@ def open_folder(folder: str, verify_checksums: bool = True,
                 log: bool = False) -> LightGCNDataset:
     r"""Opens the split in :obj:`folder` (holding :obj:`raw/{train,test}.txt`
     or the two files directly): a :class:`Gowalla` or :class:`Yelp2020` for
-    a folder of that name, else a :class:`LightGCNDataset` with the
-    :obj:`KNOWN_CHECKSUMS` of its name (*e.g.*
-    :obj:`yelp2020-lightgcn-pr16`).
+    a folder of that name (which downloads missing raw files), else a
+    :class:`LightGCNDataset` with the :obj:`KNOWN_CHECKSUMS` of its name
+    (*e.g.* :obj:`yelp2020-lightgcn-pr16`).
 
     Args:
         folder (str): The dataset folder.
@@ -412,17 +412,19 @@ def open_folder(folder: str, verify_checksums: bool = True,
             (default: :obj:`False`)
 
     Raises:
-        FileNotFoundError: If :obj:`train.txt` or :obj:`test.txt` is missing.
+        FileNotFoundError: If :obj:`train.txt` or :obj:`test.txt` is missing
+            (and cannot be downloaded).
         ChecksumError: If a raw file of a known split does not match.
     """
     folder = osp.abspath(folder)
     name = osp.basename(osp.normpath(folder))
     kwargs = dict(verify_checksums=verify_checksums,
                   processed_dir=processed_dir, log=log)
+    cls = {'gowalla': Gowalla, 'yelp2020': Yelp2020}.get(name.lower())
+    flat = osp.isfile(osp.join(folder, 'train.txt'))
+    if cls is not None and not flat:
+        return cls(folder, **kwargs)
     if osp.isdir(osp.join(folder, 'raw')):
-        cls = {'gowalla': Gowalla, 'yelp2020': Yelp2020}.get(name.lower())
-        if cls is not None:
-            return cls(folder, **kwargs)
         return LightGCNDataset(osp.dirname(folder), name,
                                checksums=KNOWN_CHECKSUMS.get(name.lower()),
                                **kwargs)

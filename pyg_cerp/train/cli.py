@@ -313,18 +313,6 @@ def dataset_folder(dataset: str, root: Optional[str]) -> str:
                      f"under --root or a path to a LightGCN-format folder")
 
 
-def open_dataset(folder: str, verify_checksums: bool = True
-                 ) -> LightGCNDataset:
-    r"""The dataset in :obj:`folder`: :class:`~pyg_cerp.datasets.Gowalla` or
-    :class:`~pyg_cerp.datasets.Yelp2020` (checksum-verified, downloaded if
-    missing) for a folder of that name holding :obj:`raw/`, else
-    :func:`~pyg_cerp.datasets.open_folder`."""
-    cls = DATASETS.get(osp.basename(osp.normpath(folder)).lower())
-    if cls is None or osp.isfile(osp.join(folder, 'train.txt')):
-        return open_folder(folder, verify_checksums=verify_checksums)
-    return cls(folder, verify_checksums=verify_checksums, log=False)
-
-
 def load_data(args: argparse.Namespace) -> Tuple[Interactions,
                                                  Dict[str, Any]]:
     r"""The split of :obj:`args` (rank 0 reads and caches it first under
@@ -335,7 +323,7 @@ def load_data(args: argparse.Namespace) -> Tuple[Interactions,
         world.barrier()
     try:
         folder = dataset_folder(args.dataset, args.root)
-        dataset = open_dataset(folder, not args.no_verify_checksums)
+        dataset = open_folder(folder, not args.no_verify_checksums)
     except ChecksumError as e:
         sys.exit(f'error: {e} (on the command line: --no-verify-checksums)')
     except (FileNotFoundError, ValueError, RuntimeError) as e:

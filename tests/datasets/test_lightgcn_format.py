@@ -318,6 +318,16 @@ def test_open_folder_verifies_known_names(tmp_path):
         open_folder(str(tmp_path / 'nothing'))
 
 
+def test_open_folder_downloads_a_known_name(tmp_path, monkeypatch):
+    from pyg_cerp.datasets import open_folder
+    download, calls = fake_download({})
+    monkeypatch.setattr(lightgcn_mod, 'download_url', download)
+    # An empty 'gowalla' folder is a Gowalla to download into raw/.
+    with pytest.raises(RuntimeError, match='offline'):
+        open_folder(str(tmp_path / 'gowalla'))
+    assert calls and calls[0] in Gowalla.URLS['train.txt']
+
+
 def _open_counts(root):
     ds = LightGCNDataset(root, 'toy', log=False)
     return ds[0][EDGE_TYPE].edge_index.size(1)
