@@ -63,6 +63,27 @@ def assert_matches_a_platform(got: dict, records: dict,
 
 
 @pytest.fixture
+def toy_split():
+    r"""Writes a toy LightGCN-format split into ``folder/raw`` and returns
+    ``folder``: 8 users with 6 training items each among 12, one test item
+    each (and one validation item each with ``valid=True``)."""
+    def write(folder, valid: bool = False) -> str:
+        raw = folder / 'raw'
+        raw.mkdir(parents=True)
+        lines = {'train.txt': [], 'test.txt': [], 'valid.txt': []}
+        for u in range(8):
+            lines['train.txt'].append(f'{u} ' + ' '.join(
+                str((u + k) % 12) for k in range(6)))
+            lines['test.txt'].append(f'{u} {(u + 7) % 12}')
+            lines['valid.txt'].append(f'{u} {(u + 8) % 12}')
+        for name, rows in lines.items():
+            if name != 'valid.txt' or valid:
+                (raw / name).write_text('\n'.join(rows) + '\n')
+        return str(folder)
+    return write
+
+
+@pytest.fixture
 def one_thread():
     r"""Runs the test on one CPU thread (the pinned numbers were recorded so),
     restoring the thread count afterwards."""

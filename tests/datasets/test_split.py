@@ -5,8 +5,6 @@ import torch
 
 from pyg_cerp.datasets import EDGE_TYPE, user_holdout_split, validation_split
 
-DATA = os.environ.get('PYG_CERP_DATA')
-
 
 def test_user_holdout_split_is_seeded_per_user_and_disjoint():
     gen = torch.Generator().manual_seed(0)
@@ -34,15 +32,8 @@ def test_user_holdout_split_is_seeded_per_user_and_disjoint():
         user_holdout_split(edge_index, 30, ratio=1.)
 
 
-def test_validation_split_holds_out_of_train(tmp_path):
-    raw = tmp_path / 'toy' / 'raw'
-    raw.mkdir(parents=True)
-    (raw / 'train.txt').write_text(''.join(
-        f'{u} ' + ' '.join(str((u + k) % 12) for k in range(6)) + '\n'
-        for u in range(8)))
-    (raw / 'test.txt').write_text(''.join(f'{u} {(u + 7) % 12}\n'
-                                          for u in range(8)))
-    data = validation_split(str(tmp_path / 'toy'), ratio=0.34, seed=0)
+def test_validation_split_holds_out_of_train(tmp_path, toy_split):
+    data = validation_split(toy_split(tmp_path / 'toy'), ratio=0.34, seed=0)
     store = data[EDGE_TYPE]
     assert store.edge_index.size(1) == 8 * 4
     assert store.edge_label_index.size(1) == 8 * 2
@@ -54,9 +45,9 @@ def test_validation_split_holds_out_of_train(tmp_path):
     assert not pairs & test
 
 
-@pytest.mark.skipif(DATA is None, reason='needs PYG_CERP_DATA')
-def test_published_gowalla_validation_split():
-    data = validation_split(os.path.join(DATA, 'gowalla-lightgcnpp'))
+@pytest.mark.data
+def test_published_gowalla_validation_split(data_root):
+    data = validation_split(os.path.join(data_root, 'gowalla-lightgcnpp'))
     store = data[EDGE_TYPE]
     assert store.edge_index.size(1) == 719_081
     assert store.edge_label_index.size(1) == 91_047

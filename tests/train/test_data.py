@@ -7,21 +7,6 @@ from pyg_cerp.datasets import read_lightgcn_file, user_holdout_split
 from pyg_cerp.train import Interactions, load_interactions, load_split
 
 
-def _toy(folder, valid: bool = False):
-    # 8 users with 6 training items each, one test item each.
-    raw = folder / 'raw'
-    raw.mkdir(parents=True)
-    (raw / 'train.txt').write_text(''.join(
-        f'{u} ' + ' '.join(str((u + k) % 12) for k in range(6)) + '\n'
-        for u in range(8)))
-    (raw / 'test.txt').write_text(''.join(f'{u} {(u + 7) % 12}\n'
-                                          for u in range(8)))
-    if valid:
-        (raw / 'valid.txt').write_text(''.join(f'{u} {(u + 8) % 12}\n'
-                                               for u in range(8)))
-    return str(folder)
-
-
 def test_interactions_subset_keeps_the_small_ids():
     ei = torch.tensor([[0, 1, 2, 3], [5, 1, 0, 2]])
     data = Interactions(ei, ei.flip(0), 4, 6).subset(3, 3)
@@ -30,8 +15,9 @@ def test_interactions_subset_keeps_the_small_ids():
     assert (data.num_users, data.num_items) == (3, 3)
 
 
-def test_load_split_holds_out_of_train_when_there_is_no_valid_file(tmp_path):
-    folder = _toy(tmp_path / 'toy')
+def test_load_split_holds_out_of_train_when_there_is_no_valid_file(
+        tmp_path, toy_split):
+    folder = toy_split(tmp_path / 'toy')
     split = load_split(folder, valid_fraction=0.34, seed=1)
     data = load_interactions(folder)
     assert torch.equal(split.test, data.test)
@@ -49,14 +35,14 @@ def test_load_split_holds_out_of_train_when_there_is_no_valid_file(tmp_path):
     assert torch.equal(torch.unique(small.train[0]), torch.arange(5))
 
 
-def test_load_split_reads_a_published_valid_file(tmp_path):
-    folder = _toy(tmp_path / 'pub', valid=True)
+def test_load_split_reads_a_published_valid_file(tmp_path, toy_split):
+    folder = toy_split(tmp_path / 'pub', valid=True)
     split = load_split(folder)
     assert split.valid.size(1) == 8 and split.train.size(1) == 8 * 6
     assert set(map(tuple, split.valid.t().tolist())) == {
         (u, (u + 8) % 12) for u in range(8)}
     with pytest.raises(ValueError, match='ratio'):
-        load_split(_toy(tmp_path / 'bad'), valid_fraction=1.)
+        load_split(toy_split(tmp_path / 'bad'), valid_fraction=1.)
 
 
 @pytest.mark.data
