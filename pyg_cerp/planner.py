@@ -70,8 +70,8 @@ multiplied, :obj:`operation='mul'`, trained without the regulariser; not in the
 paper), which a :class:`Plan` names in :obj:`method`. In the same benchmark, at
 10% of the bytes magnitude pruning of the trained full table (int8) scored
 higher than CERP (test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242; 2
-seeds: 0.1434 against 0.1241 for ``cerp-mul``; with distillation 0.1405, seed
-0, against 0.1333 for ``cerp-mul`` over 2 seeds) and
+seeds: 0.1434 against 0.1241 for ``cerp-mul``; with distillation 0.1406
+against 0.1333 for ``cerp-mul``, 2 seeds each) and
 at 5% QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at :math:`\rho =
 1.25`; the product variant ``cerp-mul`` 0.1103 over 3 seeds at :math:`\rho =
 1.1`; with distillation 0.1233 against 0.1212 for ``cerp-mul``, 2 seeds
