@@ -4,9 +4,10 @@ from .split import (EDGE_TYPE, REV_EDGE_TYPE, ChecksumError,
                     read_lightgcn_file, user_holdout_split, verify_file,
                     verify_files)
 from .lightgcn import (GOWALLA_CHECKSUMS, KNOWN_CHECKSUMS,
-                       VALIDATION_CHECKSUMS, YELP2020_CHECKSUMS,
-                       YELP2020_PR16_CHECKSUMS, Gowalla, LightGCNDataset,
-                       Yelp2020, open_folder, validation_split)
+                       NAMED_DATASETS, VALIDATION_CHECKSUMS,
+                       YELP2020_CHECKSUMS, YELP2020_PR16_CHECKSUMS, Gowalla,
+                       LightGCNDataset, Yelp2020, open_folder,
+                       published_valid_file, validation_split)
 
 __all__ = [
     'LightGCNDataset',
@@ -14,6 +15,8 @@ __all__ = [
     'Yelp2020',
     'open_folder',
     'validation_split',
+    'published_valid_file',
+    'NAMED_DATASETS',
     'load_lightgcn_split',
     'read_lightgcn_file',
     'user_holdout_split',

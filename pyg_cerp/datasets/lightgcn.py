@@ -387,6 +387,9 @@ class _FlatFolderDataset(LightGCNDataset):
 
 
 #: Checksums of the known splits, by folder name (see :func:`open_folder`).
+#: The datasets with a class of their own (URLs, checksums), by folder name.
+NAMED_DATASETS: Dict[str, type] = {'gowalla': Gowalla, 'yelp2020': Yelp2020}
+
 KNOWN_CHECKSUMS: Dict[str, Dict[str, Dict[str, str]]] = {
     'gowalla': GOWALLA_CHECKSUMS,
     'yelp2020': YELP2020_CHECKSUMS,
@@ -420,7 +423,7 @@ def open_folder(folder: str, verify_checksums: bool = True,
     name = osp.basename(osp.normpath(folder))
     kwargs = dict(verify_checksums=verify_checksums,
                   processed_dir=processed_dir, log=log)
-    cls = {'gowalla': Gowalla, 'yelp2020': Yelp2020}.get(name.lower())
+    cls = NAMED_DATASETS.get(name.lower())
     flat = osp.isfile(osp.join(folder, 'train.txt'))
     if cls is not None and not flat:
         return cls(folder, **kwargs)
@@ -455,6 +458,19 @@ VALIDATION_CHECKSUMS: Dict[str, Dict[str, Dict[str, str]]] = {
 }
 
 
+def published_valid_file(folder: str) -> Optional[str]:
+    r"""The path of the published validation pairs of the split in
+    :obj:`folder` (:obj:`valid.txt` beside :obj:`train.txt`: in :obj:`raw/`
+    if the folder has one, else in the folder itself), or :obj:`None`.
+
+    Args:
+        folder (str): The dataset folder.
+    """
+    raw = osp.join(folder, 'raw')
+    path = osp.join(raw if osp.isdir(raw) else folder, 'valid.txt')
+    return path if osp.isfile(path) else None
+
+
 def validation_split(folder: str, ratio: float = 0.1, seed: int = 0,
                      verify_checksums: bool = True) -> HeteroData:
     r"""The validation split of the dataset in :obj:`folder`, as the
@@ -478,10 +494,9 @@ def validation_split(folder: str, ratio: float = 0.1, seed: int = 0,
         verify_checksums (bool, optional): Check the files of a known split.
             (default: :obj:`True`)
     """
-    raw = osp.join(folder, 'raw')
-    raw = raw if osp.isdir(raw) else folder  # raw/ or the files directly
-    valid_path = osp.join(raw, 'valid.txt')
-    if osp.isfile(valid_path):
+    valid_path = published_valid_file(folder)
+    if valid_path is not None:
+        raw = osp.dirname(valid_path)
         known = VALIDATION_CHECKSUMS.get(osp.basename(osp.normpath(folder)))
         if verify_checksums and known is not None:
             verify_files(raw, known)

@@ -29,8 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.nn import Module
 
-from pyg_cerp.datasets import (ChecksumError, Gowalla, LightGCNDataset,
-                               Yelp2020, open_folder)
+from pyg_cerp.datasets import NAMED_DATASETS, ChecksumError, open_folder
 from pyg_cerp.distributed import destroy_distributed, init_distributed
 from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
                             LightGCNRecommender, MLPRecommender,
@@ -51,8 +50,6 @@ BACKBONES: Dict[str, CERPConfig] = {
                       baseline_epochs=3, prune_epochs=5, retrain_epochs=3,
                       eval_users=1000, l2_reg=0.),
 }
-#: The dataset classes of :obj:`--dataset` names (checksum-verified).
-DATASETS = {'gowalla': Gowalla, 'yelp2020': Yelp2020}
 PRESETS = ('faithful', 'official', 'legacy', 'drive')
 CHOICES = {'target_unit': ('full', 'meta', 'bytes'),
            'gamma_unit': ('official', 'mean'),
@@ -301,7 +298,7 @@ def dataset_folder(dataset: str, root: Optional[str]) -> str:
         raise ValueError(f"dataset {dataset!r} needs a data folder: pass "
                          f"--root DIR or set PYG_CERP_DATA (DIR/"
                          f"{dataset.lower()}/raw/train.txt and test.txt)")
-    known = dataset.lower() in DATASETS
+    known = dataset.lower() in NAMED_DATASETS
     folder = osp.join(root, dataset.lower() if known else dataset)
     if osp.isdir(folder):
         return folder

@@ -1,13 +1,13 @@
 r"""The splits the training stack consumes and the glue to the datasets and
 the sampler."""
-import os.path as osp
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from pyg_cerp.datasets import (EDGE_TYPE, LightGCNDataset, open_folder,
-                               user_holdout_split, validation_split)
+                               published_valid_file, user_holdout_split,
+                               validation_split)
 from pyg_cerp.sampling import BPRSampler
 
 
@@ -113,8 +113,7 @@ def load_split(folder: str, valid_fraction: float = 0.1, seed: int = 0,
     data = load_interactions(folder, verify_checksums)
     if subset is not None:
         data = data.subset(*subset)
-    if (osp.isfile(osp.join(folder, 'raw', 'valid.txt'))
-            or osp.isfile(osp.join(folder, 'valid.txt'))):
+    if published_valid_file(folder) is not None:
         store = validation_split(folder,
                                  verify_checksums=verify_checksums)[EDGE_TYPE]
         train = _keep(store.edge_index, data.num_users, data.num_items)

@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from pyg_cerp.datasets import EDGE_TYPE, user_holdout_split, validation_split
+from pyg_cerp.datasets import (EDGE_TYPE, published_valid_file,
+                               user_holdout_split, validation_split)
 
 
 def test_user_holdout_split_is_seeded_per_user_and_disjoint():
@@ -43,6 +44,22 @@ def test_validation_split_holds_out_of_train(tmp_path, toy_split):
     pairs = set(map(tuple, torch.cat([store.edge_index,
                                       store.edge_label_index], 1).t().tolist()))
     assert not pairs & test
+
+
+def test_published_valid_file_sits_beside_train(tmp_path, toy_split):
+    assert published_valid_file(toy_split(tmp_path / 'none')) is None
+    folder = toy_split(tmp_path / 'pub', valid=True)
+    assert published_valid_file(folder) == str(tmp_path / 'pub' / 'raw' /
+                                               'valid.txt')
+    # Beside train.txt only: a valid.txt next to raw/ is not the split's.
+    folder = toy_split(tmp_path / 'beside')
+    (tmp_path / 'beside' / 'valid.txt').write_text('0 1\n')
+    assert published_valid_file(folder) is None
+    flat = tmp_path / 'flat'
+    flat.mkdir()
+    for name in ('train.txt', 'valid.txt'):
+        (flat / name).write_text('0 1\n')
+    assert published_valid_file(str(flat)) == str(flat / 'valid.txt')
 
 
 @pytest.mark.data
