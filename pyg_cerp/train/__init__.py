@@ -5,14 +5,14 @@ from .scheduler import (MaskSnapshot, PruningOutcome, PruningScheduler,
                         TargetNotReachedError, TargetNotReachedWarning)
 from .recommender import (LightGCNRecommender, MLPRecommender, Recommender,
                           bpr_loss)
-from .loop import (evaluate, make_optimizer, split_threshold_params,
-                   train_epoch, train_step)
+from .loop import (EarlyStopping, FitResult, evaluate, fit, make_optimizer,
+                   split_threshold_params, train_epoch, train_step)
 from .config import CERPConfig
 from .data import (Interactions, Split, interactions_from_dataset,
                    load_interactions, load_split, make_sampler)
 from .methods import METHODS, Method, build_embedding, get_method
 from .runner import CERPRunner, ResumeError, Stage, memory_stats, run_cerp
-from .converged import ConvergedRunner, EarlyStopping, fit
+from .converged import ConvergedRunner
 from .distill import RankingDistillation, teacher_top_items
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     'Split',
     'load_split',
     'EarlyStopping',
+    'FitResult',
     'fit',
     'ConvergedRunner',
     'RankingDistillation',

@@ -1,11 +1,12 @@
-r"""Training to convergence: early stopping on a validation split and the
-equal-memory comparison cell by cell (:class:`ConvergedRunner`)."""
+r"""The equal-memory comparison, cell by cell (:class:`ConvergedRunner`): each
+method trained to convergence by :func:`~pyg_cerp.train.fit` (early stopping
+on a validation split) and tested once."""
 import copy
 import inspect
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -20,7 +21,7 @@ from pyg_cerp.train.checkpoint import Checkpoint, data_identity
 from pyg_cerp.train.config import CERPConfig
 from pyg_cerp.train.data import Interactions, Split
 from pyg_cerp.train.distill import RankingDistillation
-from pyg_cerp.train.loop import evaluate, train_epoch
+from pyg_cerp.train.loop import EarlyStopping, FitResult, evaluate, fit
 from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
                                     budget_nbytes, build_embedding,
                                     bytes_infeasible, check_budget_unit,
@@ -28,117 +29,9 @@ from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
 from pyg_cerp.utils.io import content_digest
-from pyg_cerp.utils.validation import (check_finite_loss, check_float,
-                                       check_int)
+from pyg_cerp.utils.validation import check_float
 
-__all__ = ['EarlyStopping', 'FitResult', 'fit', 'ConvergedRunner']
-
-
-@dataclass(frozen=True)
-class EarlyStopping:
-    r"""When training stops: after :obj:`patience` validations without an
-    improvement of :obj:`metric` by more than :obj:`min_delta`, or after
-    :obj:`max_epochs`.
-
-    Args:
-        max_epochs (int): The epoch cap. (default: :obj:`100`)
-        patience (int): Validations without improvement. (default: :obj:`5`)
-        eval_every (int): Validate every this many epochs.
-            (default: :obj:`1`)
-        metric (str): The validation metric. (default: :obj:`'ndcg@20'`)
-        min_delta (float): The least improvement that counts.
-            (default: :obj:`0.`)
-    """
-    max_epochs: int = 100
-    patience: int = 5
-    eval_every: int = 1
-    metric: str = 'ndcg@20'
-    min_delta: float = 0.
-
-    def __post_init__(self) -> None:
-        check_int('max_epochs', self.max_epochs, minimum=1)
-        check_int('patience', self.patience, minimum=1)
-        check_int('eval_every', self.eval_every, minimum=1)
-        if self.min_delta < 0:
-            raise ValueError(f"'min_delta' must be >= 0 (got "
-                             f"{self.min_delta})")
-
-
-@dataclass
-class FitResult:
-    r"""The outcome of :func:`fit`.
-
-    Args:
-        best_epoch (int): The epoch of the restored model (:obj:`0`: the
-            initial one).
-        best_valid (float): Its validation metric.
-        epochs (int): Epochs trained.
-        seconds (float): Training time.
-        history (List[Dict[str, float]]): Per validation: epoch, loss,
-            metric.
-    """
-    best_epoch: int
-    best_valid: float
-    epochs: int
-    seconds: float
-    history: List[Dict[str, float]] = field(default_factory=list)
-
-
-def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
-        sampler: Any, validate: Callable[[Recommender], Dict[str, float]],
-        stopping: EarlyStopping, clip_grad_norm: Optional[float] = 100.,
-        log: Callable[[str], None] = lambda s: None,
-        desc: str = '', l2_reg: float = 0.,
-        distill: Optional[RankingDistillation] = None) -> FitResult:
-    r"""Trains :obj:`recommender` until :obj:`stopping` says so and loads
-    the state of its best validation epoch back into it (the model before
-    any training counts as epoch 0).
-
-    Args:
-        recommender (Recommender): The model.
-        optimizer (torch.optim.Optimizer): Its optimiser.
-        sampler (Iterable): The training batches (see
-            :func:`~pyg_cerp.train.train_epoch`).
-        validate (Callable): Maps the model to validation metrics.
-        stopping (EarlyStopping): The stopping rule.
-        clip_grad_norm (float, optional): See
-            :func:`~pyg_cerp.train.train_step`. (default: :obj:`100.`)
-        log (Callable, optional): Receives one line per validation.
-        desc (str, optional): The prefix of those lines.
-        l2_reg (float, optional): See :func:`~pyg_cerp.train.train_epoch`.
-            (default: :obj:`0.`)
-        distill (RankingDistillation, optional): The ranking distillation
-            term of every step (see :func:`~pyg_cerp.train.train_step`).
-            (default: :obj:`None`)
-    """
-    extra = {} if distill is None else dict(distill=distill)
-    best = float(validate(recommender)[stopping.metric])
-    best_state = copy.deepcopy(recommender.state_dict())
-    best_epoch, bad, epoch = 0, 0, 0
-    history: List[Dict[str, float]] = []
-    start = time.perf_counter()
-    while epoch < stopping.max_epochs:
-        stats = train_epoch(recommender, optimizer, sampler, epoch,
-                            clip_grad_norm=clip_grad_norm, l2_reg=l2_reg,
-                            **extra)
-        epoch += 1
-        check_finite_loss(stats['loss'], f'{desc} epoch {epoch}')
-        if epoch % stopping.eval_every and epoch < stopping.max_epochs:
-            continue
-        value = float(validate(recommender)[stopping.metric])
-        history.append(dict(epoch=epoch, loss=stats['loss'], valid=value))
-        log(f'{desc} epoch {epoch}: loss {stats["loss"]:.4f} valid '
-            f'{stopping.metric} {value:.4f}')
-        if value > best + stopping.min_delta:
-            best, best_epoch, bad = value, epoch, 0
-            best_state = copy.deepcopy(recommender.state_dict())
-        else:
-            bad += 1
-            if bad >= stopping.patience:
-                break
-    recommender.load_state_dict(best_state)
-    return FitResult(best_epoch, best, epoch, time.perf_counter() - start,
-                     history)
+__all__ = ['ConvergedRunner']
 
 
 class ConvergedRunner:

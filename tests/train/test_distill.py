@@ -9,7 +9,7 @@ from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.train import (ConvergedRunner, EarlyStopping, Split,
                             make_optimizer, make_sampler, train_epoch,
                             train_step)
-from pyg_cerp.train.converged import fit
+from pyg_cerp.train import fit
 from pyg_cerp.train.distill import RankingDistillation, teacher_top_items
 
 sys.path.insert(0, os.path.dirname(__file__))

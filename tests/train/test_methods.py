@@ -4,8 +4,7 @@ import torch
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
-from pyg_cerp.train import (METHODS, EarlyStopping, build_embedding, fit,
-                            get_method)
+from pyg_cerp.train import METHODS, EarlyStopping, build_embedding, get_method
 from pyg_cerp.memory import memory_report
 from pyg_cerp.planner import full_table_nbytes, plan_budget
 from pyg_cerp.train.methods import (bucket_candidates, budget_nbytes,
@@ -45,41 +44,6 @@ def test_method_registry_and_budgets():
     with pytest.raises(ValueError, match='QREmbedding'):
         build_embedding('qr-mul', n, d, 0.01)  # Needs ~2 sqrt(N) rows.
     assert bucket_candidates(1000, 0.05) == [38, 50, 100]
-
-
-def test_fit_restores_the_best_validation_epoch(monkeypatch):
-    model = torch.nn.Linear(1, 1)
-    values = iter([0.1, 0.5, 0.3, 0.2, 0.9])
-    seen = []
-
-    class Rec(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = model
-
-    rec = Rec()
-
-    def validate(m):
-        seen.append(float(m.lin.bias))
-        return {'ndcg@20': next(values)}
-
-    import pyg_cerp.train.converged as methods
-    epochs = []
-
-    def fake_epoch(m, opt, sampler, epoch, clip_grad_norm=None, l2_reg=0.):
-        with torch.no_grad():
-            m.lin.bias.fill_(float(epoch + 1))
-        epochs.append(epoch)
-        return dict(loss=0.)
-
-    monkeypatch.setattr(methods, 'train_epoch', fake_epoch)
-    res = fit(rec, None, [], validate, EarlyStopping(10, patience=2))
-    # Valid 0.1 (init), 0.5 (epoch 1), 0.3, 0.2: stops after 2 bad epochs.
-    assert res.best_epoch == 1 and res.epochs == 3
-    assert res.best_valid == 0.5
-    assert float(rec.lin.bias) == 1.  # The state of epoch 1.
-    with pytest.raises(ValueError):
-        EarlyStopping(patience=0)
 
 
 def test_byte_budgets_size_every_method_at_its_precision():
