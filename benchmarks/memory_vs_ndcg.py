@@ -958,9 +958,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       'and load it in later runs instead of training it '
                       "again: 'magnitude' and distillation cells in "
                       'separate processes then share one full model per '
-                      'seed and precision (ConvergedRunner cache, about '
-                      '4 N d bytes a file: keep it out of the repository; '
-                      'default: in memory only)')
+                      'seed and precision, and the progress of every '
+                      'training, saved at each validation, so that a killed '
+                      'cell resumes where it stopped (ConvergedRunner cache, '
+                      'up to about 16 N d bytes a file: keep it out of the '
+                      'repository; default: in memory only)')
     conv.add_argument('--name', default=None,
                       help='The dataset name in the output file names '
                       '(default: its folder name; e.g. gowalla for '

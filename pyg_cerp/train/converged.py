@@ -116,7 +116,11 @@ class ConvergedRunner:
             again. The file name holds a digest of everything else that
             shapes the model: the cell's configuration, the backbone
             (:obj:`repr`), the stopping rule, the validation pairs and
-            :obj:`eval_users`. (default: :obj:`None`: kept in memory only)
+            :obj:`eval_users`. It also keeps the progress of every
+            :func:`~pyg_cerp.train.fit` of a cell, saved at each validation,
+            so that a cell killed mid-training and run again resumes where
+            it stopped (its phase 1, a few epochs, is run again).
+            (default: :obj:`None`: kept in memory only)
     """
     def __init__(self, split: Split,
                  build_recommender: Callable[[Module], Recommender],
@@ -213,9 +217,13 @@ class ConvergedRunner:
         torch.manual_seed(seed)
         extra = {} if distill is None else dict(distill=distill)
         sampler = self.make_sampler(self.split.train, seed)
+        progress = self._store(f'fit_seed{seed}', config, model, desc=desc,
+                               distill={} if distill is None else
+                               self.distill_options)
         return fit(model, self._optimizer(model, config), sampler,
                    self.validate, self.stopping, config.clip_grad_norm,
-                   self.log, desc, config.l2_reg, **extra)
+                   self.log, desc, config.l2_reg, checkpoint=progress,
+                   **extra)
 
     def teacher(self, seed: int) -> Recommender:
         r"""The converged full-table model of :obj:`seed` as a frozen
@@ -281,7 +289,7 @@ class ConvergedRunner:
             model = self._build(self._embedding('full', 1., precision), seed)
             desc = f'full seed {seed}' + ('' if precision == 'float32' else
                                           f' {precision}')
-            store = self._full_store(cfg, model, seed, precision)
+            store = self._store(f'full_seed{seed}_{precision}', cfg, model)
             stored = None if store is None else store.load()
             if stored is not None:
                 self.log(f'{desc}: loaded from {store.path}')
@@ -303,20 +311,19 @@ class ConvergedRunner:
         model.load_state_dict(state)
         return model, res
 
-    def _full_store(self, config: CERPConfig, model: Recommender, seed: int,
-                    precision: str) -> Optional[Checkpoint]:
-        # The cache file of a full table (None without a cache folder).
+    def _store(self, name: str, config: CERPConfig, model: Recommender,
+               **extra: Any) -> Optional[Checkpoint]:
+        # The cache file `name` of a model (None without a cache folder),
+        # keyed by everything else that shapes it.
         if self.cache is None:
             return None
         os.makedirs(self.cache, exist_ok=True)
         digest = content_digest(dict(
             config=config.to_dict(), backbone=repr(model),
             stopping=asdict(self.stopping), eval_users=self.eval_users,
-            valid=self.split.valid.long()))[:16]
-        path = os.path.join(self.cache,
-                            f'full_seed{seed}_{precision}_{digest}.pt')
-        return Checkpoint(path, data_identity(self.split), config,
-                          DistContext())
+            valid=self.split.valid.long(), **extra))[:16]
+        return Checkpoint(os.path.join(self.cache, f'{name}_{digest}.pt'),
+                          data_identity(self.split), config, DistContext())
 
     def _prune(self, method: Method, budget: float, seed: int,
                bucket_size: Optional[int], precision: str = 'float32'

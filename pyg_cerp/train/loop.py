@@ -18,6 +18,7 @@ from pyg_cerp.distributed import (DistContext, all_reduce_gradients,
                                   reduce_metric_sums,
                                   sync_scheduler_decisions)
 from pyg_cerp.metrics import ranking_metrics_from_scores
+from pyg_cerp.train.checkpoint import Checkpoint
 from pyg_cerp.train.distill import RankingDistillation, _check
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
@@ -472,10 +473,18 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
         stopping: EarlyStopping, clip_grad_norm: Optional[float] = 100.,
         log: Callable[[str], None] = lambda s: None,
         desc: str = '', l2_reg: float = 0.,
-        distill: Optional[RankingDistillation] = None) -> FitResult:
+        distill: Optional[RankingDistillation] = None,
+        checkpoint: Optional[Checkpoint] = None) -> FitResult:
     r"""Trains :obj:`recommender` until :obj:`stopping` says so and loads
     the state of its best validation epoch back into it (the model before
     any training counts as epoch 0).
+
+    With a :obj:`checkpoint`, the progress (model, optimiser, the best
+    state so far, the counters and the distillation term's random state) is
+    saved at every validation and, when the file exists, resumed from it: a
+    run killed and started again ends as the uninterrupted one would (the
+    sampler's batches depend on the epoch only), repeating at most the
+    epochs since the last validation; a finished fit returns at once.
 
     Args:
         recommender (Recommender): The model.
@@ -493,14 +502,30 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
         distill (RankingDistillation, optional): The ranking distillation
             term of every step (see :func:`~pyg_cerp.train.train_step`).
             (default: :obj:`None`)
+        checkpoint (Checkpoint, optional): Where the progress is saved and
+            resumed from (tied to the data and the configuration).
+            (default: :obj:`None`)
     """
     extra = {} if distill is None else dict(distill=distill)
-    best = float(validate(recommender)[stopping.metric])
-    best_state = copy.deepcopy(recommender.state_dict())
-    best_epoch, bad, epoch = 0, 0, 0
-    history: List[Dict[str, float]] = []
+    saved = None if checkpoint is None else checkpoint.load()
+    if saved is None:
+        best = float(validate(recommender)[stopping.metric])
+        best_state = copy.deepcopy(recommender.state_dict())
+        best_epoch, bad, epoch, spent = 0, 0, 0, 0.
+        history: List[Dict[str, float]] = []
+    else:
+        progress = saved['fit']
+        recommender.load_state_dict(progress['model'])
+        optimizer.load_state_dict(progress['optimizer'])
+        if distill is not None:
+            distill.generator.set_state(progress['generator'])
+        best_state, history = progress['best_state'], progress['history']
+        best, best_epoch, bad, epoch, spent = (
+            progress[k] for k in ('best', 'best_epoch', 'bad', 'epoch',
+                                  'seconds'))
+        log(f'{desc}: resumed at epoch {epoch} from {checkpoint.path}')
     start = time.perf_counter()
-    while epoch < stopping.max_epochs:
+    while epoch < stopping.max_epochs and bad < stopping.patience:
         stats = train_epoch(recommender, optimizer, sampler, epoch,
                             clip_grad_norm=clip_grad_norm, l2_reg=l2_reg,
                             **extra)
@@ -517,8 +542,16 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
             best_state = copy.deepcopy(recommender.state_dict())
         else:
             bad += 1
-            if bad >= stopping.patience:
-                break
+        if checkpoint is not None:
+            checkpoint.save(dict(
+                data=checkpoint.data, config=checkpoint.config.to_dict(),
+                fit=dict(model=recommender.state_dict(),
+                         optimizer=optimizer.state_dict(),
+                         generator=(None if distill is None else
+                                    distill.generator.get_state()),
+                         best_state=best_state, history=history, best=best,
+                         best_epoch=best_epoch, bad=bad, epoch=epoch,
+                         seconds=spent + time.perf_counter() - start)))
     recommender.load_state_dict(best_state)
-    return FitResult(best_epoch, best, epoch, time.perf_counter() - start,
-                     history)
+    return FitResult(best_epoch, best, epoch,
+                     spent + time.perf_counter() - start, history)

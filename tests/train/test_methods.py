@@ -169,7 +169,8 @@ def test_full_tables_are_cached_on_disk_and_tied_to_their_data(
     cache = str(tmp_path / 'full')
     first = _byte_runner(cache=cache)
     state, res = first.full_model(0)
-    (path, ) = [p for p in (tmp_path / 'full').iterdir()]
+    (path, ) = [p for p in (tmp_path / 'full').iterdir()
+                if p.name.startswith('full_')]
     assert path.name.startswith('full_seed0_float32_')
 
     # Another runner loads it instead of training, bit for bit; the
@@ -189,7 +190,9 @@ def test_full_tables_are_cached_on_disk_and_tied_to_their_data(
     other.stopping = EarlyStopping(max_epochs=1, patience=1)
     other.full_model(0)
     _byte_runner(cache=cache, budget_unit='bytes').full_model(0, 'int8')
-    assert len(list((tmp_path / 'full').iterdir())) == 3
+    full = [p for p in (tmp_path / 'full').iterdir()
+            if p.name.startswith('full_')]
+    assert len(full) == 3
 
     # Other training pairs under the same name: refused, file kept.
     runner = _byte_runner(cache=cache)
@@ -205,3 +208,45 @@ def test_full_tables_are_cached_on_disk_and_tied_to_their_data(
     with pytest.raises(CheckpointError):
         _byte_runner(cache=cache).full_model(0)
     assert path.read_bytes() == bytes(raw)
+
+
+def _counting(runner, interrupt_at=None):
+    # Counts the runner's validations; the one numbered `interrupt_at`
+    # raises KeyboardInterrupt (a kill).
+    validate, calls = runner.validate, []
+
+    def counted(model):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return validate(model)
+
+    runner.validate = counted
+    return calls
+
+
+def test_a_killed_cell_resumes_from_the_cache(tmp_path):
+    # CERP with two bucket sizes: two fits of 3 epochs, 4 validations each.
+    def runner(**kwargs):
+        out = _byte_runner(**kwargs)
+        out.stopping = EarlyStopping(max_epochs=3, patience=3)
+        return out
+
+    whole = runner()
+    whole_calls = _counting(whole)
+    expected = whole.run('cerp', 0.3, 0)
+    assert len(whole_calls) == 8
+    cache = str(tmp_path / 'cache')
+    killed = runner(cache=cache)
+    _counting(killed, interrupt_at=7)  # In the second fit, at epoch 2.
+    with pytest.raises(KeyboardInterrupt):
+        killed.run('cerp', 0.3, 0)
+    assert len([p for p in (tmp_path / 'cache').iterdir()
+                if p.name.startswith('fit_seed0_')]) == 2
+    resumed = runner(cache=cache)
+    calls = _counting(resumed)
+    out = resumed.run('cerp', 0.3, 0)
+    assert len(calls) == 2  # The first fit is done, the second at epoch 1.
+    for key in ('ndcg@20', 'recall@20', 'valid_ndcg@20', 'epochs',
+                'best_epoch', 'bucket_size', 'bucket_sweep'):
+        assert out[key] == expected[key], key
