@@ -129,8 +129,8 @@ class QREmbedding(_Stored, Module):
             (default: :obj:`'add'`)
         check_index (bool, optional): Check the ids in :meth:`forward`.
             (default: :obj:`True`)
-        device (torch.device, optional): The device.
-        dtype (torch.dtype, optional): The floating point type.
+        device (torch.device, optional): The device of the tables.
+        dtype (torch.dtype, optional): Their floating point type.
         precision (str, optional): The simulated value precision, as for
             :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)
@@ -144,16 +144,11 @@ class QREmbedding(_Stored, Module):
                  dtype: Optional[torch.dtype] = None,
                  precision: str = 'float32') -> None:
         super().__init__()
-        self.precision = check_precision(precision)
-        _check_sizes(num_embeddings, embedding_dim, 'num_remainder',
-                     num_remainder)
+        self._set_sizes(num_embeddings, embedding_dim, 'num_remainder',
+                        num_remainder, check_index, precision)
         self.operation = check_operation(operation)
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.num_remainder = num_remainder
         #: The rows :math:`\lceil N/m \rceil` of the quotient table.
         self.num_quotient = math.ceil(num_embeddings / num_remainder)
-        self.check_index = check_index
         factory = dict(device=device, dtype=dtype)
         self.R = Parameter(torch.empty(num_remainder, embedding_dim,
                                        **factory))
@@ -285,8 +280,8 @@ class HashEmbedding(_Stored, Module):
         seed (int, optional): The seed of :math:`a, c`. (default: :obj:`0`)
         check_index (bool, optional): Check the ids in :meth:`forward`.
             (default: :obj:`True`)
-        device (torch.device, optional): The device.
-        dtype (torch.dtype, optional): The floating point type.
+        device (torch.device, optional): The device of :math:`\mathbf{W}`.
+        dtype (torch.dtype, optional): Its floating point type.
         precision (str, optional): The simulated value precision, as for
             :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)
@@ -301,21 +296,16 @@ class HashEmbedding(_Stored, Module):
                  dtype: Optional[torch.dtype] = None,
                  precision: str = 'float32') -> None:
         super().__init__()
-        self.precision = check_precision(precision)
-        _check_sizes(num_embeddings, embedding_dim, 'num_buckets',
-                     num_buckets)
+        self._set_sizes(num_embeddings, embedding_dim, 'num_buckets',
+                        num_buckets, check_index, precision)
         if num_embeddings >= self.PRIME:
             raise ValueError(f"'num_embeddings' must be below 2^31 - 1 "
                              f"(got {num_embeddings})")
         if hash not in ('universal', 'mod'):
             raise ValueError(f"'hash' must be 'universal' or 'mod' "
                              f"(got {hash!r})")
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
-        self.num_buckets = num_buckets
         self.hash = hash
         self.seed = seed
-        self.check_index = check_index
         gen = torch.Generator().manual_seed(seed)
         a = int(torch.randint(1, self.PRIME, (), generator=gen))
         c = int(torch.randint(0, self.PRIME, (), generator=gen))

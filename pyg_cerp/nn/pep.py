@@ -61,8 +61,8 @@ class PEPEmbedding(SoftThresholdPruning, _Stored):
             for CERP. (default: :obj:`-100.`)
         check_index (bool, optional): Check the ids in :meth:`forward`.
             (default: :obj:`True`)
-        device (torch.device, optional): The device.
-        dtype (torch.dtype, optional): The floating point type.
+        device (torch.device, optional): The device of :math:`\mathbf{V}`.
+        dtype (torch.dtype, optional): Its floating point type.
         precision (str, optional): The simulated value precision, as for
             :class:`~pyg_cerp.nn.CompositionalEmbedding`.
             (default: :obj:`'float32'`)

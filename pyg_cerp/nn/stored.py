@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 from torch import Tensor
 from torch.nn import Module
 
-from pyg_cerp.nn.compositional import _Counts
+from pyg_cerp.nn.compositional import _check_sizes, _Counts
 from pyg_cerp.nn.quant import check_precision, fake_quantize
 from pyg_cerp.utils.validation import check_int
 
@@ -54,6 +54,17 @@ class _Stored(_Counts):
     :obj:`_stored`, dense unless a subclass says otherwise) at its
     :obj:`precision` (a mixin)."""
     precision: str = 'float32'
+
+    def _set_sizes(self, num_embeddings: int, embedding_dim: int,
+                   rows_name: str, rows: int, check_index: bool,
+                   precision: str) -> None:
+        # The checked arguments that the baselines' constructors share.
+        self.precision = check_precision(precision)
+        _check_sizes(num_embeddings, embedding_dim, rows_name, rows)
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        setattr(self, rows_name, rows)
+        self.check_index = check_index
 
     def stored_tables(self) -> StoredTables:
         r"""The stored tables as :obj:`(name, table, pruned)` triples (the
