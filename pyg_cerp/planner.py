@@ -28,58 +28,27 @@ plan). The target density is :math:`z / (Nd)`, the unit of
 :class:`~pyg_cerp.train.ConvergedRunner`'s budgets and of
 :obj:`CERPConfig(target_unit='full')`.
 
-**Without a table** the rule follows the converged Gowalla LightGCN runs,
-:math:`\rho` selected on validation NDCG@20
-(``benchmarks/results/gowalla_lightgcn_converged.csv``, :obj:`float32`, and
-``gowalla_lightgcn_bytes{,_tuning}.csv``, :obj:`int8`, budgets in bytes):
-
-===========  ======  ======  ===============================================
-budget       method  chosen  validation NDCG@20
-===========  ======  ======  ===============================================
-10%          cerp    1.5     0.06772 / 0.06695 / 0.06655 at 1.5 / 2 / 4
-5% (bytes)   cerp    1.25    0.0727 / 0.0733 / 0.0721 / 0.0716 / 0.0680 at
-                             1.1 / 1.25 / 1.5 / 2 / 4 (seeds 1-2 at 1.25:
-                             0.0735 / 0.0739)
-5% (bytes)   mul     1.1     0.0756 / 0.0752 at 1.1 / 1.25 (seeds 1-2 at
-                             1.1: 0.0761 / 0.0752)
-1%           cerp    4       0.04481 / 0.04756 / 0.05045 at 1.5 / 2 / 4
-1% (bytes)   mul     1.25    0.0514 / 0.0473 / 0.0304 at 1.25 / 2 / 4
-===========  ======  ======  ===============================================
-
-(mul: :obj:`'cerp-mul'`; at 1% with :math:`\rho = 2` and 4 its pruning phase
-collapsed, an epoch's BPR loss :math:`\ln 2`, by meta densities 0.60 and 0.53),
-so :data:`RULE_BUCKET_RATIOS`: for :obj:`'cerp'` :math:`\rho = 1.5` from 7.5%
-of the full :obj:`float32` table's bytes, 1.25 from 3% (between the measured
-budgets) and 4 below; for :obj:`'cerp-mul'` 1.1 from 3% and 1.25 below.
-:data:`RULE_METHODS` plans :obj:`'cerp-mul'` from 3% of the bytes and
-:obj:`'cerp'` below, the one with the higher validation NDCG@20 at each
-measured byte budget (int8; 10%: 0.0880 against 0.0816, 5%: 0.0756 against
-0.0733, 1%: 0.0514 against 0.0550, 0.5%: 0.0467 against 0.0494); :obj:`methods`
+**Without a table** the rule is the one the converged Gowalla LightGCN runs
+selected on validation NDCG@20 (budgets in bytes, int8; the measurements are
+in ``docs/training.md``, section *Precision, byte targets, distillation, the
+budget planner*, and ``benchmarks/results/gowalla_lightgcn_bytes.md``):
+:data:`RULE_METHODS` plans :obj:`'cerp-mul'` (the rows multiplied,
+:obj:`operation='mul'`, trained without the regulariser; not in the paper)
+from 3% of the full :obj:`float32` table's bytes and :obj:`'cerp'` below,
+and :data:`RULE_BUCKET_RATIOS` its :math:`\rho`: for :obj:`'cerp'` 1.5
+from 7.5%, 1.25 from 3% and 4 below; for :obj:`'cerp-mul'` 1.1 from 3% and
+1.25 below (larger ratios collapsed its pruning at 1%). :obj:`methods`
 can restrict it (:obj:`('cerp', )`: the paper's method). Among
 :obj:`precisions` the rule takes the one storing the most non-zeros (ties to
-the earlier one): int8. The byte-budget benchmark measured that choice on
-Gowalla/LightGCN (``benchmarks/results/gowalla_lightgcn_bytes.csv``, test
-NDCG@20): int8 beats float32 at equal bytes for every method run at both (at 1%
-of the full table's bytes QR-mul 0.0690 vs 0.0488, hashing 0.0408 vs 0.0319; at
-10% magnitude pruning 0.1437 vs 0.1176): a value's presence is worth more than
-its precision there. On other data, pass a measured table.
+the earlier one): int8, which scored above float32 at equal bytes for every
+method measured at both. On other data, pass a measured table.
 
 The planner plans the compositional methods only: :obj:`'cerp'` and its
-variants :obj:`'cerp-noreg'`, :obj:`'cerp-ft'` and :obj:`'cerp-mul'` (the rows
-multiplied, :obj:`operation='mul'`, trained without the regulariser; not in the
-paper), which a :class:`Plan` names in :obj:`method`. In the same benchmark, at
-10% of the bytes magnitude pruning of the trained full table (int8) scored
-higher than CERP (test NDCG@20 0.1437 against 0.1192; ``cerp-mul`` 0.1242; 2
-seeds: 0.1434 against 0.1241 for ``cerp-mul``; with distillation 0.1406
-against 0.1333 for ``cerp-mul``, 2 seeds each) and
-at 5% QR-mul (int8, 0.1129 over 2 seeds against 0.1078 over 3 at :math:`\rho =
-1.25`; the product variant ``cerp-mul`` 0.1103 over 3 seeds at :math:`\rho =
-1.1`; with distillation 0.1233 against 0.1212 for ``cerp-mul``, 2 seeds
-each, and 0.1169 for CERP); at 0.5% with distillation ``cerp-mul`` and QR-mul tie (0.0790 and
-0.0790, 3 seeds each; distilled CERP 0.0688, 0.0743 without), and without
-it ``cerp-noreg`` wins (0.0778 over 3 seeds against 0.0531); see
-``benchmarks/results/gowalla_lightgcn_bytes.md`` before choosing CERP at
-budgets of 5% and more, or with distillation.
+variants :obj:`'cerp-noreg'`, :obj:`'cerp-ft'` and :obj:`'cerp-mul'`, which
+a :class:`Plan` names in :obj:`method`. At 5% of the bytes and more the
+same benchmark measured baselines above them (magnitude pruning of the
+trained full table at 10%, QR-mul at 5%): read the report before choosing
+CERP there.
 
 **With a table** (rows measured by the benchmark, see :func:`load_table`)
 the compositional rows whose stored bytes meet the budget are ranked by
