@@ -16,7 +16,7 @@ def data_root() -> str:
             pytest.skip(f"PYG_CERP_DATA={root!r} is not a directory; set "
                         f"PYG_CERP_DATA to the folder that holds "
                         f"'gowalla/raw/train.txt'")
-        return root
+        return osp.abspath(root)  # Tests that chdir keep finding it.
     fallback = osp.join(_REPO, '..', 'shared', 'data')
     if osp.isdir(fallback):
         return osp.abspath(fallback)
