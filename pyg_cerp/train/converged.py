@@ -160,6 +160,7 @@ class ConvergedRunner:
                              f"(arguments of RankingDistillation other than "
                              f"'teacher' and 'weight')")
         self._teachers: Dict[int, Recommender] = {}
+        self._earlier = 0.
 
     def _weights(self, weights: Optional[Sequence[float]]
                  ) -> Tuple[float, ...]:
@@ -220,10 +221,13 @@ class ConvergedRunner:
         progress = self._store(f'fit_seed{seed}', config, model, desc=desc,
                                distill={} if distill is None else
                                self.distill_options)
-        return fit(model, self._optimizer(model, config), sampler,
-                   self.validate, self.stopping, config.clip_grad_norm,
-                   self.log, desc, config.l2_reg, checkpoint=progress,
-                   **extra)
+        start = time.perf_counter()
+        res = fit(model, self._optimizer(model, config), sampler,
+                  self.validate, self.stopping, config.clip_grad_norm,
+                  self.log, desc, config.l2_reg, checkpoint=progress, **extra)
+        # The training time of earlier calls that this fit resumed.
+        self._earlier += max(0., res.seconds - time.perf_counter() + start)
+        return res
 
     def teacher(self, seed: int) -> Recommender:
         r"""The converged full-table model of :obj:`seed` as a frozen
@@ -368,7 +372,9 @@ class ConvergedRunner:
         :math:`b`), :obj:`'precision'`, :obj:`'bytes'` (the stored bytes of
         the model's embedding, :func:`pyg_cerp.memory.memory_report`),
         :obj:`'budget_bytes'` (for :obj:`budget_unit='bytes'`, else
-        :obj:`None`), :obj:`'seconds'` and :obj:`'note'` (why there is no
+        :obj:`None`), :obj:`'seconds'` (with the training time of
+        earlier, killed calls that a resumed fit continues) and
+        :obj:`'note'` (why there is no
         model, if there is none: an infeasible budget or a missed target).
 
         Args:
@@ -390,7 +396,11 @@ class ConvergedRunner:
                                     else precision)
         budget = 1. if m.name == 'full' else float(budget)
         in_bytes = self.budget_unit == 'bytes'
-        start = time.perf_counter()
+        start, self._earlier = time.perf_counter(), 0.
+
+        def elapsed() -> float:
+            return self._earlier + time.perf_counter() - start
+
         out: Dict[str, Any] = dict(
             method=m.name, budget=budget, seed=seed, bucket_size=None,
             prune_epochs=0, bucket_sweep={}, distill=0., distill_sweep={},
@@ -473,10 +483,10 @@ class ConvergedRunner:
             if best is None:
                 if len(notes) == len(sizes):
                     return dict(out, note=notes[0],
-                                seconds=time.perf_counter() - start)
+                                seconds=elapsed())
                 return dict(out, note=f'target {budget:g} not reached in '
                             f'{self.config.prune_epochs} prune epochs',
-                            seconds=time.perf_counter() - start)
+                            seconds=elapsed())
         model, res = best
         nbytes = memory_report(model.embedding).nbytes
         if in_bytes and nbytes > out['budget_bytes']:
@@ -486,7 +496,7 @@ class ConvergedRunner:
         metrics = self.test(model)
         out.update(metrics, recommender=model, epochs=res.epochs,
                    best_epoch=res.best_epoch, bytes=nbytes,
-                   seconds=time.perf_counter() - start)
+                   seconds=elapsed())
         out['valid_ndcg@20'] = res.best_valid
         b = getattr(model.embedding, 'bucket_size', None)
         if out['bucket_size'] is None and b is not None:
