@@ -3,6 +3,7 @@ method trained to convergence by :func:`~pyg_cerp.train.fit` (early stopping
 on a validation split) and tested once."""
 import copy
 import inspect
+from contextlib import suppress
 import os
 import time
 import warnings
@@ -119,7 +120,8 @@ class ConvergedRunner:
             :obj:`eval_users`. It also keeps the progress of every
             :func:`~pyg_cerp.train.fit` of a cell, saved at each validation,
             so that a cell killed mid-training and run again resumes where
-            it stopped (its phase 1, a few epochs, is run again).
+            it stopped (its phase 1, a few epochs, is run again); a cell
+            that ends removes its progress files.
             (default: :obj:`None`: kept in memory only)
     """
     def __init__(self, split: Split,
@@ -160,7 +162,7 @@ class ConvergedRunner:
                              f"(arguments of RankingDistillation other than "
                              f"'teacher' and 'weight')")
         self._teachers: Dict[int, Recommender] = {}
-        self._earlier = 0.
+        self._earlier, self._progress = 0., []  # Of the running cell.
 
     def _weights(self, weights: Optional[Sequence[float]]
                  ) -> Tuple[float, ...]:
@@ -227,6 +229,8 @@ class ConvergedRunner:
                   self.log, desc, config.l2_reg, checkpoint=progress, **extra)
         # The training time of earlier calls that this fit resumed.
         self._earlier += max(0., res.seconds - time.perf_counter() + start)
+        if progress is not None:
+            self._progress.append(progress.path)
         return res
 
     def teacher(self, seed: int) -> Recommender:
@@ -305,6 +309,8 @@ class ConvergedRunner:
                     store.save(dict(data=store.data, config=cfg.to_dict(),
                                     model=self._full[key][0],
                                     fit=asdict(res)))
+                    with suppress(FileNotFoundError):  # Now redundant.
+                        os.remove(self._progress.pop())
         return self._full[key]
 
     def _full_recommender(self, seed: int, precision: str
@@ -390,13 +396,23 @@ class ConvergedRunner:
                 the cell is trained and stored at (:obj:`None`: the
                 configuration's :obj:`precision`). (default: :obj:`None`)
         """
+        self._earlier, self._progress = 0., []
+        out = self._run(method, budget, seed, distill_weights, precision)
+        for path in self._progress:  # The cell is done: drop its progress.
+            with suppress(FileNotFoundError):
+                os.remove(path)
+        return out
+
+    def _run(self, method: str, budget: float, seed: int,
+             distill_weights: Optional[Sequence[float]],
+             precision: Optional[str]) -> Dict[str, Any]:
         weights = self._weights(distill_weights)
         m = get_method(method)
         precision = check_precision(self.config.precision if precision is None
                                     else precision)
         budget = 1. if m.name == 'full' else float(budget)
         in_bytes = self.budget_unit == 'bytes'
-        start, self._earlier = time.perf_counter(), 0.
+        start = time.perf_counter()
 
         def elapsed() -> float:
             return self._earlier + time.perf_counter() - start
