@@ -19,7 +19,6 @@ from pyg_cerp.datasets.split import (EDGE_TYPE, Checksums, ChecksumError,
                                      _interaction_data, file_hashes,
                                      load_lightgcn_split, user_holdout_split,
                                      verify_file, verify_files)
-from pyg_cerp.datasets.split import read_lightgcn_file  # noqa: F401 (old path)
 from pyg_cerp.utils.adjacency import lightgcn_adjacency
 from pyg_cerp.utils.io import file_lock
 

@@ -9,9 +9,8 @@ from torch import Tensor
 from torch.nn import Module
 
 from pyg_cerp.train.byte_targets import ByteTargets
-# VALUE_BOUND (pace.py) and Masks (snapshots.py) stay importable from here.
-from pyg_cerp.train.pace import VALUE_BOUND, PacePlan  # noqa: F401
-from pyg_cerp.train.snapshots import (ExactSnapshots, Masks,  # noqa: F401
+from pyg_cerp.train.pace import PacePlan
+from pyg_cerp.train.snapshots import (ExactSnapshots,
                                       MaskSnapshot, PruningOutcome,
                                       TargetNotReachedError,
                                       TargetNotReachedWarning)
