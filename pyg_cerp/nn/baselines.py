@@ -34,8 +34,7 @@ from pyg_cerp.nn.compose import check_operation, compose
 from pyg_cerp.nn.compositional import _check_ids, _check_sizes, computed_weight
 from pyg_cerp.nn.pep import PEPEmbedding, magnitude_mask
 from pyg_cerp.nn.quant import check_precision
-from pyg_cerp.nn.stored import (StoredTables, _Stored,  # noqa: F401
-                                budget_rows, nbytes_rows)
+from pyg_cerp.nn.stored import _Stored, budget_rows, nbytes_rows
 
 __all__ = ['FullEmbedding', 'PEPEmbedding', 'QREmbedding', 'HashEmbedding',
            'budget_rows', 'nbytes_rows', 'magnitude_mask']
