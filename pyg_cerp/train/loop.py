@@ -18,7 +18,7 @@ from pyg_cerp.distributed import (DistContext, all_reduce_gradients,
                                   reduce_metric_sums,
                                   sync_scheduler_decisions)
 from pyg_cerp.metrics import ranking_metrics_from_scores
-from pyg_cerp.train.checkpoint import Checkpoint
+from pyg_cerp.train.checkpoint import Checkpoint, ResumeError
 from pyg_cerp.train.distill import RankingDistillation, _check
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.scheduler import PruningScheduler
@@ -515,6 +515,10 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
         history: List[Dict[str, float]] = []
     else:
         progress = saved['fit']
+        if (progress['generator'] is None) != (distill is None):
+            raise ResumeError(
+                f"Cannot resume from '{checkpoint.path}': it was saved "
+                f"{'without' if distill else 'with'} a distillation term")
         recommender.load_state_dict(progress['model'])
         optimizer.load_state_dict(progress['optimizer'])
         if distill is not None:

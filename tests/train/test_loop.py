@@ -46,7 +46,8 @@ class _Interrupted(Exception):
     pass
 
 
-def _resumable_fit(tmp_path, seed, interrupt_at=None, config=None):
+def _resumable_fit(tmp_path, seed, interrupt_at=None, config=None,
+                   distill=True):
     # fit() with distillation and a checkpoint on block data; validation
     # raises _Interrupted at its call number `interrupt_at` (a kill).
     from pyg_cerp.distributed import DistContext
@@ -74,7 +75,8 @@ def _resumable_fit(tmp_path, seed, interrupt_at=None, config=None):
                            seed=0),
               validate, EarlyStopping(max_epochs=6, patience=10,
                                       eval_every=2),
-              distill=RankingDistillation(teacher, 1., num_samples=5),
+              distill=(RankingDistillation(teacher, 1., num_samples=5)
+                       if distill else None),
               checkpoint=checkpoint)
     return model, res
 
@@ -102,3 +104,5 @@ def test_fit_resumes_from_its_checkpoint(tmp_path):
     from pyg_cerp.train import CERPConfig, ResumeError
     with pytest.raises(ResumeError, match='configuration'):
         _resumable_fit(tmp_path / 'b', 0, config=CERPConfig(lr=0.5))
+    with pytest.raises(ResumeError, match='with a distillation term'):
+        _resumable_fit(tmp_path / 'b', 0, distill=False)
