@@ -953,16 +953,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="The teacher's top-K items as extra candidates "
                       '(default: 0)')
     conv.add_argument('--full-cache', default=None, metavar='DIR',
-                      help='Keep each converged full table in DIR '
-                      '(checksummed, tied to the data and configuration) '
-                      'and load it in later runs instead of training it '
-                      "again: 'magnitude' and distillation cells in "
-                      'separate processes then share one full model per '
-                      'seed and precision, and the progress of every '
-                      'training, saved at each validation, so that a killed '
-                      'cell resumes where it stopped (ConvergedRunner cache, '
-                      'up to about 16 N d bytes a file: keep it out of the '
-                      'repository; default: in memory only)')
+                      help='A cache folder (ConvergedRunner cache). It keeps '
+                      'each converged full table (checksummed, tied to the '
+                      'data and configuration), which later runs load '
+                      "instead of training it again, so that 'magnitude' "
+                      'and distillation cells in separate processes share '
+                      'one full model per seed and precision; and the '
+                      "running cell's training progress, saved at each "
+                      'validation, so that a killed cell resumes where it '
+                      'stopped. Up to about 16 N d bytes a file: keep it '
+                      'out of the repository; without it, in memory only')
     conv.add_argument('--name', default=None,
                       help='The dataset name in the output file names '
                       '(default: its folder name; e.g. gowalla for '
