@@ -385,10 +385,10 @@ class _FlatFolderDataset(LightGCNDataset):
         return self._home
 
 
-#: Checksums of the known splits, by folder name (see :func:`open_folder`).
 #: The datasets with a class of their own (URLs, checksums), by folder name.
 NAMED_DATASETS: Dict[str, type] = {'gowalla': Gowalla, 'yelp2020': Yelp2020}
 
+#: Checksums of the known splits, by folder name (see :func:`open_folder`).
 KNOWN_CHECKSUMS: Dict[str, Dict[str, Dict[str, str]]] = {
     'gowalla': GOWALLA_CHECKSUMS,
     'yelp2020': YELP2020_CHECKSUMS,

@@ -3,10 +3,10 @@ method trained to convergence by :func:`~pyg_cerp.train.fit` (early stopping
 on a validation split) and tested once."""
 import copy
 import inspect
-from contextlib import suppress
 import os
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -218,7 +218,6 @@ class ConvergedRunner:
              desc: str,
              distill: Optional[RankingDistillation] = None) -> FitResult:
         torch.manual_seed(seed)
-        extra = {} if distill is None else dict(distill=distill)
         sampler = self.make_sampler(self.split.train, seed)
         progress = self._store(f'fit_seed{seed}', config, model, desc=desc,
                                distill={} if distill is None else
@@ -226,7 +225,7 @@ class ConvergedRunner:
         start = time.perf_counter()
         res = fit(model, self._optimizer(model, config), sampler,
                   self.validate, self.stopping, config.clip_grad_norm,
-                  self.log, desc, config.l2_reg, checkpoint=progress, **extra)
+                  self.log, desc, config.l2_reg, distill, progress)
         # The training time of earlier calls that this fit resumed.
         self._earlier += max(0., res.seconds - time.perf_counter() + start)
         if progress is not None:
@@ -309,7 +308,9 @@ class ConvergedRunner:
                     store.save(dict(data=store.data, config=cfg.to_dict(),
                                     model=self._full[key][0],
                                     fit=asdict(res)))
-                    with suppress(FileNotFoundError):  # Now redundant.
+                    # The progress of the fit above (the last one
+                    # recorded) is now redundant.
+                    with suppress(FileNotFoundError):
                         os.remove(self._progress.pop())
         return self._full[key]
 
