@@ -225,7 +225,8 @@ class ConvergedRunner:
         start = time.perf_counter()
         res = fit(model, self._optimizer(model, config), sampler,
                   self.validate, self.stopping, config.clip_grad_norm,
-                  self.log, desc, config.l2_reg, distill, progress)
+                  self.log, desc, config.l2_reg, distill=distill,
+                  checkpoint=progress)
         # The training time of earlier calls that this fit resumed.
         self._earlier += max(0., res.seconds - time.perf_counter() + start)
         if progress is not None:

@@ -516,9 +516,10 @@ def fit(recommender: Recommender, optimizer: torch.optim.Optimizer,
     else:
         progress = saved['fit']
         if (progress['generator'] is None) != (distill is None):
+            saved_with = 'with' if distill is None else 'without'
             raise ResumeError(
                 f"Cannot resume from '{checkpoint.path}': it was saved "
-                f"{'without' if distill else 'with'} a distillation term")
+                f"{saved_with} a distillation term")
         recommender.load_state_dict(progress['model'])
         optimizer.load_state_dict(progress['optimizer'])
         if distill is not None:
