@@ -123,7 +123,10 @@ METHODS = ('full', 'cerp', 'cerp-noreg', 'pep', 'qr', 'hash')
 #: The methods of the converged profile (pyg_cerp.train.methods.METHODS).
 CONVERGED_METHODS = ('full', 'cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul',
                      'qr-mul', 'qr-add', 'hash', 'pep', 'magnitude')
-ALL_METHODS = tuple(dict.fromkeys(METHODS + CONVERGED_METHODS))
+#: Converged-profile methods run only when named (--budget-unit bytes).
+HYBRID_METHODS = ('cerp-mul-hybrid', 'qr-mul-hybrid')
+ALL_METHODS = tuple(dict.fromkeys(METHODS + CONVERGED_METHODS +
+                                  HYBRID_METHODS))
 #: The CSV columns of the converged profile.
 CONVERGED_COLUMNS = [
     'dataset', 'backbone', 'method', 'budget', 'seed', 'bucket_size',
@@ -143,7 +146,8 @@ BYTES_COLUMNS = [
     'bytes_format', 'embedding_dim', 'epochs', 'best_epoch', 'prune_epochs',
     'valid_ndcg@20', 'recall@10', 'ndcg@10', 'recall@20', 'ndcg@20',
     'distill', 'distill_sweep', 'overlap_rate', 'overlap_independent',
-    'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note'
+    'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note',
+    'exact_rows'
 ]
 PRUNED = ('cerp', 'cerp-noreg', 'pep')
 #: The runner's method (its stages) of each quick/full-profile method.
@@ -977,6 +981,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       "bytes: fractions of the full table's float32 bytes "
                       '4*N*d, every method trained and stored at each of '
                       '--precisions (<name>_<backbone>_bytes.csv)')
+    conv.add_argument('--exact-share', type=float, default=0.5,
+                      help='For ' + ','.join(HYBRID_METHODS) + ': the share '
+                      'of the budget bytes given to exact rows of the users '
+                      'and items with the most training pairs (default: '
+                      '0.5). Use --tag to keep shares apart')
     conv.add_argument('--precisions', type=_choices(PRECISIONS),
                       default=['float32'],
                       help='Comma-separated value precisions of '
@@ -1041,10 +1050,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.profile == 'converged':
         if args.methods is None:
             args.methods = list(CONVERGED_METHODS)
-        bad = [m for m in args.methods if m not in CONVERGED_METHODS]
+        bad = [m for m in args.methods
+               if m not in CONVERGED_METHODS + HYBRID_METHODS]
         if bad:
             parser.error(f'--profile converged: unknown methods {bad}; '
-                         f'choose from {",".join(CONVERGED_METHODS)}')
+                         f'choose from '
+                         f'{",".join(CONVERGED_METHODS + HYBRID_METHODS)}')
+        hybrid = [m for m in args.methods if m in HYBRID_METHODS]
+        if hybrid and args.budget_unit != 'bytes':
+            parser.error(f'{",".join(hybrid)} need --budget-unit bytes')
+        if not 0. < args.exact_share < 1.:
+            parser.error(f'--exact-share must be in (0, 1) (got '
+                         f'{args.exact_share})')
         if args.gamma_schedules:
             parser.error('--gamma-schedules is not part of the converged '
                          'profile')
@@ -1190,7 +1207,8 @@ def run_converged(args: argparse.Namespace,
             distill_options=dict(temperature=args.distill_temperature,
                                  num_samples=args.distill_samples,
                                  top_k=args.distill_top_k),
-            budget_unit=args.budget_unit, cache=args.full_cache)
+            budget_unit=args.budget_unit, cache=args.full_cache,
+            exact_share=args.exact_share)
         # A cell: (method, budget, seed, precision); rows of files written
         # before the precision column are float32.
         have = {(r['method'], float(r['budget']), int(r['seed']),
@@ -1220,6 +1238,7 @@ def run_converged(args: argparse.Namespace,
                        precision=precision,
                        budget_bytes=out.get('budget_bytes') or '',
                        embedding_dim=config.dim,
+                       exact_rows=out.get('exact_rows') or '',
                        distill=out.get('distill', 0.),
                        distill_sweep=';'.join(
                            f'{w:g}:{v:.5f}' for w, v in
@@ -1238,8 +1257,9 @@ def run_converged(args: argparse.Namespace,
                 for key in ('valid_ndcg@20', 'recall@10', 'ndcg@10',
                             'recall@20', 'ndcg@20'):
                     row[key] = round(float(out[key]), 6)
-                if isinstance(emb, CompositionalEmbedding):
-                    stats = overlap_rate(emb)
+                base = getattr(emb, "base", emb)  # A hybrid's tables.
+                if isinstance(base, CompositionalEmbedding):
+                    stats = overlap_rate(base)
                     row['overlap_rate'] = round(stats.mean, 6)
                     row['overlap_independent'] = round(stats.independent, 6)
             table.append([row])

@@ -125,7 +125,8 @@ def density_for_nbytes(shapes: Sequence[TableShape], nbytes: float,
                        dtype: Union[str, torch.dtype] = torch.float32
                        ) -> Optional[float]:
     r"""The largest density :math:`\delta \in [0, 1]` such that the tables,
-    each pruned one holding :math:`\lfloor \delta r d floor` non-zeros,
+    each pruned one holding :math:`\lfloor \delta r d 
+floor` non-zeros,
     take at most :obj:`nbytes` (:func:`tables_nbytes`, non-decreasing in
     :math:`\delta`); :obj:`None` if even empty tables take more.
 
@@ -251,8 +252,28 @@ def memory_report(module: Module,
     the :attr:`nbytes` of its :meth:`to_compact` export, where it has
     one)."""
     dtype = module_precision(module) if dtype is None else dtype
-    return MemoryReport({name: table_nbytes(table, pruned, dtype)
-                         for name, table, pruned in stored_tables(module)})
+    tables = {name: table_nbytes(table, pruned, dtype)
+              for name, table, pruned in stored_tables(module)}
+    return MemoryReport(dict(tables, **index_tables(module)))
+
+
+def index_tables(module: Module) -> Dict[str, TableBytes]:
+    r"""The stored structures of :obj:`module` besides its value tables
+    (its :meth:`index_tables`, *e.g.* the id set of
+    :class:`~pyg_cerp.nn.HybridEmbedding`; none for other modules)."""
+    fn = getattr(module, 'index_tables', None)
+    return dict(fn()) if callable(fn) else {}
+
+
+def fixed_nbytes(module: Module,
+                 dtype: Optional[Union[str, torch.dtype]] = None) -> int:
+    r"""The stored bytes of :obj:`module` that pruning cannot change: its
+    unpruned tables and :func:`index_tables` (what a byte target adds to the
+    pruned tables' :func:`tables_nbytes`)."""
+    dtype = module_precision(module) if dtype is None else dtype
+    return sum(table_nbytes(t, False, dtype).nbytes
+               for _, t, pruned in stored_tables(module) if not pruned) + sum(
+                   t.nbytes for t in index_tables(module).values())
 
 
 def stored_nbytes(module: Module,

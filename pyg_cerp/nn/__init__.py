@@ -3,6 +3,7 @@ from .compose import compose
 from .compositional import (ComposedWeight, CompositionalEmbedding,
                             SoftThresholdPruning, soft_threshold)
 from .pep import PEPEmbedding, magnitude_mask
+from .hybrid import HybridEmbedding, most_frequent
 from .baselines import FullEmbedding, HashEmbedding, QREmbedding
 from .stored import budget_rows, nbytes_rows
 from .compact import CompactEmbedding, CompressedTable, FormatError
@@ -23,6 +24,8 @@ __all__ = [
     'PEPEmbedding',
     'QREmbedding',
     'HashEmbedding',
+    'HybridEmbedding',
+    'most_frequent',
     'budget_rows',
     'nbytes_rows',
     'magnitude_mask',

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from pyg_cerp.memory import (density_for_nbytes, module_precision,
-                             module_table_shapes, stored_nbytes,
-                             tables_nbytes)
+from pyg_cerp.memory import (density_for_nbytes, fixed_nbytes,
+                             module_precision, module_table_shapes,
+                             stored_nbytes, tables_nbytes)
 from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.train.snapshots import Masks
 
@@ -23,12 +23,15 @@ class ByteTargets:
     :obj:`denominator`, :meth:`density` and the pace plan's
     :meth:`~pyg_cerp.train.pace.PacePlan._shift_to`)."""
     precision: Optional[str] = None
+    # The pruned tables' shapes (one per mask) and the bytes of the rest
+    # (unpruned tables, index structures such as a hybrid's id set).
     _shapes: Optional[List[Tuple[int, int, int]]] = None
+    _fixed: int = 0
 
     def _init_bytes(self, embedding: Module, targets: List[float],
                     precision: Optional[Union[str, torch.dtype]]) -> None:
         try:
-            self._shapes = module_table_shapes(embedding)
+            shapes = module_table_shapes(embedding)
         except TypeError:
             raise ValueError(
                 f"target_unit='bytes' needs an embedding whose stored tables "
@@ -37,8 +40,9 @@ class ByteTargets:
                 f"lacks; use target_unit='full'") from None
         self.precision = (module_precision(embedding) if precision is None
                           else check_precision(precision))
-        floor = tables_nbytes(self._shapes, [0] * len(self._shapes),
-                              self.precision) / (
+        self._shapes = [s for s in shapes if s[2]]
+        self._fixed = fixed_nbytes(embedding, self.precision)
+        floor = self._tables_nbytes([0] * len(self._shapes)) / (
                                   4 * int(embedding.num_full_params))
         low = [t for t in targets if t <= floor]
         if low:
@@ -60,7 +64,11 @@ class ByteTargets:
         masks = [masks] if isinstance(masks, Tensor) else list(masks)
         nnz = [int(m[:rows].sum()) for m, (rows, _, _) in zip(masks,
                                                               self._shapes)]
-        return tables_nbytes(self._shapes, nnz, self.precision)
+        return self._tables_nbytes(nnz)
+
+    def _tables_nbytes(self, nnz: List[int]) -> int:
+        # The stored bytes with `nnz` non-zeros in the pruned tables.
+        return tables_nbytes(self._shapes, nnz, self.precision) + self._fixed
 
     def _pace_bytes(self, pairs: List[Tuple[Tensor, Tensor]], plan: float,
                     density: float) -> float:
@@ -71,7 +79,7 @@ class ByteTargets:
         rows = ([r for r, _, _ in self._shapes]
                 if len(self._shapes) == len(pairs) else None)
         for _ in range(4):
-            fraction = density_for_nbytes(self._shapes, budget,
+            fraction = density_for_nbytes(self._shapes, budget - self._fixed,
                                           self.precision)
             if fraction is None:  # Below the empty tables' bytes.
                 break
@@ -100,7 +108,7 @@ class ByteTargets:
 
         def fits(k: int) -> bool:
             nnz = [b + g[k] for b, g in zip(base, gained)]
-            return tables_nbytes(self._shapes, nnz, self.precision) <= nbytes
+            return self._tables_nbytes(nnz) <= nbytes
 
         lo, hi = 0, order.numel()  # Bytes grow with k: the largest fit.
         while lo < hi:

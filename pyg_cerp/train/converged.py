@@ -16,6 +16,7 @@ from torch.nn import Module
 
 from pyg_cerp.memory import memory_report
 from pyg_cerp.nn.baselines import PEPEmbedding
+from pyg_cerp.nn.hybrid import most_frequent
 from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.distributed import DistContext
 from pyg_cerp.train.checkpoint import Checkpoint, data_identity
@@ -26,7 +27,7 @@ from pyg_cerp.train.loop import EarlyStopping, FitResult, evaluate, fit
 from pyg_cerp.train.methods import (METHODS, Method, bucket_candidates,
                                     budget_nbytes, build_embedding,
                                     bytes_infeasible, check_budget_unit,
-                                    get_method)
+                                    get_method, hybrid_budget)
 from pyg_cerp.train.recommender import Recommender
 from pyg_cerp.train.runner import CERPRunner, Stage, config_optimizer
 from pyg_cerp.utils.io import content_digest
@@ -109,6 +110,11 @@ class ConvergedRunner:
             :obj:`'full'` (a fraction of the :math:`Nd` values of the full
             table) or :obj:`'bytes'` (a fraction of its :obj:`float32`
             bytes). (default: :obj:`'full'`)
+        exact_share (float, optional): For the hybrid methods
+            (:obj:`'*-hybrid'`), the share of a byte budget given to exact
+            rows of the entities with the most training pairs
+            (:func:`~pyg_cerp.train.methods.hybrid_budget`).
+            (default: :obj:`0.5`)
         cache (str, optional): A folder that keeps each converged full
             table (:meth:`full_model`) as a checksummed
             :class:`~pyg_cerp.train.checkpoint.Checkpoint` tied to the
@@ -135,8 +141,11 @@ class ConvergedRunner:
                  distill_weights: Sequence[float] = (),
                  distill_options: Optional[Dict[str, Any]] = None,
                  budget_unit: str = 'full',
-                 cache: Optional[str] = None) -> None:
+                 cache: Optional[str] = None,
+                 exact_share: float = 0.5) -> None:
         self.split = split
+        check_float('exact_share', exact_share, low=0.)
+        self.exact_share = float(exact_share)
         self.cache = cache
         self.budget_unit = check_budget_unit(budget_unit)
         self.build_recommender = build_recommender
@@ -190,9 +199,31 @@ class ConvergedRunner:
     def _embedding(self, method: str, budget: float, precision: str,
                    bucket_size: Optional[int] = None,
                    threshold_init: float = -100.) -> Module:
+        exact = (self.exact_index(budget, precision)
+                 if get_method(method).base is not None else None)
         return build_embedding(method, self.num_entities, self.config.dim,
                                budget, bucket_size, threshold_init,
-                               precision, self.budget_unit)
+                               precision, self.budget_unit, exact)
+
+    def _hybrid_budget(self, budget: float,
+                       precision: str) -> Tuple[int, int, float]:
+        if self.budget_unit != 'bytes':
+            raise ValueError("The hybrid methods need budget_unit='bytes'")
+        return hybrid_budget(self.num_entities, self.config.dim, budget,
+                             self.exact_share, precision)
+
+    def exact_index(self, budget: float, precision: str) -> Tensor:
+        r"""The ids with exact rows in a hybrid method's embedding at
+        :obj:`budget`: the :math:`k` (:func:`~pyg_cerp.train.methods.hybrid_budget`
+        of :obj:`exact_share`) users and
+        items with the most training pairs
+        (:func:`~pyg_cerp.nn.hybrid.most_frequent`)."""
+        k = self._hybrid_budget(budget, precision)[0]
+        train = self.split.train
+        degree = torch.cat([
+            torch.bincount(train[0], minlength=self.split.num_users),
+            torch.bincount(train[1], minlength=self.split.num_items)])
+        return most_frequent(degree, k)
 
     def budget_nbytes(self, budget: float) -> int:
         r"""The stored bytes a byte budget :obj:`budget` allows
@@ -380,7 +411,8 @@ class ConvergedRunner:
         :math:`b`), :obj:`'precision'`, :obj:`'bytes'` (the stored bytes of
         the model's embedding, :func:`pyg_cerp.memory.memory_report`),
         :obj:`'budget_bytes'` (for :obj:`budget_unit='bytes'`, else
-        :obj:`None`), :obj:`'seconds'` (with the training time of
+        :obj:`None`), :obj:`'exact_rows'` (a hybrid's :math:`k`, else
+        :obj:`0`), :obj:`'seconds'` (with the training time of
         earlier, killed calls that a resumed fit continues) and
         :obj:`'note'` (why there is no
         model, if there is none: an infeasible budget or a missed target).
@@ -422,7 +454,7 @@ class ConvergedRunner:
         out: Dict[str, Any] = dict(
             method=m.name, budget=budget, seed=seed, bucket_size=None,
             prune_epochs=0, bucket_sweep={}, distill=0., distill_sweep={},
-            note='', precision=precision,
+            note='', precision=precision, exact_rows=0,
             budget_bytes=self.budget_nbytes(budget) if in_bytes else None)
         cfg = self._cell_config(m, budget, seed, None, precision)
         tag = f'{m.name}@{budget:g}' + ('' if precision == 'float32' else
@@ -466,10 +498,15 @@ class ConvergedRunner:
             out.update(distill=weight, distill_sweep=distill_sweep)
             best = (model, res)
         else:
+            n, f = self.num_entities, budget
+            if m.base is not None:  # The base's entities and bytes.
+                try:
+                    _, n, f = self._hybrid_budget(budget, precision)
+                except ValueError as error:
+                    return dict(out, note=f'infeasible: {error}')
             sizes: List[Optional[int]] = (
-                bucket_candidates(self.num_entities, budget,
-                                  self.bucket_ratios, self.budget_unit,
-                                  cfg.dim, precision)
+                bucket_candidates(n, f, self.bucket_ratios,
+                                  self.budget_unit, cfg.dim, precision)
                 if m.sweeps_bucket_size else [None])
             if not sizes:
                 return dict(out, note=f'infeasible: no bucket size of '
@@ -516,6 +553,7 @@ class ConvergedRunner:
                    best_epoch=res.best_epoch, bytes=nbytes,
                    seconds=elapsed())
         out['valid_ndcg@20'] = res.best_valid
+        out['exact_rows'] = getattr(model.embedding, 'num_exact', 0)
         b = getattr(model.embedding, 'bucket_size', None)
         if out['bucket_size'] is None and b is not None:
             out['bucket_size'] = int(b)

@@ -48,19 +48,27 @@ name              kind       what
                              \rfloor` largest entries kept
                              (:meth:`PEPEmbedding.from_magnitude`), fine-tuned
                              with the mask frozen
+``*-hybrid``      as base    ``cerp-mul`` or ``qr-mul`` for all but the most
+                             frequent entities, which get exact rows
+                             (:class:`~pyg_cerp.nn.HybridEmbedding`, not in
+                             the paper; byte budgets only): a share of the
+                             budget's bytes (:func:`hybrid_budget`)
 ================  =========  ====================================================
 """
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from torch import Tensor
 from torch.nn import Module
 
 from pyg_cerp.nn import CompositionalEmbedding
 from pyg_cerp.nn.baselines import (FullEmbedding, HashEmbedding,
                                    PEPEmbedding, QREmbedding)
-from pyg_cerp.memory import (density_for_nbytes, module_table_shapes,
-                             tables_nbytes)
+from pyg_cerp.memory import (density_for_nbytes, fixed_nbytes,
+                             module_table_shapes, tables_nbytes)
+from pyg_cerp.nn.hybrid import (HybridEmbedding, exact_nbytes,
+                                exact_rows_for_nbytes)
 from pyg_cerp.nn.quant import check_precision
 from pyg_cerp.planner import full_table_nbytes, plan_budget
 from pyg_cerp.train.config import CERPConfig
@@ -68,6 +76,7 @@ from pyg_cerp.utils.validation import check_int
 
 __all__ = ['Method', 'METHODS', 'get_method', 'build_embedding',
            'bucket_candidates', 'budget_nbytes', 'bytes_infeasible',
+           'hybrid_budget',
            'check_budget_unit', 'BUDGET_UNITS']
 
 #: The units of a budget :math:`f`: :obj:`'full'` (a fraction of the
@@ -95,6 +104,9 @@ class Method:
             target. (default: :obj:`True`)
         operation (str): For the compositional methods, how the two rows
             compose (:obj:`'add'` or :obj:`'mul'`). (default: :obj:`'add'`)
+        base (str, optional): For a hybrid (exact rows for the most
+            frequent entities, :class:`~pyg_cerp.nn.HybridEmbedding`), the
+            method of the other entities. (default: :obj:`None`)
     """
     name: str
     kind: str
@@ -102,6 +114,7 @@ class Method:
     description: str = ''
     rewind: bool = True
     operation: str = 'add'
+    base: Optional[str] = None
 
     def config(self, base: CERPConfig, **overrides: Any) -> CERPConfig:
         r"""The configuration of this method: :obj:`base` with
@@ -145,6 +158,12 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method('hash', 'fixed', description='hashing trick'),
     Method('magnitude', 'magnitude',
            description='magnitude pruning of the trained full table'),
+    Method('cerp-mul-hybrid', 'threshold', False,
+           'exact rows for the most frequent entities, cerp-mul for the '
+           'rest (not in the paper)', operation='mul', base='cerp-mul'),
+    Method('qr-mul-hybrid', 'fixed',
+           description='exact rows for the most frequent entities, qr-mul '
+           'for the rest', base='qr-mul'),
 )}
 
 
@@ -194,13 +213,14 @@ def bytes_infeasible(embedding: Module, nbytes: int) -> str:
         embedding (torch.nn.Module): A pruned embedding (CERP, PEP).
         nbytes (int): The byte budget.
     """
-    shapes = module_table_shapes(embedding)
     precision = embedding.precision
-    density = density_for_nbytes(shapes, nbytes, precision)
+    shapes = [s for s in module_table_shapes(embedding) if s[2]]
+    fixed = fixed_nbytes(embedding, precision)
+    density = density_for_nbytes(shapes, nbytes - fixed, precision)
     if density is not None and max(
             math.floor(density * r * c) for r, c, _ in shapes) >= 1:
         return ''
-    floor = tables_nbytes(shapes, [0] * len(shapes), precision)
+    floor = tables_nbytes(shapes, [0] * len(shapes), precision) + fixed
     return (f'infeasible: the stored form of {type(embedding).__name__} at '
             f'{precision} takes {floor} bytes with no value kept (sparse '
             f'index and scales), the budget allows {nbytes} bytes')
@@ -210,7 +230,8 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
                     bucket_size: Optional[int] = None,
                     threshold_init: float = -100.,
                     precision: str = 'float32',
-                    budget_unit: str = 'full') -> Module:
+                    budget_unit: str = 'full',
+                    exact_index: Optional[Tensor] = None) -> Module:
     r"""A fresh embedding of :obj:`method` sized to :obj:`budget` (for the
     pruning methods, the unpruned start of phase 1; for
     :obj:`'magnitude'`, the full table it is pruned from), trained and
@@ -233,6 +254,10 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
             table's :obj:`float32` bytes, :func:`budget_nbytes`; QR and
             hashing sized by their :meth:`for_nbytes` at :obj:`precision`).
             (default: :obj:`'full'`)
+        exact_index (torch.Tensor, optional): For a hybrid method
+            (:obj:`'*-hybrid'`, byte budgets only), the ids with exact rows
+            (*e.g.* :func:`~pyg_cerp.nn.hybrid.most_frequent`); its base
+            gets the bytes they leave. (default: :obj:`None`)
 
     Raises:
         ValueError: If the method cannot meet the budget (*e.g.*, QR needs
@@ -244,6 +269,20 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
         raise ValueError(f"'budget' must be in (0, 1] (got {budget})")
     precision = check_precision(precision)
     check_budget_unit(budget_unit)
+    if m.base is not None:
+        if budget_unit != 'bytes' or exact_index is None:
+            raise ValueError(f"Method {m.name!r} needs budget_unit='bytes' "
+                             f"and an 'exact_index'")
+        k = exact_index.numel()
+        rest = budget_nbytes(n, d, budget) - exact_nbytes(n, d, k, precision)
+        if rest <= 0 or k >= n:
+            raise ValueError(f"{k} exact rows leave no bytes of the budget "
+                             f"for the other entities")
+        base = build_embedding(m.base, n - k, d,
+                               min(1., rest / (4 * (n - k) * d)),
+                               bucket_size, threshold_init, precision,
+                               'bytes')
+        return HybridEmbedding(base, exact_index, n, check_index=False)
     if m.name in ('full', 'magnitude'):
         return FullEmbedding(n, d, check_index=False, precision=precision)
     if m.compositional:
@@ -265,6 +304,41 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
         return cls.for_nbytes(n, d, budget_nbytes(n, d, budget),
                               precision=precision, **kwargs)
     return cls.for_budget(n, d, budget, precision=precision, **kwargs)
+
+
+def hybrid_budget(num_entities: int, dim: int, budget: float,
+                  exact_share: float,
+                  precision: str = 'float32') -> Tuple[int, int, float]:
+    r"""The split of a byte budget :math:`f` for a hybrid method: the most
+    exact rows :math:`k` whose stored form fits :obj:`exact_share` of
+    :func:`budget_nbytes` (:func:`~pyg_cerp.nn.hybrid.exact_rows_for_nbytes`),
+    and, for the base's :math:`N - k` entities, the bytes left as a budget
+    :math:`f'` of their own full table's :math:`4(N - k)d` bytes.
+
+    Returns:
+        :obj:`(k, N - k, f')`.
+
+    Args:
+        num_entities (int): :math:`N`.
+        dim (int): :math:`d`.
+        budget (float): :math:`f \in (0, 1]`, of the full table's bytes.
+        exact_share (float): The share of the bytes for exact rows, in
+            :math:`(0, 1)`.
+        precision (str, optional): The value precision.
+            (default: :obj:`'float32'`)
+    """
+    if not 0. < float(exact_share) < 1.:
+        raise ValueError(f"'exact_share' must be in (0, 1) (got "
+                         f"{exact_share})")
+    n, d = int(num_entities), int(dim)
+    nbytes = budget_nbytes(n, d, budget)
+    k = exact_rows_for_nbytes(n, d, math.floor(exact_share * nbytes),
+                              precision)
+    if k < 1:
+        raise ValueError(f"{exact_share:g} of {nbytes} bytes buys no exact "
+                         f"row at {precision}")
+    rest = nbytes - exact_nbytes(n, d, k, precision)
+    return k, n - k, min(1., rest / (4 * (n - k) * d))
 
 
 def bucket_candidates(num_entities: int, budget: float,
