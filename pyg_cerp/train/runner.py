@@ -208,6 +208,11 @@ class CERPRunner:
         if self.method.kind not in ('fixed', 'threshold'):
             raise ValueError(f"Method {self.method.name!r} ({self.method.kind}"
                              f") is trained by ConvergedRunner")
+        if self.method.base is not None and embedding_factory is None:
+            raise ValueError(f"Method {self.method.name!r} needs an "
+                             f"'embedding_factory' building its "
+                             f"HybridEmbedding (the exact ids come from the "
+                             f"data, as in ConvergedRunner)")
         _check_data(data)
         self.config = config
         self.world = world if world is not None else DistContext()

@@ -256,3 +256,43 @@ def test_a_killed_cell_resumes_from_the_cache(tmp_path):
                 'best_epoch', 'bucket_size', 'bucket_sweep'):
         assert out[key] == expected[key], key
     assert not list((tmp_path / 'cache').iterdir())  # Done: dropped.
+
+
+def test_hybrid_budget_gives_exact_rows_to_the_most_frequent_entities():
+    from pyg_cerp.nn import HybridEmbedding
+    from pyg_cerp.nn.hybrid import exact_nbytes
+    from pyg_cerp.train.methods import hybrid_budget
+    n, d = 2000, 8
+    k, rest_n, f = hybrid_budget(n, d, 0.1, 0.5, 'int8')
+    nbytes = budget_nbytes(n, d, 0.1)
+    assert exact_nbytes(n, d, k, 'int8') <= nbytes // 2 < exact_nbytes(
+        n, d, k + 1, 'int8')
+    assert rest_n == n - k
+    assert f * 4 * rest_n * d == pytest.approx(
+        nbytes - exact_nbytes(n, d, k, 'int8'))
+    emb = build_embedding('qr-mul-hybrid', n, d, 0.1, precision='int8',
+                          budget_unit='bytes', exact_index=torch.arange(k))
+    assert isinstance(emb, HybridEmbedding) and emb.num_exact == k
+    assert memory_report(emb).nbytes <= nbytes
+    with pytest.raises(ValueError, match="budget_unit='bytes'"):
+        build_embedding('qr-mul-hybrid', n, d, 0.1,
+                        exact_index=torch.arange(k))
+    with pytest.raises(ValueError, match="exact_share"):
+        hybrid_budget(n, d, 0.1, 1.)
+    with pytest.raises(ValueError, match='buys no exact row'):
+        hybrid_budget(n, d, 0.001, 0.01)
+
+    runner = _byte_runner(budget_unit='bytes')
+    ids = runner.exact_index(0.3, 'int8')
+    train = runner.split.train
+    degree = torch.cat([
+        torch.bincount(train[0], minlength=runner.split.num_users),
+        torch.bincount(train[1], minlength=runner.split.num_items)])
+    assert ids.numel() == hybrid_budget(140, 8, 0.3, 0.5, 'int8')[0]
+    others = ~torch.isin(torch.arange(140), ids)
+    assert degree[ids].min() >= degree[others].max()
+    out = runner.run('cerp-mul-hybrid', 0.3, 0, precision='int8')
+    assert out['exact_rows'] == ids.numel()
+    assert torch.equal(out['recommender'].embedding.exact_index, ids)
+    assert out['bytes'] <= out['budget_bytes']
+    assert runner.run('qr-mul', 0.3, 0, precision='int8')['exact_rows'] == 0

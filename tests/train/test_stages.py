@@ -45,6 +45,9 @@ def test_fixed_method_has_one_stage():
     assert list(state['results']) == ['full'] and state['prune'] is None
     with pytest.raises(ValueError, match='ConvergedRunner'):
         CERPRunner(cfg, data, None, lambda s: None, method='magnitude')
+    # A hybrid's exact ids come from the data: no default embedding.
+    with pytest.raises(ValueError, match="needs an 'embedding_factory'"):
+        CERPRunner(cfg, data, None, lambda s: None, method='qr-mul-hybrid')
 
 
 def test_rewind_is_the_scheduler_freeze():
