@@ -13,9 +13,9 @@ and ``precision`` columns) gets per byte budget every (method, precision):
 validation and test NDCG@20, the share of the float32 full table's, stored
 bytes (at most ``budget_bytes``; a row above it is an error), ``b``,
 epochs, the distillation weight; then per budget the best pyg-cerp
-configuration (cerp, cerp-noreg, cerp-ft, cerp-mul, any precision) against
-the best baseline, both chosen on validation NDCG@20, with the test
-difference and the seed spread; and the infeasible rows with their note.
+configuration (cerp, cerp-noreg, cerp-ft, cerp-mul, cerp-mul-hybrid, any
+precision) against the best baseline (qr-mul-hybrid among them), both
+chosen on validation NDCG@20, with the test difference and the seed spread; and the infeasible rows with their note.
 
 Examples::
 
@@ -33,7 +33,7 @@ import sys
 from collections import defaultdict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul')
+CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul', 'cerp-mul-hybrid')
 
 
 def _stats(vals: Sequence[float]) -> Tuple[float, float, int]:
@@ -135,8 +135,8 @@ def _metric_cell(col: str) -> Callable:
     return lambda key, rs: _fmt(*_col(rs, col))
 
 
-METHODS = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul', 'magnitude', 'qr-mul',
-           'qr-add', 'pep', 'hash')
+METHODS = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul', 'cerp-mul-hybrid',
+           'magnitude', 'qr-mul', 'qr-mul-hybrid', 'qr-add', 'pep', 'hash')
 
 
 def pivot(rows: List[Dict[str, str]],
