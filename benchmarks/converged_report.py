@@ -15,7 +15,8 @@ bytes (at most ``budget_bytes``; a row above it is an error), ``b``,
 epochs, the distillation weight; then per budget the best pyg-cerp
 configuration (cerp, cerp-noreg, cerp-ft, cerp-mul, cerp-mul-hybrid, any
 precision) against the best baseline (qr-mul-hybrid among them), both
-chosen on validation NDCG@20, with the test difference and the seed spread; and the infeasible rows with their note.
+chosen on validation NDCG@20, with the test difference and the seed
+spread; and the infeasible rows with their note.
 
 Examples::
 
