@@ -147,7 +147,7 @@ BYTES_COLUMNS = [
     'valid_ndcg@20', 'recall@10', 'ndcg@10', 'recall@20', 'ndcg@20',
     'distill', 'distill_sweep', 'overlap_rate', 'overlap_independent',
     'bucket_sweep', 'seconds', 'eval_users', 'profile', 'commit', 'note',
-    'exact_rows'
+    'exact_rows', 'exact_init'
 ]
 PRUNED = ('cerp', 'cerp-noreg', 'pep')
 #: The runner's method (its stages) of each quick/full-profile method.
@@ -986,6 +986,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       'of the budget bytes given to exact rows of the users '
                       'and items with the most training pairs (default: '
                       '0.5). Use --tag to keep shares apart')
+    conv.add_argument('--exact-init', choices=('random', 'teacher'),
+                      default='random',
+                      help="How the hybrids' exact rows start: random (as "
+                      "the full table's) or teacher (the converged full "
+                      "table's rows, the distillation teacher; default: "
+                      "random)")
     conv.add_argument('--precisions', type=_choices(PRECISIONS),
                       default=['float32'],
                       help='Comma-separated value precisions of '
@@ -1208,7 +1214,7 @@ def run_converged(args: argparse.Namespace,
                                  num_samples=args.distill_samples,
                                  top_k=args.distill_top_k),
             budget_unit=args.budget_unit, cache=args.full_cache,
-            exact_share=args.exact_share)
+            exact_share=args.exact_share, exact_init=args.exact_init)
         # A cell: (method, budget, seed, precision); rows of files written
         # before the precision column are float32.
         have = {(r['method'], float(r['budget']), int(r['seed']),
@@ -1239,6 +1245,8 @@ def run_converged(args: argparse.Namespace,
                        budget_bytes=out.get('budget_bytes') or '',
                        embedding_dim=config.dim,
                        exact_rows=out.get('exact_rows') or '',
+                       exact_init=(args.exact_init if out.get('exact_rows')
+                                   else ''),
                        distill=out.get('distill', 0.),
                        distill_sweep=';'.join(
                            f'{w:g}:{v:.5f}' for w, v in

@@ -115,6 +115,10 @@ class ConvergedRunner:
             rows of the entities with the most training pairs
             (:func:`~pyg_cerp.train.methods.hybrid_budget`).
             (default: :obj:`0.5`)
+        exact_init (str, optional): How the hybrids' exact rows start:
+            :obj:`'random'` (as the full table's) or :obj:`'teacher'` (the
+            converged full table's rows of those entities, :meth:`teacher`).
+            (default: :obj:`'random'`)
         cache (str, optional): A folder that keeps each converged full
             table (:meth:`full_model`) as a checksummed
             :class:`~pyg_cerp.train.checkpoint.Checkpoint` tied to the
@@ -142,8 +146,13 @@ class ConvergedRunner:
                  distill_options: Optional[Dict[str, Any]] = None,
                  budget_unit: str = 'full',
                  cache: Optional[str] = None,
-                 exact_share: float = 0.5) -> None:
+                 exact_share: float = 0.5,
+                 exact_init: str = 'random') -> None:
         self.split = split
+        if exact_init not in ('random', 'teacher'):
+            raise ValueError(f"'exact_init' must be 'random' or 'teacher' "
+                             f"(got {exact_init!r})")
+        self.exact_init = exact_init
         check_float('exact_share', exact_share, low=0.)
         self.exact_share = float(exact_share)
         self.cache = cache
@@ -307,7 +316,17 @@ class ConvergedRunner:
 
     def _build(self, embedding: Module, seed: int) -> Recommender:
         torch.manual_seed(seed)
-        return self.build_recommender(embedding)
+        return self._init_exact(self.build_recommender(embedding), seed)
+
+    def _init_exact(self, model: Recommender, seed: int) -> Recommender:
+        # With exact_init='teacher', a hybrid's exact rows start as the
+        # teacher's rows of the same entities (after the backbone's reset).
+        emb = model.embedding
+        if self.exact_init == 'teacher' and hasattr(emb, 'exact_index'):
+            weight = self.teacher(seed).embedding.weight  # May train it.
+            with torch.no_grad():
+                emb.exact.copy_(weight[emb.exact_index.to(weight.device)])
+        return model
 
     def full_model(self, seed: int, precision: str = 'float32'
                    ) -> Tuple[Dict[str, Tensor], FitResult]:
@@ -381,7 +400,9 @@ class ConvergedRunner:
 
         data = Interactions(self.split.train, self.split.valid,
                             self.split.num_users, self.split.num_items)
-        runner = CERPRunner(cfg, data, self.build_recommender,
+        runner = CERPRunner(cfg, data,
+                            lambda e: self._init_exact(
+                                self.build_recommender(e), seed),
                             lambda s: self.make_sampler(self.split.train, s),
                             method=method, embedding_factory=factory,
                             log=self.log)
@@ -459,6 +480,8 @@ class ConvergedRunner:
         cfg = self._cell_config(m, budget, seed, None, precision)
         tag = f'{m.name}@{budget:g}' + ('' if precision == 'float32' else
                                         f' {precision}')
+        if m.base is not None and self.exact_init != 'random':
+            tag += f' exact_init={self.exact_init}'
         if m.name == 'full':  # Trained once (and cached) per process.
             best = self._full_recommender(seed, precision)
         elif m.kind == 'fixed':
