@@ -296,3 +296,24 @@ def test_hybrid_budget_gives_exact_rows_to_the_most_frequent_entities():
     assert torch.equal(out['recommender'].embedding.exact_index, ids)
     assert out['bytes'] <= out['budget_bytes']
     assert runner.run('qr-mul', 0.3, 0, precision='int8')['exact_rows'] == 0
+
+
+def test_hybrid_exact_rows_can_start_from_the_teacher():
+    runner = _byte_runner(budget_unit='bytes', exact_init='teacher')
+    model = runner._build(runner._embedding('qr-mul-hybrid', 0.3, 'int8'), 0)
+    emb, teacher = model.embedding, runner.teacher(0).embedding.weight
+    assert torch.equal(emb.exact.detach(), teacher[emb.exact_index])
+    # Phase 1 rewinds a pruned hybrid to them for its retraining.
+    _, rest, f = runner._hybrid_budget(0.3, 'int8')
+    b = bucket_candidates(rest, f, (2., ), 'bytes', 8, 'int8')[0]
+    pruned, _ = runner._prune(METHODS['cerp-mul-hybrid'], 0.3, 0, b, 'int8')
+    emb = pruned.embedding
+    assert emb.is_retraining
+    assert torch.equal(emb.exact.detach(), teacher[emb.exact_index])
+    # Other methods and the default start are untouched.
+    plain = _byte_runner(budget_unit='bytes')
+    hybrid = plain._build(plain._embedding('qr-mul-hybrid', 0.3, 'int8'), 0)
+    assert not torch.equal(hybrid.embedding.exact.detach(),
+                           teacher[hybrid.embedding.exact_index])
+    with pytest.raises(ValueError, match="'exact_init'"):
+        _byte_runner(exact_init='zeros')
