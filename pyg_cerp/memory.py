@@ -125,8 +125,7 @@ def density_for_nbytes(shapes: Sequence[TableShape], nbytes: float,
                        dtype: Union[str, torch.dtype] = torch.float32
                        ) -> Optional[float]:
     r"""The largest density :math:`\delta \in [0, 1]` such that the tables,
-    each pruned one holding :math:`\lfloor \delta r d 
-floor` non-zeros,
+    each pruned one holding :math:`\lfloor \delta r d \rfloor` non-zeros,
     take at most :obj:`nbytes` (:func:`tables_nbytes`, non-decreasing in
     :math:`\delta`); :obj:`None` if even empty tables take more.
 

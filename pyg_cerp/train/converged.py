@@ -223,10 +223,10 @@ class ConvergedRunner:
 
     def exact_index(self, budget: float, precision: str) -> Tensor:
         r"""The ids with exact rows in a hybrid method's embedding at
-        :obj:`budget`: the :math:`k` (:func:`~pyg_cerp.train.methods.hybrid_budget`
-        of :obj:`exact_share`) users and
-        items with the most training pairs
-        (:func:`~pyg_cerp.nn.hybrid.most_frequent`)."""
+        :obj:`budget`: the :math:`k` users and items with the most training
+        pairs (:func:`~pyg_cerp.nn.hybrid.most_frequent`), :math:`k` from
+        :func:`~pyg_cerp.train.methods.hybrid_budget` of
+        :obj:`exact_share`."""
         k = self._hybrid_budget(budget, precision)[0]
         train = self.split.train
         degree = torch.cat([
