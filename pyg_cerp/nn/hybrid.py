@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 
 from pyg_cerp.memory import TableBytes, layout_nbytes, stored_tables
-from pyg_cerp.nn.compositional import _check_ids, computed_weight
+from pyg_cerp.nn.compositional import _check_ids, _Counts, computed_weight
 from pyg_cerp.nn.quant import fake_quantize
 from pyg_cerp.utils.validation import check_int
 
@@ -88,7 +88,7 @@ def _sync_rows_on_load(module: 'HybridEmbedding', _) -> None:
     module._set_rows()
 
 
-class HybridEmbedding(Module):
+class HybridEmbedding(_Counts, Module):
     r"""An embedding in which :math:`k` chosen entities (*e.g.*,
     :func:`most_frequent`) have rows of their own, :math:`\mathbf{X} \in
     \mathbb{R}^{k \times d}`, and the other :math:`N - k` share a compressed
@@ -188,11 +188,6 @@ class HybridEmbedding(Module):
     def precision(self) -> str:
         r"""The value precision (the base's)."""
         return getattr(self.base, 'precision', 'float32')
-
-    @property
-    def num_full_params(self) -> int:
-        r"""The size :math:`Nd` of the full embedding table."""
-        return self.num_embeddings * self.embedding_dim
 
     def _reset_exact(self) -> None:
         # The full table's Xavier uniform over N x d.

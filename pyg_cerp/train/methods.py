@@ -274,12 +274,8 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
             raise ValueError(f"Method {m.name!r} needs budget_unit='bytes' "
                              f"and an 'exact_index'")
         k = exact_index.numel()
-        rest = budget_nbytes(n, d, budget) - exact_nbytes(n, d, k, precision)
-        if rest <= 0 or k >= n:
-            raise ValueError(f"{k} exact rows leave no bytes of the budget "
-                             f"for the other entities")
         base = build_embedding(m.base, n - k, d,
-                               min(1., rest / (4 * (n - k) * d)),
+                               _base_budget(n, d, budget, k, precision),
                                bucket_size, threshold_init, precision,
                                'bytes')
         return HybridEmbedding(base, exact_index, n, check_index=False)
@@ -337,8 +333,18 @@ def hybrid_budget(num_entities: int, dim: int, budget: float,
     if k < 1:
         raise ValueError(f"{exact_share:g} of {nbytes} bytes buys no exact "
                          f"row at {precision}")
-    rest = nbytes - exact_nbytes(n, d, k, precision)
-    return k, n - k, min(1., rest / (4 * (n - k) * d))
+    return k, n - k, _base_budget(n, d, budget, k, precision)
+
+
+def _base_budget(n: int, d: int, budget: float, k: int,
+                 precision: str) -> float:
+    # The budget f' of a hybrid's base: the bytes that k exact rows leave of
+    # budget_nbytes, over the base's own full table.
+    rest = budget_nbytes(n, d, budget) - exact_nbytes(n, d, k, precision)
+    if rest <= 0 or k >= n:
+        raise ValueError(f"{k} exact rows leave no bytes of the budget for "
+                         f"the other entities")
+    return min(1., rest / full_table_nbytes(n - k, d))
 
 
 def bucket_candidates(num_entities: int, budget: float,
