@@ -2,8 +2,11 @@ r"""The one byte counter of the *stored* form of an embedding: what has to be
 kept to serve it after training.
 
 A table of :math:`r \times d` values with :math:`z` non-zeros, stored with
-value size :math:`s_v` (4, 2 or 1 bytes for :obj:`float32`, :obj:`float16`,
-:obj:`int8`; :obj:`int8` adds one :obj:`float32` absmax scale per row), takes
+values of :math:`s_v` bytes (4, 2, 1 or 1/2 for :obj:`float32`,
+:obj:`float16`, :obj:`int8`, :obj:`int4`; the integer precisions add one
+:obj:`float32` absmax scale per row, :math:`4r` bytes, and :obj:`int4`
+packs two values a byte, :math:`\lceil z / 2 \rceil` bytes for :math:`z`
+values), takes
 
 * :obj:`'dense'`: :math:`r d s_v` bytes,
 * :obj:`'csr'`: :math:`z (s_v + s_c) + s_p (r + 1)` bytes, with column ids of
@@ -40,7 +43,14 @@ DTYPES: Dict[str, torch.dtype] = {
     'float32': torch.float32,
     'float16': torch.float16,
     'int8': torch.int8,
+    'int4': torch.int4,
 }
+#: The bits of one stored value of each precision.
+VALUE_BITS: Dict[str, int] = {'float32': 32, 'float16': 16, 'int8': 8,
+                              'int4': 4}
+#: The integer precisions (one :obj:`float32` absmax scale per row) and their
+#: largest level :math:`L` (values in :math:`[-L, L]`).
+INT_LEVELS: Dict[str, int] = {'int8': 127, 'int4': 7}
 #: The stored layouts; :func:`best_layout` picks among the sparse ones.
 LAYOUTS = ('dense', 'csr', 'bitmap')
 
@@ -66,6 +76,12 @@ def ptr_dtype(nnz: int) -> torch.dtype:
     return torch.int32 if nnz < 2**31 else torch.int64
 
 
+def values_nbytes(count: int, dtype: Union[str, torch.dtype]) -> int:
+    r"""The bytes of :obj:`count` packed values of precision :obj:`dtype`
+    (:obj:`int4`: :math:`\lceil count / 2 \rceil`), scales not included."""
+    return (int(count) * VALUE_BITS[dtype_name(dtype)] + 7) // 8
+
+
 def layout_nbytes(rows: int, cols: int, nnz: int, layout: str,
                   dtype: Union[str, torch.dtype] = torch.float32) -> int:
     r"""The bytes of an :math:`r \times d` table with :math:`z` non-zeros in
@@ -80,15 +96,14 @@ def layout_nbytes(rows: int, cols: int, nnz: int, layout: str,
             (default: :obj:`torch.float32`)
     """
     name = dtype_name(dtype)
-    size = DTYPES[name].itemsize
-    scale = 4 * rows if name == 'int8' else 0
+    scale = 4 * rows if name in INT_LEVELS else 0
     if layout == 'dense':
-        return rows * cols * size + scale
+        return values_nbytes(rows * cols, name) + scale
     if layout == 'csr':
-        return (nnz * (size + index_dtype(cols).itemsize) + scale +
-                ptr_dtype(nnz).itemsize * (rows + 1))
+        return (values_nbytes(nnz, name) + nnz * index_dtype(cols).itemsize +
+                scale + ptr_dtype(nnz).itemsize * (rows + 1))
     if layout == 'bitmap':
-        return nnz * size + scale + rows * ((cols + 7) // 8)
+        return values_nbytes(nnz, name) + scale + rows * ((cols + 7) // 8)
     raise ValueError(f"'layout' must be one of {LAYOUTS} (got {layout!r})")
 
 

@@ -81,6 +81,9 @@ RULE_BUCKET_RATIOS = {'cerp': ((0.075, 1.5), (0.03, 1.25), (0., 4.)),
                       'cerp-mul': ((0.03, 1.1), (0., 1.25))}
 #: The rule's methods: (from this fraction of the full float32 table's
 #: bytes, the methods by validation NDCG@20 there), largest first.
+#: The precisions the rule was measured at (:obj:`'int4'` only from a
+#: measured table).
+RULE_PRECISIONS = ('float32', 'float16', 'int8')
 RULE_METHODS = ((0.03, ('cerp-mul', 'cerp')), (0., ('cerp', 'cerp-mul')))
 #: The methods whose measured rows plan a CompositionalEmbedding, with the
 #: composition operation of each (pyg_cerp.train.METHODS).
@@ -296,7 +299,7 @@ def _too_small(n: int, d: int, budget: int, names: Sequence[str],
 
 def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
                 table: Optional[Iterable[Union[PlanRow, Mapping]]] = None,
-                precisions: Sequence[str] = tuple(DTYPES),
+                precisions: Optional[Sequence[str]] = None,
                 bucket_ratio: Optional[float] = None,
                 distillation: bool = False,
                 methods: Sequence[str] = tuple(CERP_METHODS)) -> Plan:
@@ -312,8 +315,9 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
         table (Iterable[PlanRow or dict], optional): Measured rows (see
             :func:`load_table`); :obj:`None`: the rule.
             (default: :obj:`None`)
-        precisions (Sequence[str], optional): The precisions allowed.
-            (default: :obj:`('float32', 'float16', 'int8')`)
+        precisions (Sequence[str], optional): The precisions allowed
+            (:obj:`None`: every one with :obj:`table`, else
+            :data:`RULE_PRECISIONS`). (default: :obj:`None`)
         bucket_ratio (float, optional): :math:`\rho \geq 1` instead of the
             rule's (:func:`rule_bucket_ratio`). (default: :obj:`None`)
         distillation (bool, optional): Whether rows of :obj:`table`
@@ -332,6 +336,8 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
             :obj:`methods` has neither of the rule's methods without a
             table.
     """
+    if precisions is None:
+        precisions = tuple(DTYPES) if table is not None else RULE_PRECISIONS
     names = _check(num_embeddings, embedding_dim, budget_bytes, precisions)
     n, d, budget = int(num_embeddings), int(embedding_dim), int(budget_bytes)
     methods = [_check_method(m) for m in methods]
@@ -370,7 +376,7 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
 def compositional_for_budget(num_embeddings: int, embedding_dim: int,
                              budget_bytes: int,
                              table: Optional[Iterable] = None,
-                             precisions: Sequence[str] = tuple(DTYPES),
+                             precisions: Optional[Sequence[str]] = None,
                              distillation: bool = False,
                              methods: Sequence[str] = tuple(CERP_METHODS),
                              **kwargs: Any) -> Tuple[Any, Plan]:

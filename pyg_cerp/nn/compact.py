@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Module
 
-from pyg_cerp.memory import (DTYPES, best_layout, dtype_name, index_dtype,
-                             layout_nbytes, ptr_dtype)
+from pyg_cerp.memory import (DTYPES, INT_LEVELS, best_layout, dtype_name,
+                             index_dtype, layout_nbytes, ptr_dtype)
 from pyg_cerp.nn.compose import check_operation, compose
 from pyg_cerp.nn.quant import quantize
 from pyg_cerp.utils.io import FormatError, load_module, save_module
@@ -46,20 +46,37 @@ def _pack_bits(mask: Tensor) -> Tensor:
     return (padded << shifts).sum(-1).to(torch.uint8)
 
 
+def _pack_nibbles(level: Tensor) -> Tensor:
+    # int4 levels in [-7, 7] -> uint8, value 2i in the low nibble of byte i
+    # and 2i+1 in the high one, each stored as level + 8 (padding: 0).
+    nib = F.pad(level.to(torch.uint8) + 8 & 15, (0, level.numel() % 2))
+    nib = nib.view(-1, 2)
+    return (nib[:, 0] | (nib[:, 1] << 4)).to(torch.uint8)
+
+
+def _unpack_nibbles(packed: Tensor, index: Tensor) -> Tensor:
+    # The int4 levels of the values at positions `index`, as float32.
+    byte = packed[index // 2].long()
+    return ((byte >> (4 * (index % 2))) & 15).float() - 8.
+
+
 class CompressedTable(Module):
     r"""A read-only :math:`R \times d` matrix that stores only its non-zero
     entries, row by row, as CSR (values, column ids, row pointers) or as a
     bitmap (:math:`\lceil d/8 \rceil` bytes per row) plus the packed values;
     see :mod:`pyg_cerp.memory` for the exact bytes (:attr:`nbytes`).
 
-    Values are :obj:`float32`, :obj:`float16` or :obj:`int8` with one
-    symmetric absmax scale per row,
+    Values are :obj:`float32`, :obj:`float16`, or :obj:`int8` or
+    :obj:`int4` with one symmetric absmax scale per row
+    (:mod:`pyg_cerp.nn.quant`, :math:`L` = 127 or 7),
 
     .. math::
-        s_r = \max_j |v_{rj}| / 127, \qquad
+        s_r = \max_j |v_{rj}| / L, \qquad
         q_{rj} = \mathrm{round}(v_{rj} / s_r),
 
-    so an entry is off by at most :math:`s_r / 2`. Decoding yields
+    so an entry is off by at most :math:`s_r / 2`; :obj:`int4` values are
+    packed two a byte (:obj:`values` of dtype :obj:`uint8`, :math:`q + 8` in
+    each half, the low half first). Decoding yields
     :obj:`float32`. Build one with :meth:`from_dense`; the constructor gives
     an empty (all-zero) table, filled by :meth:`load_state_dict`, which
     validates every stored tensor.
@@ -84,7 +101,8 @@ class CompressedTable(Module):
         ptr = None
         if bitmap is not None:  # Row pointers: popcount prefix sums.
             count = _unpack_bits(bitmap, self.num_cols).sum(-1)
-            ptr = F.pad(count.cumsum(0), (1, 0)).to(ptr_dtype(values.numel()))
+            ptr = F.pad(count.cumsum(0), (1, 0))
+            ptr = ptr.to(ptr_dtype(int(ptr[-1])))
         self.register_buffer('_bitmap_ptr', ptr, persistent=False)
 
     @classmethod
@@ -99,7 +117,8 @@ class CompressedTable(Module):
                 :obj:`'auto'` (fewer bytes, ties to :obj:`'bitmap'`).
                 (default: :obj:`'auto'`)
             dtype (str or torch.dtype, optional): :obj:`float32`,
-                :obj:`float16` or :obj:`int8`. (default: :obj:`torch.float32`)
+                :obj:`float16`, :obj:`int8` or :obj:`int4`.
+                (default: :obj:`torch.float32`)
         """
         name = dtype_name(dtype)
         if dense.dim() != 2 or not dense.is_floating_point():
@@ -118,6 +137,8 @@ class CompressedTable(Module):
                              f"(got {layout!r})")
         col = mask.nonzero()[:, 1]
         values, scale = quantize(dense, name, mask)
+        if name == 'int4':
+            values = _pack_nibbles(values)
         out = cls(rows, cols)
         if layout == 'csr':
             crow = F.pad(mask.sum(1).cumsum(0), (1, 0)).to(ptr_dtype(nnz))
@@ -129,18 +150,21 @@ class CompressedTable(Module):
     @property
     def dtype_name(self) -> str:
         r"""The value precision."""
+        if self.values.dtype == torch.uint8:
+            return 'int4'
         return dtype_name(self.values.dtype)
 
     @property
     def nnz(self) -> int:
         r"""The number of stored values."""
-        return self.values.numel()
+        ptr = self.crow if self.layout == 'csr' else self._bitmap_ptr
+        return int(ptr[-1])
 
     @property
     def nbytes(self) -> int:
         r"""The stored bytes (:func:`pyg_cerp.memory.layout_nbytes`)."""
         return layout_nbytes(self.num_rows, self.num_cols, self.nnz,
-                             self.layout, self.values.dtype)
+                             self.layout, self.dtype_name)
 
     def rows(self, row: Tensor) -> Tensor:
         r"""Decodes the rows :obj:`row` (any shape, ids in :math:`[0, R)`,
@@ -160,7 +184,10 @@ class CompressedTable(Module):
             seg, col = mask.nonzero().unbind(1)
             src = (self._bitmap_ptr[row][seg].long() +
                    mask.cumsum(1)[seg, col] - 1)
-        value = self.values[src].float()
+        if self.dtype_name == 'int4':
+            value = _unpack_nibbles(self.values, src)
+        else:
+            value = self.values[src].float()
         if self.scale is not None:
             value = value * self.scale[row[seg]]
         out = torch.zeros(row.numel(), self.num_cols,
@@ -192,17 +219,31 @@ class CompressedTable(Module):
         if keys not in ({'values', 'col', 'crow'}, {'values', 'bitmap'}):
             raise FormatError(f"unknown layout: expected the tensors values, "
                               f"col, crow (CSR) or values, bitmap (plus "
-                              f"scale for int8) (got {sorted(t)})")
+                              f"scale for int8 and int4) (got {sorted(t)})")
         for key, value in t.items():
             if not isinstance(value, Tensor):
                 raise FormatError(f"'{key}' must be a tensor (got "
                                   f"{type(value).__name__})")
         values = t['values']
-        if values.dtype not in DTYPES.values() or values.dim() != 1:
+        stored = [d for n, d in DTYPES.items() if n != 'int4'] + [torch.uint8]
+        if values.dtype not in stored or values.dim() != 1:
             raise FormatError(f"'values' must be a 1-D tensor of dtype "
-                              f"{list(DTYPES)} (got dtype {values.dtype}, "
-                              f"shape {tuple(values.shape)})")
-        nnz, is_int8 = values.numel(), values.dtype == torch.int8
+                              f"{stored} (uint8: packed int4) (got dtype "
+                              f"{values.dtype}, shape {tuple(values.shape)})")
+        name = 'int4' if values.dtype == torch.uint8 else dtype_name(
+            values.dtype)
+        nnz = values.numel()
+        if name == 'int4':  # The count the index holds, (nnz + 1) // 2 bytes.
+            if 'crow' in t:
+                nnz = int(t['crow'][-1]) if t['crow'].numel() else 0
+            else:
+                nnz = int(_unpack_bits(t['bitmap'],
+                                       8 * t['bitmap'].size(-1)).sum())
+            if values.numel() != (nnz + 1) // 2:
+                raise FormatError(f"{nnz} int4 values pack into "
+                                  f"{(nnz + 1) // 2} bytes, but "
+                                  f"{values.numel()} are stored")
+        is_int = name in INT_LEVELS
 
         def expect(key: str, dtype: torch.dtype, shape: Tuple[int, ...]):
             if t[key].dtype != dtype or tuple(t[key].shape) != shape:
@@ -210,16 +251,22 @@ class CompressedTable(Module):
                     f"'{key}' must have dtype {dtype} and shape {shape} (got "
                     f"{t[key].dtype} and {tuple(t[key].shape)})")
 
-        if ('scale' in t) != is_int8:
-            raise FormatError("'scale' must be stored for int8 values only")
-        if is_int8:
+        if ('scale' in t) != is_int:
+            raise FormatError("'scale' must be stored for int8 and int4 "
+                              "values only")
+        if is_int:
             expect('scale', torch.float32, (rows, ))
             if not bool((torch.isfinite(t['scale']) &
                          (t['scale'] >= 0)).all()):
                 raise FormatError("'scale' must be finite and non-negative")
-            if bool((values == -128).any()):
-                raise FormatError("int8 'values' must lie in [-127, 127]")
-        elif not bool(torch.isfinite(values).all()):
+        if name == 'int8' and bool((values == -128).any()):
+            raise FormatError("int8 'values' must lie in [-127, 127]")
+        if name == 'int4':
+            nib = torch.stack([values & 15, values >> 4], 1).view(-1)
+            if bool((nib[:nnz] == 0).any()) or bool((nib[nnz:] != 0).any()):
+                raise FormatError("int4 'values' must lie in [-7, 7] and the "
+                                  "padding half byte must be zero")
+        elif not is_int and not bool(torch.isfinite(values).all()):
             raise FormatError("'values' holds NaN or inf")
         if 'crow' in t:
             expect('crow', ptr_dtype(nnz), (rows + 1, ))
@@ -228,7 +275,8 @@ class CompressedTable(Module):
                 with warnings.catch_warnings():  # "beta" notes on CSR
                     warnings.simplefilter('ignore')
                     torch.sparse_csr_tensor(
-                        t['crow'].long(), t['col'].long(), values,
+                        t['crow'].long(), t['col'].long(),
+                        torch.zeros(nnz) if name == 'int4' else values,
                         (rows, cols), check_invariants=True)
             except RuntimeError as e:
                 raise FormatError(f"invalid row pointers 'crow' or column "

@@ -3,13 +3,14 @@ r"""The value precisions of the stored form, as one quantiser: what
 simulates (*fake quantisation*), so that a model trained at a precision
 scores what its export scores.
 
-:obj:`'float16'` rounds to the nearest half-precision value;
-:obj:`'int8'` stores, per row :math:`r` (the last dimension), one symmetric
-absmax scale and integers
+:obj:`'float16'` rounds to the nearest half-precision value; the integer
+precisions :obj:`'int8'` and :obj:`'int4'` (:math:`L` = 127 and 7,
+:data:`pyg_cerp.memory.INT_LEVELS`) store, per row :math:`r` (the last
+dimension), one symmetric absmax scale and integers
 
 .. math::
-    s_r = \max_j |v_{rj}| / 127, \qquad
-    q_{rj} = \mathrm{clamp}(\mathrm{round}(v_{rj} / s_r), -127, 127),
+    s_r = \max_j |v_{rj}| / L, \qquad
+    q_{rj} = \mathrm{clamp}(\mathrm{round}(v_{rj} / s_r), -L, L),
     \qquad \tilde{v}_{rj} = q_{rj} s_r,
 
 off by at most :math:`s_r / 2`; :obj:`'float32'` is the identity. Fake
@@ -23,9 +24,9 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from pyg_cerp.memory import DTYPES, dtype_name
+from pyg_cerp.memory import DTYPES, INT_LEVELS, dtype_name
 
-__all__ = ['PRECISIONS', 'check_precision', 'int8_scale', 'quantize',
+__all__ = ['PRECISIONS', 'check_precision', 'row_scale', 'quantize',
            'fake_quantize']
 
 #: The value precisions, from the widest.
@@ -44,23 +45,27 @@ def check_precision(precision: Union[str, torch.dtype],
                          f"matching torch.dtype (got {precision!r})") from None
 
 
-def int8_scale(value: Tensor) -> Tensor:
-    r"""The per-row absmax scales :math:`s_r = \max_j |v_{rj}| / 127` over
-    the last dimension (zero for an all-zero row)."""
-    return value.abs().amax(-1) / 127.
+def row_scale(value: Tensor, precision: str = 'int8') -> Tensor:
+    r"""The per-row absmax scales :math:`s_r = \max_j |v_{rj}| / L` over
+    the last dimension (zero for an all-zero row) of an integer
+    :obj:`precision` (:obj:`'int8'`: :math:`L = 127`, :obj:`'int4'`:
+    :math:`L = 7`)."""
+    return value.abs().amax(-1) / float(INT_LEVELS[precision])
 
 
 def quantize(dense: Tensor, precision: Union[str, torch.dtype],
              mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     r"""The stored values of the entries :obj:`dense[mask]` (row-major) in
-    :obj:`precision`, and for :obj:`'int8'` the :obj:`float32` per-row scales
-    :math:`s` of all rows (else :obj:`None`); the stored form of
-    :class:`~pyg_cerp.nn.compact.CompressedTable`.
+    :obj:`precision`, and for the integer precisions the :obj:`float32`
+    per-row scales :math:`s` of all rows (else :obj:`None`); the values of
+    :class:`~pyg_cerp.nn.compact.CompressedTable`, which packs the
+    :obj:`int4` levels (returned as :obj:`torch.int8` in :math:`[-7, 7]`)
+    two a byte.
 
     Args:
         dense (torch.Tensor): The 2-D :obj:`float32` table.
         precision (str or torch.dtype): :obj:`float32`, :obj:`float16` or
-            :obj:`int8`.
+            :obj:`int8` or :obj:`int4`.
         mask (torch.Tensor, optional): The boolean entries to store
             (:obj:`None`: the non-zeros). Every row holding a stored entry
             must hold a non-zero. (default: :obj:`None`)
@@ -68,20 +73,20 @@ def quantize(dense: Tensor, precision: Union[str, torch.dtype],
     name = check_precision(precision)
     mask = dense != 0 if mask is None else mask
     values = dense[mask]
-    if name != 'int8':
+    if name not in INT_LEVELS:
         return values.to(DTYPES[name]), None
-    scale = int8_scale(dense)
+    level, scale = INT_LEVELS[name], row_scale(dense, name)
     values = (values / scale.unsqueeze(1).expand_as(dense)[mask]).round()
-    return values.clamp(-127, 127).to(torch.int8), scale
+    return values.clamp(-level, level).to(torch.int8), scale
 
 
 def _fake_quantize(value: Tensor, name: str) -> Tensor:
     if name == 'float16':
         return value.to(torch.float16).to(value.dtype)
-    scale = int8_scale(value).unsqueeze(-1)
+    level, scale = INT_LEVELS[name], row_scale(value, name).unsqueeze(-1)
     # All-zero rows: 0 / 1 * 0 = 0 instead of 0 / 0.
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return (value / safe).round().clamp(-127, 127).mul(scale)
+    return (value / safe).round().clamp(-level, level).mul(scale)
 
 
 class _FakeQuantize(torch.autograd.Function):
@@ -98,7 +103,8 @@ class _FakeQuantize(torch.autograd.Function):
 def fake_quantize(value: Tensor,
                   precision: Union[str, torch.dtype]) -> Tensor:
     r"""The values :math:`\tilde{v}` that :obj:`value` decodes to after
-    storing it in :obj:`precision` (int8: per row of the last dimension), with
+    storing it in :obj:`precision` (int8, int4: per row of the last
+    dimension), with
     the straight-through gradient; :obj:`value` itself for :obj:`'float32'`.
     For a :obj:`float32` table it equals, bit for bit, the
     :meth:`~pyg_cerp.nn.compact.CompressedTable.to_dense` of its
@@ -107,8 +113,8 @@ def fake_quantize(value: Tensor,
     Args:
         value (torch.Tensor): The values, of any shape (rows along the last
             dimension).
-        precision (str or torch.dtype): :obj:`float32`, :obj:`float16` or
-            :obj:`int8`.
+        precision (str or torch.dtype): :obj:`float32`, :obj:`float16`,
+            :obj:`int8` or :obj:`int4`.
     """
     name = check_precision(precision)
     if name == 'float32':

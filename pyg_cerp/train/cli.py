@@ -30,6 +30,7 @@ import torch
 from torch.nn import Module
 
 from pyg_cerp.datasets import NAMED_DATASETS, ChecksumError, open_folder
+from pyg_cerp.nn.quant import PRECISIONS
 from pyg_cerp.distributed import destroy_distributed, init_distributed
 from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
                             LightGCNRecommender, MLPRecommender,
@@ -53,7 +54,7 @@ BACKBONES: Dict[str, CERPConfig] = {
 PRESETS = ('faithful', 'official', 'legacy', 'drive')
 CHOICES = {'target_unit': ('full', 'meta', 'bytes'),
            'gamma_unit': ('official', 'mean'),
-           'precision': ('float32', 'float16', 'int8')}
+           'precision': PRECISIONS}
 #: Older option names that stay valid.
 ALIASES = {'gamma_init': ['--gamma']}
 

@@ -3,6 +3,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, Optional, Tuple
 
+from pyg_cerp.memory import DTYPES, VALUE_BITS
 from pyg_cerp.utils.validation import check_ks
 from pyg_cerp.utils.validation import check_float, check_int
 
@@ -148,7 +149,8 @@ class CERPConfig:
         precision (str): Value precision of CERP's meta tables, simulated in
             training (fake quantisation, straight-through gradient) and
             stored at export: :obj:`'float32'`, :obj:`'float16'` or
-            :obj:`'int8'` (per-row scales). (default: :obj:`'float32'`)
+            :obj:`'int8'` or :obj:`'int4'` (per-row scales).
+            (default: :obj:`'float32'`)
     """
     dim: int = 64
     bucket_size: Optional[int] = 5000
@@ -228,7 +230,7 @@ class CERPConfig:
                              f"{list(targets)})")
         for name, choices in (('target_unit', ('full', 'meta', 'bytes')),
                               ('gamma_unit', ('official', 'mean')),
-                              ('precision', ('float32', 'float16', 'int8'))):
+                              ('precision', tuple(DTYPES))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"'{name}' must be one of {choices} (got "
                                  f"{getattr(self, name)!r})")
@@ -290,10 +292,9 @@ class CERPConfig:
             if self.target_unit == 'meta':
                 ratio = self.meta_ratio or 0.2
             elif self.target_unit == 'bytes' and self.meta_ratio is None:
-                # A byte fraction f holds about 4f / (value bytes) of the
+                # A byte fraction f holds about 32f / (value bits) of the
                 # values (int8: 4x as many as float32).
-                ratio *= 4. / {'float32': 4., 'float16': 2.,
-                               'int8': 1.}[self.precision]
+                ratio *= 32. / VALUE_BITS[self.precision]
             b = max(1, min(N, int(math.ceil(ratio * N / 2.))))
         batch = self.prune_schedule()[0]
         steps = max(1, int(math.ceil(int(num_pairs) / batch)))

@@ -248,7 +248,8 @@ def build_embedding(method: str, num_entities: int, dim: int, budget: float,
             CERP and PEP. (default: :obj:`-100.`)
         precision (str, optional): The value precision of the stored form,
             simulated in training: :obj:`'float32'`, :obj:`'float16'` or
-            :obj:`'int8'` (per-row scales). (default: :obj:`'float32'`)
+            :obj:`'int8'` or :obj:`'int4'` (per-row scales).
+            (default: :obj:`'float32'`)
         budget_unit (str, optional): :obj:`'full'` (:math:`f` of the
             :math:`Nd` values) or :obj:`'bytes'` (:math:`f` of the full
             table's :obj:`float32` bytes, :func:`budget_nbytes`; QR and

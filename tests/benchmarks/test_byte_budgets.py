@@ -12,9 +12,9 @@ def test_byte_budgets_table(capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith('| 20.00%')]
     assert [line.split(' | ')[1] for line in lines] == ['float32', 'float16',
-                                                        'int8']
+                                                        'int8', 'int4']
     kept = [float(line.split(' | ')[2].rstrip('%')) for line in lines]
-    assert kept[0] < kept[1] <= kept[2]
+    assert kept[0] < kept[1] <= kept[2] <= kept[3]
     assert '| 1.00% | int8 | unreachable' in out  # Scales + bitmap: 1.9%.
     byte_budgets.step_time(200, 8, 20, repeats=1)
     assert '| int8 |' in capsys.readouterr().out

@@ -330,7 +330,7 @@ def test_byte_budget_arguments():
                             'int8'])
     with pytest.raises(SystemExit):
         harness.parse_args(['--profile', 'converged', '--budget-unit',
-                            'bytes', '--precisions', 'int4'])
+                            'bytes', '--precisions', 'int2'])
     with pytest.raises(SystemExit):
         harness.parse_args(['--profile', 'converged', '--budget-unit',
                             'bytes', '--precisions', 'int8,int8'])

@@ -5,10 +5,10 @@ from pyg_cerp.memory import memory_report, stored_nbytes
 from pyg_cerp.nn import (CompositionalEmbedding, FullEmbedding, HashEmbedding,
                          PEPEmbedding, QREmbedding, compose)
 from pyg_cerp.nn.compact import CompactEmbedding, CompressedTable
-from pyg_cerp.nn.quant import (check_precision, fake_quantize, int8_scale,
-                               quantize)
+from pyg_cerp.nn.quant import (check_precision, fake_quantize, quantize,
+                               row_scale)
 
-REDUCED = ['float16', 'int8']
+REDUCED = ['float16', 'int8', 'int4']
 
 
 def table(rows=12, cols=10, seed=0):
@@ -23,7 +23,7 @@ def table(rows=12, cols=10, seed=0):
 
 def test_int8_by_hand():
     x = torch.tensor([[0.5, -1.27, 0.004], [0., 0., 0.]])
-    scale = int8_scale(x)
+    scale = row_scale(x)
     assert torch.allclose(scale, torch.tensor([0.01, 0.]))
     values, s = quantize(x, 'int8')
     assert values.dtype == torch.int8 and values.tolist() == [50, -127, 0]
@@ -33,13 +33,39 @@ def test_int8_by_hand():
     assert (out[0] - x[0]).abs().max() <= scale[0] / 2
 
 
+def test_int4_by_hand():
+    x = torch.tensor([[0.5, -1.4, 0.04, 0.11], [0., 0., 0., 0.]])
+    scale = row_scale(x, 'int4')
+    assert torch.allclose(scale, torch.tensor([0.2, 0.]))
+    values, s = quantize(x, 'int4')  # The non-zeros: 0.5, -1.4, 0.04, 0.11.
+    assert values.dtype == torch.int8 and values.tolist() == [2, -7, 0, 1]
+    assert torch.equal(s, scale)
+    out = fake_quantize(x, 'int4')
+    assert torch.allclose(out, torch.tensor([[0.4, -1.4, 0., 0.2],
+                                             [0, 0, 0, 0]]))
+    # Two values a byte, q + 8 in each half, the low half first.
+    stored = CompressedTable.from_dense(x, 'bitmap', 'int4')
+    assert stored.values.dtype == torch.uint8
+    assert stored.values.tolist() == [(2 + 8) | (-7 + 8) << 4,
+                                      (0 + 8) | (1 + 8) << 4]
+    assert stored.nnz == 4 and stored.dtype_name == 'int4'
+    assert stored.nbytes == 2 + 2 * 4 + 2  # Values, scales, bitmap.
+
+
 @pytest.mark.parametrize('precision', REDUCED)
 def test_stored_values_are_the_compact_ones(precision):
     x = table()
     stored = CompressedTable.from_dense(x, 'csr', precision)
     values, scale = quantize(x, precision)
-    assert values.dtype == stored.values.dtype
-    assert torch.equal(values, stored.values)
+    assert stored.nnz == values.numel()
+    if precision == 'int4':  # Packed two a byte.
+        assert stored.values.numel() == (values.numel() + 1) // 2
+        values = stored.rows(torch.arange(x.size(0)))[x != 0]
+        values = (values / stored.scale.unsqueeze(1).expand_as(x)[x != 0])
+        assert torch.equal(values.round(), quantize(x, precision)[0].float())
+    else:
+        assert values.dtype == stored.values.dtype
+        assert torch.equal(values, stored.values)
     assert (scale is None) == (stored.scale is None)
     if scale is not None:
         assert torch.equal(scale, stored.scale)
@@ -69,7 +95,7 @@ def test_float32_is_the_identity_and_bad_names():
                       (PEPEmbedding, (10, 4)), (QREmbedding, (10, 4, 5)),
                       (HashEmbedding, (10, 4, 5)), (FullEmbedding, (10, 4))):
         with pytest.raises(ValueError, match="'precision'"):
-            cls(*args, precision='int4')
+            cls(*args, precision='int2')
 
 
 @pytest.mark.parametrize('precision', REDUCED)

@@ -138,7 +138,7 @@ def test_byte_targets_checked_at_construction():
     with pytest.raises(ValueError, match="target_unit='bytes'"):
         PruningScheduler(emb, (0.1, ), precision='int8')
     with pytest.raises(ValueError, match="'precision'"):
-        byte_scheduler(emb, precision='int4')
+        byte_scheduler(emb, precision='int2')
     with pytest.raises(ValueError, match="target_unit"):
         PruningScheduler(emb, (0.1, ), target_unit='byte')
 
@@ -167,8 +167,9 @@ def test_repr_and_outcome_name_the_unit():
 
 
 
-def test_runner_prunes_to_a_byte_target_at_int8():
-    # The pipeline end to end: CERPConfig(precision='int8', target_unit=
+@pytest.mark.parametrize('precision', ['int8', 'int4'])
+def test_runner_prunes_to_a_byte_target_at(precision):
+    # The pipeline end to end: CERPConfig(precision=..., target_unit=
     # 'bytes') -> the runner's CERP, rewound for retraining, stores at most
     # the target's bytes of the stored form.
     import os
@@ -179,7 +180,8 @@ def test_runner_prunes_to_a_byte_target_at_int8():
     data = block_data()
     n = data.num_users + data.num_items
     cfg = CERPConfig(dim=8, bucket_size=40, targets=(0.1, ),
-                     target_unit='bytes', precision='int8', baseline_epochs=0,
+                     target_unit='bytes', precision=precision,
+                     baseline_epochs=0,
                      prune_epochs=8, retrain_epochs=1, batch_size=64,
                      num_negatives=1, threshold_init=-3., prune_start=1,
                      onset_quantile=0.02, pace_epochs=3, exact_snapshots=True,
@@ -190,11 +192,12 @@ def test_runner_prunes_to_a_byte_target_at_int8():
     stage = [s for s in runner.stages() if s.kind == 'retrain'][0]
     model = runner._build('cerp', 0)
     runner.rewind(model, stage)
-    assert model.embedding.precision == 'int8'
+    assert model.embedding.precision == precision
     nbytes = stored_nbytes(model.embedding)
+    assert nbytes == model.embedding.to_compact().nbytes
     assert 0.9 * 0.1 * 4 * n * 8 <= nbytes <= 0.1 * 4 * n * 8
     with pytest.raises(ValueError, match="'precision' must be one of"):
-        CERPConfig(precision='int4')
+        CERPConfig(precision='int2')
 
 
 def test_pace_shares_count_the_stored_rows_only():

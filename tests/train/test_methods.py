@@ -54,7 +54,7 @@ def test_byte_budgets_size_every_method_at_its_precision():
     assert budget_nbytes(n, d, 0.05) == 3200 == full // 20
     with pytest.raises(ValueError, match='budget'):
         budget_nbytes(n, d, 1.5)
-    for precision in ('float32', 'int8'):
+    for precision in ('float32', 'int8', 'int4'):
         for name in ('qr-mul', 'qr-add', 'hash'):
             emb = build_embedding(name, n, d, 0.05, precision=precision,
                                   budget_unit='bytes')
@@ -69,6 +69,9 @@ def test_byte_budgets_size_every_method_at_its_precision():
                            budget_unit='bytes').num_buckets == 3200 // 12
     assert build_embedding('hash', n, d, 0.05, budget_unit='bytes'
                            ).num_buckets == 100
+    # int4 rows: 4 bytes of values and a 4-byte scale.
+    assert build_embedding('hash', n, d, 0.05, precision='int4',
+                           budget_unit='bytes').num_buckets == 3200 // 8
     # QR needs ~2 sqrt(N) = 90 rows: 3200 bytes buy 100 float32 rows.
     with pytest.raises(ValueError, match='QREmbedding'):
         build_embedding('qr-mul', n, d, 0.02, budget_unit='bytes')
@@ -77,7 +80,7 @@ def test_byte_budgets_size_every_method_at_its_precision():
     with pytest.raises(ValueError, match='budget_unit'):
         build_embedding('hash', n, d, 0.05, budget_unit='values')
     with pytest.raises(ValueError, match='precision'):
-        build_embedding('hash', n, d, 0.05, precision='int4')
+        build_embedding('hash', n, d, 0.05, precision='int2')
     emb = build_embedding('cerp', n, d, 0.05, bucket_size=50,
                           precision='int8', budget_unit='bytes')
     assert emb.precision == 'int8'
