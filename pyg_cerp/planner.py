@@ -101,7 +101,8 @@ class Plan:
         target_density (float): The non-zeros over :math:`Nd` to prune to
             (the runner's budget, unit :obj:`'full'`).
         precision (str): The value precision of the stored form
-            (:obj:`'float32'`, :obj:`'float16'` or :obj:`'int8'`).
+            (:obj:`'float32'`, :obj:`'float16'`, :obj:`'int8'` or
+            :obj:`'int4'`).
         expected_bytes (int): The stored bytes at :attr:`num_nonzero`
             non-zeros (an upper bound, see the module docstring).
         num_nonzero (int): :math:`z`, the non-zeros kept.

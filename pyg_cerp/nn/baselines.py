@@ -15,8 +15,8 @@ Each has the interface of :class:`~pyg_cerp.nn.CompositionalEmbedding`
 CERP without its regulariser is :class:`~pyg_cerp.nn.CompositionalEmbedding`
 trained with :math:`\gamma = 0`.
 
-Each takes a :obj:`precision` (:obj:`'float32'`, :obj:`'float16'` or
-:obj:`'int8'` with per-row scales): :attr:`weight` and :meth:`forward` then
+Each takes a :obj:`precision` (:obj:`'float32'`, :obj:`'float16'`, or
+:obj:`'int8'` or :obj:`'int4'` with per-row scales): :attr:`weight` and :meth:`forward` then
 see the stored tables fake-quantised to it
 (:func:`~pyg_cerp.nn.quant.fake_quantize`, straight-through gradient), what
 the stored form at that precision decodes to, and :mod:`pyg_cerp.memory`

@@ -375,7 +375,8 @@ class CompactEmbedding(Module):
             embedding (CompositionalEmbedding): The module, in pruning or
                 retrain mode.
             dtype (str or torch.dtype, optional): :obj:`float32`,
-                :obj:`float16` or :obj:`int8`. (default: :obj:`torch.float32`)
+                :obj:`float16`, :obj:`int8` or :obj:`int4`.
+                (default: :obj:`torch.float32`)
             layout (str, optional): :obj:`'csr'`, :obj:`'bitmap'` or
                 :obj:`'auto'` (the smaller one, per table).
                 (default: :obj:`'auto'`)

@@ -389,7 +389,8 @@ class CompositionalEmbedding(SoftThresholdPruning):
     \hat{\mathbf{Q}}_{\lfloor k / \lceil N/b \rceil \rfloor}`, as in the
     quotient-remainder trick's product (:class:`~pyg_cerp.nn.QREmbedding`,
     whose initialisation it takes).
-    With :obj:`precision='int8'` (or :obj:`'float16'`), :attr:`weight` and
+    With :obj:`precision='int8'` (or :obj:`'float16'`, :obj:`'int4'`),
+    :attr:`weight` and
     :meth:`forward` compose the fake-quantised tables
     (:meth:`~SoftThresholdPruning.quantized_tables`), so that the model
     trains on, and scores, what :meth:`to_compact` at that precision serves.
@@ -411,8 +412,8 @@ class CompositionalEmbedding(SoftThresholdPruning):
         precision (str, optional): The value precision of the stored form
             that training simulates and :meth:`to_compact` and
             :mod:`pyg_cerp.memory` default to: :obj:`'float32'` (no
-            simulation), :obj:`'float16'` or :obj:`'int8'` (per-row scales,
-            see :mod:`pyg_cerp.nn.quant`). (default: :obj:`'float32'`)
+            simulation), :obj:`'float16'`, :obj:`'int8'` or :obj:`'int4'`
+            (per-row scales, see :mod:`pyg_cerp.nn.quant`). (default: :obj:`'float32'`)
         operation (str, optional): How the two rows compose: :obj:`'add'`
             (CERP) or :obj:`'mul'` (element-wise product).
             (default: :obj:`'add'`)

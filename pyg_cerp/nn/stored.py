@@ -34,7 +34,8 @@ def nbytes_rows(embedding_dim: int, nbytes: int,
                 precision: str = 'float32') -> int:
     r"""The rows of dense :math:`d`-wide tables that :obj:`nbytes` stored
     bytes buy at :obj:`precision` (:math:`d` values a row, plus a
-    :obj:`float32` scale for :obj:`'int8'`; :mod:`pyg_cerp.memory`).
+    :obj:`float32` scale for :obj:`'int8'` and :obj:`'int4'`;
+    :mod:`pyg_cerp.memory`).
 
     Args:
         embedding_dim (int): :math:`d`.

@@ -15,11 +15,11 @@ formats for pruned tables) are reported next to it.
 With :obj:`budget_unit='bytes'` the budget :math:`f` is instead a fraction
 of the full table's :obj:`float32` bytes :math:`4Nd` (:func:`budget_nbytes`)
 and every method is built at a value :obj:`precision` (:obj:`'float32'`,
-:obj:`'float16'` or :obj:`'int8'`, simulated in training by fake
+:obj:`'float16'`, :obj:`'int8'` or :obj:`'int4'`, simulated in training by fake
 quantisation): :class:`QREmbedding` and :class:`HashEmbedding` by their
 :meth:`for_nbytes`, the pruned ones pruned to a byte target
 (:obj:`CERPConfig(target_unit='bytes')`, counted by :mod:`pyg_cerp.memory`
-in the stored form at that precision: values, sparse index, int8 scales),
+in the stored form at that precision: values, sparse index, integer scales),
 magnitude pruning by :meth:`PEPEmbedding.freeze_magnitude` with
 :obj:`nbytes`, and CERP's :math:`b` by the budget planner
 (:func:`bucket_candidates`).

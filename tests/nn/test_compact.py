@@ -139,7 +139,7 @@ def test_auto_layout_picks_the_smaller_table_each():
 
 
 @pytest.mark.parametrize('layout', ['csr', 'bitmap'])
-@pytest.mark.parametrize('dtype', ['float32', 'float16', 'int8'])
+@pytest.mark.parametrize('dtype', ['float32', 'float16', 'int8', 'int4'])
 def test_save_load_round_trip(tmp_path, layout, dtype):
     emb = make(threshold_init=-2.)
     compact = emb.to_compact(dtype, layout)
@@ -296,6 +296,38 @@ def test_int8_tampered_scale_and_range(tmp_path):
     rewrite(path, lambda c: c['P.values'].__setitem__(0, -128))
     with pytest.raises(FormatError, match=r'\[-127, 127\]'):
         CompactEmbedding.load(path)
+
+
+def _low_to_zero(v):  # Level -8 in the first value.
+    v = v.clone()
+    v[0] &= 0xF0
+    return v
+
+
+def _pad_set(v):  # A non-zero padding half byte.
+    v = v.clone()
+    v[-1] |= 0x80
+    return v
+
+
+@pytest.mark.parametrize('layout', ['csr', 'bitmap'])
+def test_int4_tampered_values(tmp_path, layout):
+    path = tmp_path / 'bad.pt'
+    compact = make(threshold_init=-2.).to_compact('int4', layout)
+    nnz = compact.P.nnz
+    assert compact.P.values.numel() == (nnz + 1) // 2
+    compact.save(path)
+    loaded = CompactEmbedding.load(path)
+    assert torch.equal(loaded.weight, compact.weight)
+    changes = [(_low_to_zero, r'\[-7, 7\]'), (lambda v: v[:-1], 'pack into')]
+    if nnz % 2:
+        changes.append((_pad_set, 'padding'))
+    for change, match in changes:
+        compact.save(path)
+        rewrite(path, lambda c: c.__setitem__('P.values',
+                                              change(c['P.values'])))
+        with pytest.raises(FormatError, match=match):
+            CompactEmbedding.load(path)
 
 
 def test_bad_arguments_and_ids():
