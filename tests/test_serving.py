@@ -116,7 +116,7 @@ def test_lightgcn_reduced_precision_close(dtype, tol):
     assert overlap >= 0.9
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'int8'])
+@pytest.mark.parametrize('dtype', ['float32', 'int8', 'int4'])
 def test_lightgcn_round_trip(tmp_path, dtype):
     model = lightgcn()
     ei = graph()
