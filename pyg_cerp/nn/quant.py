@@ -64,7 +64,7 @@ def quantize(dense: Tensor, precision: Union[str, torch.dtype],
 
     Args:
         dense (torch.Tensor): The 2-D :obj:`float32` table.
-        precision (str or torch.dtype): :obj:`float32`, :obj:`float16` or
+        precision (str or torch.dtype): :obj:`float32`, :obj:`float16`,
             :obj:`int8` or :obj:`int4`.
         mask (torch.Tensor, optional): The boolean entries to store
             (:obj:`None`: the non-zeros). Every row holding a stored entry
