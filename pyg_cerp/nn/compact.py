@@ -49,7 +49,7 @@ def _pack_bits(mask: Tensor) -> Tensor:
 def _pack_nibbles(level: Tensor) -> Tensor:
     # int4 levels in [-7, 7] -> uint8, value 2i in the low nibble of byte i
     # and 2i+1 in the high one, each stored as level + 8 (padding: 0).
-    nib = F.pad(level.to(torch.uint8) + 8 & 15, (0, level.numel() % 2))
+    nib = F.pad((level + 8).to(torch.uint8), (0, level.numel() % 2))
     nib = nib.view(-1, 2)
     return (nib[:, 0] | (nib[:, 1] << 4)).to(torch.uint8)
 
