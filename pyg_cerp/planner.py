@@ -79,11 +79,11 @@ __all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
 #: Gowalla; switching between the measured budgets).
 RULE_BUCKET_RATIOS = {'cerp': ((0.075, 1.5), (0.03, 1.25), (0., 4.)),
                       'cerp-mul': ((0.03, 1.1), (0., 1.25))}
-#: The rule's methods: (from this fraction of the full float32 table's
-#: bytes, the methods by validation NDCG@20 there), largest first.
 #: The precisions the rule was measured at (:obj:`'int4'` only from a
 #: measured table).
 RULE_PRECISIONS = ('float32', 'float16', 'int8')
+#: The rule's methods: (from this fraction of the full float32 table's
+#: bytes, the methods by validation NDCG@20 there), largest first.
 RULE_METHODS = ((0.03, ('cerp-mul', 'cerp')), (0., ('cerp', 'cerp-mul')))
 #: The methods whose measured rows plan a CompositionalEmbedding, with the
 #: composition operation of each (pyg_cerp.train.METHODS).

@@ -29,6 +29,9 @@ __all__ = ['CompressedTable', 'CompactEmbedding', 'FormatError']
 LAYOUTS = ('csr', 'bitmap')
 #: How lookups decode the compressed tables.
 DECODES = ('cache', 'lookup')
+#: The precision of each dtype of stored values (int4: packed two a byte).
+_PRECISION_OF = {**{t: n for n, t in DTYPES.items() if n != 'int4'},
+                 torch.uint8: 'int4'}
 
 
 def _unpack_bits(bitmap: Tensor, num_cols: int) -> Tensor:
@@ -150,9 +153,7 @@ class CompressedTable(Module):
     @property
     def dtype_name(self) -> str:
         r"""The value precision."""
-        if self.values.dtype == torch.uint8:
-            return 'int4'
-        return dtype_name(self.values.dtype)
+        return _PRECISION_OF[self.values.dtype]
 
     @property
     def nnz(self) -> int:
@@ -225,13 +226,12 @@ class CompressedTable(Module):
                 raise FormatError(f"'{key}' must be a tensor (got "
                                   f"{type(value).__name__})")
         values = t['values']
-        stored = [d for n, d in DTYPES.items() if n != 'int4'] + [torch.uint8]
-        if values.dtype not in stored or values.dim() != 1:
+        if values.dtype not in _PRECISION_OF or values.dim() != 1:
             raise FormatError(f"'values' must be a 1-D tensor of dtype "
-                              f"{stored} (uint8: packed int4) (got dtype "
-                              f"{values.dtype}, shape {tuple(values.shape)})")
-        name = 'int4' if values.dtype == torch.uint8 else dtype_name(
-            values.dtype)
+                              f"{list(_PRECISION_OF)} (uint8: packed int4) "
+                              f"(got dtype {values.dtype}, shape "
+                              f"{tuple(values.shape)})")
+        name = _PRECISION_OF[values.dtype]
         nnz = values.numel()
         if name == 'int4':  # The count the index holds, (nnz + 1) // 2 bytes.
             if 'crow' in t:

@@ -30,8 +30,8 @@ import torch
 from torch.nn import Module
 
 from pyg_cerp.datasets import NAMED_DATASETS, ChecksumError, open_folder
-from pyg_cerp.nn.quant import PRECISIONS
 from pyg_cerp.distributed import destroy_distributed, init_distributed
+from pyg_cerp.nn.quant import PRECISIONS
 from pyg_cerp.train import (CERPConfig, CERPRunner, Interactions,
                             LightGCNRecommender, MLPRecommender,
                             interactions_from_dataset, make_sampler)
