@@ -220,7 +220,7 @@ def report(rows: List[Dict[str, str]], title: str) -> str:
 
 def is_bytes(rows: List[Dict[str, str]]) -> bool:
     r"""Whether :obj:`rows` come from a bytes CSV (``--budget-unit
-    bytes``, :data:`memory_vs_ndcg.BYTES_COLUMNS`)."""
+    bytes``, :data:`bench_results.BYTES_COLUMNS`)."""
     return bool(rows) and 'budget_bytes' in rows[0] and 'precision' in rows[0]
 
 
@@ -360,10 +360,11 @@ def _side(g: Dict[Tuple, List[Dict]], key: Tuple, name: str,
 
 def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
     r"""NDCG@20 (mean ± std over seeds) against stored bytes, log x: the
-    plot of :mod:`memory_vs_ndcg` (:func:`write_plot`); a bytes CSV's lines
-    are (method, precision), the float32 full table the reference line."""
+    plot of :mod:`memory_vs_ndcg` (:func:`bench_results.write_plot`); a
+    bytes CSV's lines are (method, precision), the float32 full table the
+    reference line."""
     sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-    from memory_vs_ndcg import write_plot
+    from bench_results import write_plot
     rows = [r for r in rows if r.get('ndcg@20')]
     if is_bytes(rows):
         rows = [dict(r, method='full' if _bytes_key(r) == (

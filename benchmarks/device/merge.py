@@ -26,8 +26,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(
     __file__)))))
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from memory_vs_ndcg import (BYTES_COLUMNS, CONVERGED_COLUMNS,  # noqa: E402
-                            CSVLog)
+from bench_results import (BYTES_COLUMNS, CONVERGED_COLUMNS,  # noqa: E402
+                           CSVLog)
 
 TAGGED = re.compile(r'^(?P<stem>.+_(?P<kind>converged|bytes))_'
                     r'(?P<tag>[A-Za-z0-9-]+)\.csv$')

@@ -146,9 +146,9 @@ def test_bytes_report_rejects_rows_above_budget(tmp_path):
 
 
 def test_bytes_plot_labels_precisions(tmp_path, monkeypatch):
-    import memory_vs_ndcg
+    import bench_results
     seen = {}
-    monkeypatch.setattr(memory_vs_ndcg, 'write_plot',
+    monkeypatch.setattr(bench_results, 'write_plot',
                         lambda rows, path, title: seen.update(rows=rows))
     path = tmp_path / 'x_lightgcn_bytes.csv'
     _write_bytes(path, BYTES_ROWS)

@@ -6,8 +6,8 @@ import sys
 HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, '..', '..', 'benchmarks', 'device'))
 import merge  # noqa: E402
-from memory_vs_ndcg import (BYTES_COLUMNS, CONVERGED_COLUMNS,  # noqa: E402
-                            CSVLog)
+from bench_results import (BYTES_COLUMNS, CONVERGED_COLUMNS,  # noqa: E402
+                           CSVLog)
 
 
 def _row(method, budget, seed, ndcg, **extra):

@@ -2,11 +2,16 @@ import csv
 import importlib.util
 import os.path as osp
 import random
+import sys
 
 import pytest
 import torch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+import bench_jobs  # noqa: E402
+import bench_pipeline  # noqa: E402
+import bench_results  # noqa: E402
 
 
 def load_harness():
@@ -79,12 +84,12 @@ def test_end_to_end_tiny(tmp_path):
 
 
 def test_make_jobs_and_schedules():
-    jobs = harness.make_jobs(['cerp', 'qr', 'full'], [0.05, 0.1], [0, 1])
+    jobs = bench_jobs.make_jobs(['cerp', 'qr', 'full'], [0.05, 0.1], [0, 1])
     labels = [j.label for j in jobs]
     assert labels[:4] == ['full@1 seed 0', 'qr@0.1 seed 0', 'qr@0.05 seed 0',
                           'cerp@0.1,0.05 seed 0']
     assert len(jobs) == 8
-    jobs = harness.make_jobs(['cerp'], [0.05], [0], ['halve1', 'const'])
+    jobs = bench_jobs.make_jobs(['cerp'], [0.05], [0], ['halve1', 'const'])
     assert [j.gamma_schedule for j in jobs] == ['halve1', 'const']
 
 
@@ -101,7 +106,7 @@ def test_eval_subset_is_fixed_and_keeps_whole_users():
 
 def test_pep_threshold_matches_cerp_scale():
     import math
-    s = harness.pep_threshold_init(70839, 64, 5000, -6.)
+    s = bench_pipeline.pep_threshold_init(70839, 64, 5000, -6.)
     ratio = (1 / (1 + math.exp(-s))) / (1 / (1 + math.exp(6.)))
     assert ratio == pytest.approx(math.sqrt(5064 / 70903), rel=1e-6)
 
@@ -128,21 +133,21 @@ def test_markdown_and_plot_from_rows(tmp_path):
         ('qr', 0.05, 0.11, 5e5)
     ]:
         for seed, eps in ((0, 0.), (1, 0.002)):
-            rows.append({c: '' for c in harness.COLUMNS} | dict(
+            rows.append({c: '' for c in bench_results.COLUMNS} | dict(
                 method=method, budget=str(budget), seed=str(seed),
                 reached='True', nonzero_params='10', bytes=str(nbytes),
                 full_table_fraction=str(budget), epochs='2', seconds='1',
                 **{'ndcg@20': str(ndcg + eps), 'recall@20': '0.2',
                    'ndcg@10': '0.1', 'recall@10': '0.1'}))
     md = tmp_path / 'r.md'
-    harness.write_markdown(rows, str(md), 'title')
+    bench_results.write_markdown(rows, str(md), 'title')
     text = md.read_text()
     assert 'budget 0.1: best **qr** (0.1460); CERP 0.1410 is 0.0050 below' \
         in text
     assert 'budget 0.05: best **cerp**' in text
     assert '## Seed spread' in text and '0.0020' in text
     png = tmp_path / 'r.png'
-    harness.write_plot(rows, str(png), 'title')
+    bench_results.write_plot(rows, str(png), 'title')
     assert png.stat().st_size > 1000
 
 
@@ -169,7 +174,7 @@ def test_resolve_hyper_precedence_and_threshold_scaling():
                                batch_size=16384, num_negatives=5,
                                prune_epochs=8)
     args = harness.parse_args(['--quick', '--gamma', '0.1'])
-    hyper = harness.resolve_hyper(args, args.profile_obj, defaults)
+    hyper = bench_jobs.resolve_hyper(args, args.profile_obj, defaults)
     assert hyper['gamma_init'] == 0.1 and hyper['dim'] == 64
     # The quick profile prunes for 3 epochs of batch 32768 instead of 8 of
     # 16384: 16/3 times fewer steps, so 16/3 times the threshold lr.
@@ -178,8 +183,8 @@ def test_resolve_hyper_precedence_and_threshold_scaling():
     assert hyper['threshold_lr'] == pytest.approx(2e-2 * (8 / 16384) /
                                                   (3 / 32768))
     args = harness.parse_args(['--quick', '--threshold-lr', '0.03'])
-    assert harness.resolve_hyper(args, args.profile_obj,
-                                 defaults)['threshold_lr'] == 0.03
+    assert bench_jobs.resolve_hyper(args, args.profile_obj,
+                                    defaults)['threshold_lr'] == 0.03
 
 
 CONVERGED = ['method', 'budget', 'seed', 'bucket_size', 'nonzero_params',
@@ -236,10 +241,10 @@ def test_csvlog_adds_new_columns_to_an_older_file(tmp_path):
     # A resumed run with more columns must not write its rows under the
     # older file's headers: the file gains the columns, old rows stay.
     path = str(tmp_path / 'c.csv')
-    harness.CSVLog(path, columns=['method', 'ndcg@20']).append(
+    bench_results.CSVLog(path, columns=['method', 'ndcg@20']).append(
         [dict(method='full', **{'ndcg@20': 0.14})])
-    log = harness.CSVLog(path, columns=['method', 'seed', 'ndcg@20',
-                                      'distill'])
+    log = bench_results.CSVLog(path, columns=['method', 'seed', 'ndcg@20',
+                                              'distill'])
     assert log.columns == ['method', 'ndcg@20', 'seed', 'distill']
     log.append([dict(method='cerp', seed=0, distill=0.3,
                      **{'ndcg@20': 0.09})])
@@ -272,7 +277,7 @@ def test_converged_profile_with_byte_budgets(tmp_path):
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert set(BYTES) <= set(rows[0])
-    methods = harness.CONVERGED_METHODS
+    methods = bench_jobs.CONVERGED_METHODS
     # One row per (method, budget, precision, seed); 'full' at budget 1.
     keys = [(r['method'], float(r['budget']), r['precision'], r['seed'])
             for r in rows]
