@@ -31,8 +31,9 @@ import csv
 import math
 import os.path as osp
 import sys
-from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections import Counter, defaultdict
+from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
+                    Tuple)
 
 CERP_FAMILY = ('cerp', 'cerp-noreg', 'cerp-ft', 'cerp-mul', 'cerp-mul-hybrid')
 
@@ -53,11 +54,12 @@ def _key(r: Dict[str, str]) -> Tuple[str, float]:
     return r['method'], float(r['budget'])
 
 
-def _bytes_key(r: Dict[str, str]) -> Tuple[str, float, str, bool]:
-    # (method, budget, precision, distilled): a distilled cell is a
-    # configuration of its own.
+def _bytes_key(r: Dict[str, str]) -> Tuple[str, float, str, bool, str]:
+    # (method, budget, precision, distilled, b): a distilled cell, and a
+    # bucket size of its own (another bucket ratio), is a configuration of
+    # its own; the seeds of one configuration share b.
     return (r['method'], float(r['budget']), r.get('precision') or 'float32',
-            float(r.get('distill') or 0) > 0)
+            float(r.get('distill') or 0) > 0, r.get('bucket_size') or '')
 
 
 def _label(key: Tuple) -> str:
@@ -65,11 +67,21 @@ def _label(key: Tuple) -> str:
     return f'{key[0]} {key[2]}' + (' + distillation' if key[3] else '')
 
 
+def _labels(keys: Iterable[Tuple]) -> Dict[Tuple, str]:
+    r"""The label of each key, with its ``b`` where two keys of one budget
+    would share a label (the same method, precision and distillation at two
+    bucket ratios): 'cerp-noreg int4 + distillation, b 3244'."""
+    keys = list(dict.fromkeys(keys))  # Once each (a key per seed's row).
+    count = Counter((_label(k), k[1]) for k in keys)
+    return {k: _label(k) + (f', b {k[4]}' if count[_label(k), k[1]] > 1
+                            else '') for k in keys}
+
+
 def group(rows: List[Dict[str, str]],
           key: Callable[[Dict[str, str]], Tuple] = _key
           ) -> Dict[Tuple, List[Dict]]:
     r"""Rows with a result, grouped by :obj:`key` (default (method,
-    budget); a bytes CSV: (method, budget, precision))."""
+    budget); a bytes CSV: (method, budget, precision, distilled, b))."""
     out: Dict[Tuple, List[Dict]] = defaultdict(list)
     for r in rows:
         if r.get('ndcg@20'):
@@ -255,12 +267,12 @@ def _missing(none: List[Dict[str, str]], budget: float, cerp: bool) -> str:
 
 
 def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
-    r"""The report of a bytes CSV: per byte budget every (method,
-    precision), then the best pyg-cerp configuration against the best
+    r"""The report of a bytes CSV: per byte budget every configuration
+    (method, precision, distilled or not, b), then the best pyg-cerp configuration against the best
     baseline, both chosen on validation NDCG@20, and the infeasible rows."""
     check_bytes(rows)
     g = group(rows, _bytes_key)
-    full = g.get(('full', 1.0, 'float32', False))
+    full = g.get(('full', 1.0, 'float32', False, ''))
     full_ndcg = _col(full, 'ndcg@20')[0] if full else None
     lines = [f'# {title}', '',
              'Byte budgets: `budget` is a fraction of the full table\'s '
@@ -353,7 +365,7 @@ def _versus(g: Dict[Tuple, List[Dict]], keys: Sequence[Tuple], budget: float,
 def _side(g: Dict[Tuple, List[Dict]], key: Tuple, name: str,
           close: str) -> str:
     # 'best <name><label><close> (valid v) test t' for one configuration.
-    return (f'best {name}{_label(key)}{close} (valid '
+    return (f'best {name}{_labels(g)[key]}{close} (valid '
             f"{_col(g[key], 'valid_ndcg@20')[0]:.4f}) test "
             f"{_fmt(*_col(g[key], 'ndcg@20'))}")
 
@@ -367,8 +379,9 @@ def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
     from bench_results import write_plot
     rows = [r for r in rows if r.get('ndcg@20')]
     if is_bytes(rows):
-        rows = [dict(r, method='full' if _bytes_key(r) == (
-            'full', 1.0, 'float32', False) else _label(_bytes_key(r)))
+        labels = _labels(map(_bytes_key, rows))
+        rows = [dict(r, method='full' if _bytes_key(r)[:4] == (
+            'full', 1.0, 'float32', False) else labels[_bytes_key(r)])
             for r in rows]
     write_plot(rows, path, title)
 

@@ -191,3 +191,32 @@ def test_bytes_report_counts_distilled_cells_as_configurations(tmp_path):
         w.writerow(dict.fromkeys(COLS, '1'))
     with pytest.raises(SystemExit):
         converged_report.main([str(path), '--add', str(conv), '--no-plot'])
+
+
+def test_bytes_report_keeps_bucket_ratios_apart(tmp_path):
+    # The same method, precision and distillation at two bucket sizes (two
+    # bucket ratios, one seed each) are two configurations, not two seeds.
+    rows = BYTES_ROWS + [
+        ('cerp-noreg', 0.01, 40, 'int4', 1, 12, 30, 40, 10, 8, 0.050, 0.1,
+         0.055, 0.3, ''),
+        ('cerp-noreg', 0.01, 40, 'int4', 1, 9, 36, 40, 10, 8, 0.060, 0.1,
+         0.064, 0.3, '')]
+    path = tmp_path / 'x_lightgcn_bytes.csv'
+    _write_bytes(path, rows)
+    text = open(converged_report.main([str(path), '--no-plot'])).read()
+    assert ('| 0.01 | 40 | cerp-noreg | int4 | 0.0600 | 0.0640 | 64.0 | '
+            '0.1000 | 40 | 9 |') in text
+    assert ('| 0.01 | 40 | cerp-noreg | int4 | 0.0500 | 0.0550 | 55.0 | '
+            '0.1000 | 40 | 12 |') in text
+    assert '(2)' not in text.split('| 0.01 |', 1)[1].split('##')[0]
+    assert ('* 0.01 of the full table: best pyg-cerp **cerp-noreg int4 + '
+            'distillation, b 9** (valid 0.0600) test 0.0640') in text
+    # One line per configuration in the plot, named by its b.
+    with open(path, newline='') as f:
+        data = list(csv.DictReader(f))
+    labels = converged_report._labels(map(converged_report._bytes_key, data))
+    assert sorted(v for v in labels.values() if 'int4' in v) == [
+        'cerp-noreg int4 + distillation, b 12',
+        'cerp-noreg int4 + distillation, b 9']
+    # A label without a twin at its budget has no b.
+    assert 'cerp int8' in labels.values()
