@@ -37,7 +37,9 @@ budget planner*, and ``benchmarks/results/gowalla_lightgcn_bytes.md``):
 from 3% of the full :obj:`float32` table's bytes and :obj:`'cerp'` below,
 and :data:`RULE_BUCKET_RATIOS` its :math:`\rho`: for :obj:`'cerp'` 1.5
 from 7.5%, 1.25 from 3% and 4 below; for :obj:`'cerp-mul'` 1.1 from 3% and
-1.25 below (larger ratios collapsed its pruning at 1%). :obj:`methods`
+1.25 below (larger ratios collapsed its pruning at 1%); at int4
+(:data:`RULE_PRECISION_BUCKET_RATIOS`) :obj:`'cerp'` takes 2 below 3%,
+as selected on validation at 1%. :obj:`methods`
 can restrict it (:obj:`('cerp', )`: the paper's method). Among
 :obj:`precisions` the rule takes the one storing the most non-zeros (ties to
 the earlier one): int8, which scored above float32 at equal bytes for every
@@ -79,8 +81,15 @@ __all__ = ['Plan', 'PlanRow', 'plan_budget', 'compositional_for_budget',
 #: Gowalla; switching between the measured budgets).
 RULE_BUCKET_RATIOS = {'cerp': ((0.075, 1.5), (0.03, 1.25), (0., 4.)),
                       'cerp-mul': ((0.03, 1.1), (0., 1.25))}
-#: The precisions the rule was measured at (:obj:`'int4'` only from a
-#: measured table).
+#: Where a precision's rule ratios differ from :data:`RULE_BUCKET_RATIOS`
+#: (precision -> method -> entries as there): int4's bitmap bit is a
+#: quarter of a value, so it wants denser tables, rho 2 below 3% (at 1%,
+#: cerp-noreg int4 distilled, seed 1: validation NDCG@20 0.0662 against
+#: 0.0594 at int8's rho 4).
+RULE_PRECISION_BUCKET_RATIOS = {
+    'int4': {'cerp': ((0.075, 1.5), (0.03, 1.25), (0., 2.))}}
+#: The precisions the rule plans unasked (:obj:`'int4'` only on request or
+#: from a measured table).
 RULE_PRECISIONS = ('float32', 'float16', 'int8')
 #: The rule's methods: (from this fraction of the full float32 table's
 #: bytes, the methods by validation NDCG@20 there), largest first.
@@ -179,14 +188,19 @@ def _rule_entry(num_embeddings: int, embedding_dim: int,
 
 
 def rule_bucket_ratio(num_embeddings: int, embedding_dim: int,
-                      budget_bytes: int, method: str = 'cerp') -> float:
+                      budget_bytes: int, method: str = 'cerp',
+                      precision: Optional[str] = None) -> float:
     r"""The rule's :math:`\rho` for :obj:`method` (:obj:`'cerp'` or
-    :obj:`'cerp-mul'`) from :data:`RULE_BUCKET_RATIOS`: the first whose
-    fraction of :func:`full_table_nbytes` the budget reaches."""
+    :obj:`'cerp-mul'`) at :obj:`precision` from
+    :data:`RULE_PRECISION_BUCKET_RATIOS` where it has them, else from
+    :data:`RULE_BUCKET_RATIOS`: the first whose fraction of
+    :func:`full_table_nbytes` the budget reaches."""
     if method not in RULE_BUCKET_RATIOS:
         raise ValueError(_rule_only(method))
+    own = RULE_PRECISION_BUCKET_RATIOS.get(
+        dtype_name(precision) if precision is not None else '', {})
     return _rule_entry(num_embeddings, embedding_dim, budget_bytes,
-                       RULE_BUCKET_RATIOS[method])
+                       own.get(method, RULE_BUCKET_RATIOS[method]))
 
 
 def rule_method(num_embeddings: int, embedding_dim: int, budget_bytes: int,
@@ -288,10 +302,12 @@ def _check(num_embeddings: int, embedding_dim: int, budget_bytes: int,
     return names
 
 
-def _too_small(n: int, d: int, budget: int, names: Sequence[str],
-               ratio: float) -> ValueError:
+def _too_small(n: int, d: int, budget: int,
+               ratios: Mapping[str, float]) -> ValueError:
+    # ratios: precision -> rho.
+    names = list(ratios)
     least = min(plan_nbytes(n, d, _bucket_size(n, d, 1, ratio), 1, p)
-                for p in names)
+                for p, ratio in ratios.items())
     return ValueError(
         f"'budget_bytes'={budget} is below the smallest "
         f"CompositionalEmbedding({n}, {d}) with one non-zero and "
@@ -320,7 +336,8 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
             (:obj:`None`: every one with :obj:`table`, else
             :data:`RULE_PRECISIONS`). (default: :obj:`None`)
         bucket_ratio (float, optional): :math:`\rho \geq 1` instead of the
-            rule's (:func:`rule_bucket_ratio`). (default: :obj:`None`)
+            rule's (:func:`rule_bucket_ratio`, per precision).
+            (default: :obj:`None`)
         distillation (bool, optional): Whether rows of :obj:`table`
             measured with ranking distillation may be chosen (the plan's
             :obj:`distill` is then the weight to train with).
@@ -346,9 +363,10 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
         raise ValueError("'methods' must not be empty")
     method = 'cerp' if table is not None else rule_method(n, d, budget,
                                                            methods)
-    if bucket_ratio is None:
-        bucket_ratio = rule_bucket_ratio(n, d, budget, method)
-    check_float('bucket_ratio', bucket_ratio, low=1.)
+    if bucket_ratio is not None:
+        check_float('bucket_ratio', bucket_ratio, low=1.)
+    ratios = {name: float(bucket_ratio) if bucket_ratio is not None else
+              rule_bucket_ratio(n, d, budget, method, name) for name in names}
     if table is not None:
         rows = [r if isinstance(r, PlanRow) else _row(r) for r in table]
         fits = [r for r in rows if r.method in methods
@@ -365,12 +383,12 @@ def plan_budget(num_embeddings: int, embedding_dim: int, budget_bytes: int,
                          row.precision, row)
             if plan is not None:
                 return plan
-        raise _too_small(n, d, budget, names, bucket_ratio)
-    plans = [p for p in (_plan(n, d, budget, float(bucket_ratio), name,
+        raise _too_small(n, d, budget, ratios)
+    plans = [p for p in (_plan(n, d, budget, ratios[name], name,
                                method=method)
                          for name in names) if p is not None]
     if not plans:
-        raise _too_small(n, d, budget, names, bucket_ratio)
+        raise _too_small(n, d, budget, ratios)
     return max(plans, key=lambda p: p.num_nonzero)  # First among ties.
 
 

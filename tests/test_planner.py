@@ -118,10 +118,21 @@ def test_rule_follows_the_measured_bucket_ratios():
     best = plan_budget(n, d, int(0.05 * full))
     assert best.precision == 'int8'
     assert best.num_nonzero > 3 * plan.num_nonzero
-    # int4 stores more, but the rule was not measured at it: only on request.
+    # int4 stores more, but the rule plans it only on request.
     four = plan_budget(n, d, int(0.05 * full), precisions=('int8', 'int4'))
     assert four.precision == 'int4' and four.num_nonzero > best.num_nonzero
     assert four.expected_bytes <= int(0.05 * full)
+    # At int4 CERP's tables are denser below 3% (rho 2, not 4): at 1% the
+    # rule plans the b of the measured int4 cell, 3,244.
+    assert rule_bucket_ratio(n, d, int(0.01 * full), 'cerp', 'int4') == 2.
+    assert rule_bucket_ratio(n, d, int(0.05 * full), 'cerp', 'int4') == 1.25
+    assert rule_bucket_ratio(n, d, int(0.01 * full), 'cerp-mul',
+                             'int4') == 1.25
+    four = plan_budget(n, d, int(0.01 * full), precisions=('int8', 'int4'))
+    assert (four.method, four.precision, four.bucket_ratio) == ('cerp',
+                                                                'int4', 2.)
+    assert four.bucket_size == 3244
+    assert plan_budget(n, d, int(0.01 * full)).bucket_ratio == 4.
     assert plan_budget(n, d, int(0.05 * full), bucket_ratio=2.).bucket_ratio \
         == 2.
 
