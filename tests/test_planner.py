@@ -33,15 +33,16 @@ def test_plan_fits_and_grows_with_the_budget(n, d):
     for fraction in [0.005, 0.01, 0.02, 0.029, 0.03, 0.05, 0.1, 0.3, 0.7]:
         budget = int(fraction * full)
         for precisions in [('float32', ), ('float16', ), ('int8', ),
-                           ('float32', 'float16', 'int8')]:
+                           ('int4', ), ('float32', 'float16', 'int8'),
+                           ('int8', 'int4')]:
             try:
                 plan = plan_budget(n, d, budget, precisions=precisions)
             except ValueError as error:  # Below one non-zero's bytes.
                 assert 'smallest' in str(error)
-                ratio = rule_bucket_ratio(n, d, budget,
-                                          rule_method(n, d, budget))
-                assert all(plan_nbytes(n, d, _bucket_size(n, d, 1, ratio), 1,
-                                       p) > budget for p in precisions)
+                method = rule_method(n, d, budget)
+                assert all(plan_nbytes(n, d, _bucket_size(
+                    n, d, 1, rule_bucket_ratio(n, d, budget, method, p)), 1,
+                    p) > budget for p in precisions)
                 continue
             assert plan.expected_bytes <= budget
             assert plan.precision in precisions
