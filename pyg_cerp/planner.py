@@ -29,9 +29,10 @@ plan). The target density is :math:`z / (Nd)`, the unit of
 :obj:`CERPConfig(target_unit='full')`.
 
 **Without a table** the rule is the one the converged Gowalla LightGCN runs
-selected on validation NDCG@20 (budgets in bytes, int8 and int4; the measurements are
-in ``docs/training.md``, section *Precision, byte targets, distillation, the
-budget planner*, and ``benchmarks/results/gowalla_lightgcn_bytes.md``):
+selected on validation NDCG@20 (budgets in bytes, int8 and int4; the
+measurements are in ``docs/training.md``, section *Precision, byte targets,
+distillation, the budget planner*, and
+``benchmarks/results/gowalla_lightgcn_bytes.md``):
 :data:`RULE_METHODS` plans :obj:`'cerp-mul'` (the rows multiplied,
 :obj:`operation='mul'`, trained without the regulariser; not in the paper)
 from 3% of the full :obj:`float32` table's bytes and :obj:`'cerp'` below,
