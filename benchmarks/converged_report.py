@@ -62,6 +62,10 @@ def _bytes_key(r: Dict[str, str]) -> Tuple[str, float, str, bool, str]:
             float(r.get('distill') or 0) > 0, r.get('bucket_size') or '')
 
 
+#: The float32 full table's key (the reference of every bytes report).
+FULL_KEY = ('full', 1.0, 'float32', False, '')
+
+
 def _label(key: Tuple) -> str:
     # 'cerp int8', 'qr-mul int8 + distillation'.
     return f'{key[0]} {key[2]}' + (' + distillation' if key[3] else '')
@@ -268,11 +272,12 @@ def _missing(none: List[Dict[str, str]], budget: float, cerp: bool) -> str:
 
 def bytes_report(rows: List[Dict[str, str]], title: str) -> str:
     r"""The report of a bytes CSV: per byte budget every configuration
-    (method, precision, distilled or not, b), then the best pyg-cerp configuration against the best
-    baseline, both chosen on validation NDCG@20, and the infeasible rows."""
+    (method, precision, distilled or not, b), then the best pyg-cerp
+    configuration against the best baseline, both chosen on validation
+    NDCG@20, and the infeasible rows."""
     check_bytes(rows)
     g = group(rows, _bytes_key)
-    full = g.get(('full', 1.0, 'float32', False, ''))
+    full = g.get(FULL_KEY)
     full_ndcg = _col(full, 'ndcg@20')[0] if full else None
     lines = [f'# {title}', '',
              'Byte budgets: `budget` is a fraction of the full table\'s '
@@ -379,10 +384,10 @@ def plot(rows: List[Dict[str, str]], path: str, title: str) -> None:
     from bench_results import write_plot
     rows = [r for r in rows if r.get('ndcg@20')]
     if is_bytes(rows):
-        labels = _labels(map(_bytes_key, rows))
-        rows = [dict(r, method='full' if _bytes_key(r)[:4] == (
-            'full', 1.0, 'float32', False) else labels[_bytes_key(r)])
-            for r in rows]
+        keys = [_bytes_key(r) for r in rows]
+        labels = _labels(keys)
+        rows = [dict(r, method='full' if k == FULL_KEY else labels[k])
+                for r, k in zip(rows, keys)]
     write_plot(rows, path, title)
 
 
